@@ -1,0 +1,1 @@
+//! lameduck SDK
