@@ -1,0 +1,6 @@
+//! The lameduck operator: the mutating webhook that injects the preStop sidecar, the
+//! ShutdownPolicy controller that records observed shutdowns, and the grace-period
+//! recommender.
+
+// Module list: the webhook side (webhook/, certs.rs, inject) and the policy side
+// (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
