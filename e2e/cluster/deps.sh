@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the local cluster needs (idempotent): Debian packages for the container
+# runtime and networking, then the pinned Kubernetes/etcd/helm binaries (built from
+# source once per version into the machine-wide cache; a cache hit builds nothing).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+PKGS=(containerd runc containernetworking-plugins iptables conntrack umoci openssl curl
+  iproute2 file)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "[cluster-deps] apt-get install ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# A packaged containerd may try to start a system-wide instance; the cluster runs its own.
+
+"$HERE/build-binaries.sh" k8s etcd helm

@@ -1,0 +1,6 @@
+# Pinned versions of everything the local cluster builds from source. Sourced by the
+# cluster scripts. Changing a version here changes the cache key, so the next
+# `make cluster-deps` rebuilds just that component.
+K8S_VERSION=v1.34.12      # k8s.io/kubernetes; staging modules at v0.34.12 (build/k8s/go.mod)
+ETCD_VERSION=v3.6.16      # go.etcd.io/etcd/server/v3 (build/etcd/go.mod)
+HELM_VERSION=v3.19.5      # helm.sh/helm/v3 (build/helm/go.mod)
