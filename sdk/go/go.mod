@@ -1,0 +1,3 @@
+module github.com/lameduck-dev/lameduck/sdk/go
+
+go 1.22

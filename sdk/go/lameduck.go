@@ -1,0 +1,629 @@
+package lameduck
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Environment variables set by the lameduck webhook in every selected app container.
+const (
+	// EnvSocket holds the path of the sidecar's application socket.
+	EnvSocket = "LAMEDUCK_SOCKET"
+	// EnvContainer holds the name of the container the process runs in.
+	EnvContainer = "LAMEDUCK_CONTAINER"
+)
+
+// DefaultGracePeriod is the grace period assumed when no sidecar says otherwise: the
+// Kubernetes default for terminationGracePeriodSeconds.
+const DefaultGracePeriod = 30 * time.Second
+
+const (
+	// handshakeTimeout bounds connecting and the hello/welcome exchange.
+	handshakeTimeout = 5 * time.Second
+	// activityInterval is the shortest gap between two activity messages.
+	activityInterval = 100 * time.Millisecond
+	// writeTimeout bounds one write to the sidecar; the socket is local, so only a stuck
+	// sidecar makes a write wait.
+	writeTimeout = 2 * time.Second
+	// exitReserve is kept back from the grace period for the exit itself, as the sidecar
+	// does (never more than half of it).
+	exitReserve = 2 * time.Second
+	// maxReconnectBackoff caps the wait between attempts to reach a restarted sidecar.
+	maxReconnectBackoff = 5 * time.Second
+)
+
+// Options configure [Start]. The zero value reads everything from the environment.
+type Options struct {
+	// Socket is the path of the sidecar's application socket. Empty means the value of
+	// LAMEDUCK_SOCKET; when that is empty too, no sidecar coordinates this process and the
+	// first of Signals starts the shutdown.
+	Socket string
+	// Container is the name of this container, sent to the sidecar. Empty means the value
+	// of LAMEDUCK_CONTAINER.
+	Container string
+	// GracePeriod is the pod's grace period, used until a sidecar tells the real one.
+	// Zero means DefaultGracePeriod.
+	GracePeriod time.Duration
+	// Signals start the shutdown when no sidecar did, and end the process once cleanup
+	// ran. Nil means SIGTERM and SIGINT.
+	Signals []os.Signal
+	// Logger receives the few events that have no caller to return an error to: running
+	// without a sidecar, losing and regaining the connection. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Shutdown coordinates the graceful shutdown of one process with the lameduck sidecar.
+// Create it with [Start] early in main, register drain work with [Shutdown.OnDrain] and
+// cleanup with [Shutdown.Defer], and block in [Shutdown.Wait] (or [Shutdown.Serve]) until
+// the process may exit. Its methods are safe for concurrent use.
+type Shutdown struct {
+	socket    string
+	container string
+	logger    *slog.Logger
+
+	// ctx is cancelled when the Shutdown is released; it stops background goroutines.
+	ctx     context.Context
+	release context.CancelFunc
+	signals chan os.Signal
+
+	deregistering chan struct{}  // closed when the pod starts leaving load balancing
+	draining      chan struct{}  // closed when the drain starts
+	finished      chan struct{}  // closed when Wait may return
+	background    sync.WaitGroup // reading, reconnecting, activity and signal goroutines
+	sequence      sync.WaitGroup // the drain and cleanup goroutine
+
+	// Counters reported in activity and drained.
+	connections atomic.Uint64
+	requests    atomic.Uint64
+	inflight    atomic.Int64
+	listeners   atomic.Int32
+
+	writeMu sync.Mutex // serializes writes on the connection
+
+	mu             sync.Mutex
+	conn           net.Conn // nil when not connected
+	grace          time.Duration
+	deregisteredAt time.Time
+	started        bool      // the drain/cleanup sequence began
+	deadline       time.Time // of the sequence, once started
+	drainsRan      bool
+	cleanupsRan    bool
+	terminated     bool // a signal arrived or Terminate was called
+	closed         bool
+	drains         []func(context.Context) error
+	cleanups       []func(context.Context) error
+	err            error
+}
+
+// Start connects to the lameduck sidecar and installs the signal handler. ctx bounds the
+// connection and the handshake.
+//
+// Start always returns a usable *Shutdown. When LAMEDUCK_SOCKET is unset it logs one line
+// and the process shuts down on SIGTERM or SIGINT instead, so the same binary runs
+// outside Kubernetes. A non-nil error says why the sidecar could not be reached; the
+// returned Shutdown then behaves as if there were none, and most programs log the error
+// and carry on.
+func Start(ctx context.Context, opts Options) (*Shutdown, error) {
+	s := newShutdown(opts)
+	sigs := opts.Signals
+	if sigs == nil {
+		sigs = []os.Signal{syscall.SIGTERM, os.Interrupt}
+	}
+	signal.Notify(s.signals, sigs...)
+	s.background.Add(1)
+	go s.watchSignals()
+
+	if s.socket == "" {
+		s.logger.Info("lameduck: " + EnvSocket + " is not set; running without a sidecar, SIGTERM or SIGINT start the shutdown")
+		return s, nil
+	}
+	conn, r, grace, err := s.connect(ctx)
+	if err != nil {
+		return s, fmt.Errorf("lameduck: connecting to the sidecar at %s: %w", s.socket, err)
+	}
+	s.attach(conn, r, grace)
+	return s, nil
+}
+
+func newShutdown(opts Options) *Shutdown {
+	s := &Shutdown{
+		socket:        opts.Socket,
+		container:     opts.Container,
+		logger:        opts.Logger,
+		grace:         opts.GracePeriod,
+		signals:       make(chan os.Signal, 1),
+		deregistering: make(chan struct{}),
+		draining:      make(chan struct{}),
+		finished:      make(chan struct{}),
+	}
+	if s.socket == "" {
+		s.socket = os.Getenv(EnvSocket)
+	}
+	if s.container == "" {
+		s.container = os.Getenv(EnvContainer)
+	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	if s.grace <= 0 {
+		s.grace = DefaultGracePeriod
+	}
+	s.ctx, s.release = context.WithCancel(context.Background())
+	return s
+}
+
+// OnDrain registers fn to run when the drain starts: it must stop accepting new work and
+// return once the work in progress finished, or when ctx (which carries the sidecar's
+// deadline) is done. All drain functions run concurrently, before any cleanup function.
+// Returned errors are reported to the sidecar and by Wait.
+//
+// A function registered after the drain started runs at once, in the caller's goroutine,
+// and its error is discarded.
+func (s *Shutdown) OnDrain(fn func(ctx context.Context) error) {
+	s.mu.Lock()
+	if !s.drainsRan && !s.started {
+		s.drains = append(s.drains, fn)
+		s.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), s.deadline)
+	s.mu.Unlock()
+	defer cancel()
+	_ = call(ctx, fn, "drain")
+}
+
+// Defer registers fn to run after the drain, before the sidecar is told that the process
+// may be stopped. Cleanup functions run one at a time in last-in, first-out order, like
+// deferred calls, and exactly once whatever starts the shutdown: the sidecar, a signal,
+// Terminate, or the loss of the sidecar mid-shutdown. ctx carries the deadline. Returned
+// errors (and panics) are reported to the sidecar and by Wait; the remaining functions
+// still run.
+//
+// A function registered after the cleanup finished runs at once, in the caller's
+// goroutine, and its error is discarded.
+func (s *Shutdown) Defer(fn func(ctx context.Context) error) {
+	s.mu.Lock()
+	if !s.cleanupsRan {
+		s.cleanups = append(s.cleanups, fn)
+		s.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), s.deadline)
+	s.mu.Unlock()
+	defer cancel()
+	_ = call(ctx, fn, "cleanup")
+}
+
+// Deregistering returns a channel that is closed when the pod starts leaving load
+// balancing (or, without a sidecar, when the shutdown starts). The process should keep
+// serving and ask clients to reconnect elsewhere.
+func (s *Shutdown) Deregistering() <-chan struct{} { return s.deregistering }
+
+// Draining returns a channel that is closed when the drain starts.
+func (s *Shutdown) Draining() <-chan struct{} { return s.draining }
+
+// Connected reports whether the process is connected to the sidecar right now.
+func (s *Shutdown) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
+}
+
+// GracePeriod returns the pod's grace period as the sidecar reported it, or the
+// configured default.
+func (s *Shutdown) GracePeriod() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grace
+}
+
+// Terminate acts as if the process had received SIGTERM: it starts the drain and cleanup
+// unless they already started, and lets Wait return once they finished.
+func (s *Shutdown) Terminate() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.terminated {
+		return
+	}
+	s.terminated = true
+	if !s.started {
+		s.startLocked(s.fallbackDeadlineLocked(), false)
+	}
+	s.finishIfDoneLocked()
+}
+
+// Wait blocks until the process may exit and returns the errors of the drain and cleanup
+// functions. With a sidecar that is after the cleanup ran, the acknowledgement was sent
+// and SIGTERM arrived (the kubelet sends it once the preStop hook returned); without one,
+// after the signal and the cleanup. If ctx is done first Wait returns ctx.Err() and the
+// shutdown carries on.
+func (s *Shutdown) Wait(ctx context.Context) error {
+	select {
+	case <-s.finished:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.background.Wait()
+	s.sequence.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close stops the signal handler, closes the connection to the sidecar and waits for the
+// background goroutines. It does not run the cleanup functions: it is for abandoning
+// coordination (in tests, say); Wait releases everything by itself.
+func (s *Shutdown) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.releaseLocked()
+	s.mu.Unlock()
+	s.background.Wait()
+	return nil
+}
+
+// connect dials the socket and exchanges hello and welcome.
+func (s *Shutdown) connect(ctx context.Context) (net.Conn, *bufio.Reader, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	var dialer net.Dialer
+	conn, err := dialer.DialContext(ctx, "unix", s.socket)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	r, grace, err := s.handshake(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, nil, 0, err
+	}
+	return conn, r, grace, nil
+}
+
+func (s *Shutdown) handshake(ctx context.Context, conn net.Conn) (*bufio.Reader, time.Duration, error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	hello := helloMessage{Type: "hello", V: protocolVersion, Container: s.container, PID: os.Getpid()}
+	if _, err := conn.Write(encodeLine(hello)); err != nil {
+		return nil, 0, fmt.Errorf("sending hello: %w", err)
+	}
+	r := newLineReader(conn)
+	for {
+		line, err := readLine(r)
+		if errors.Is(err, io.EOF) {
+			return nil, 0, errors.New("the sidecar closed the connection without a welcome (unsupported protocol version?)")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			return nil, 0, fmt.Errorf("waiting for welcome: %w", err)
+		}
+		m, err := decodeSidecarMessage(line)
+		if err != nil {
+			return nil, 0, fmt.Errorf("invalid message from the sidecar: %w", err)
+		}
+		switch m.Kind {
+		case "":
+			continue // a message type this version does not know
+		case "welcome":
+			if m.V != protocolVersion {
+				return nil, 0, fmt.Errorf("the sidecar speaks protocol version %d, this SDK %d", m.V, protocolVersion)
+			}
+			stop()
+			_ = conn.SetDeadline(time.Time{})
+			return r, time.Duration(m.GraceSeconds) * time.Second, nil
+		default:
+			return nil, 0, fmt.Errorf("expected welcome, got %s", m.Kind)
+		}
+	}
+}
+
+// attach makes conn the connection to the sidecar and starts reading from it. It reports
+// false (and closes conn) when the shutdown already started or the Shutdown was closed.
+func (s *Shutdown) attach(conn net.Conn, r *bufio.Reader, grace time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.started || s.ctx.Err() != nil {
+		conn.Close()
+		return false
+	}
+	s.conn = conn
+	if grace > 0 {
+		s.grace = grace
+	}
+	s.background.Add(1)
+	go s.read(conn, r)
+	return true
+}
+
+// read handles the sidecar's messages until the connection ends.
+func (s *Shutdown) read(conn net.Conn, r *bufio.Reader) {
+	defer s.background.Done()
+	for {
+		line, err := readLine(r)
+		if err == nil {
+			var m sidecarMessage
+			if m, err = decodeSidecarMessage(line); err == nil {
+				s.handle(m)
+				continue
+			}
+		}
+		conn.Close()
+		s.lost(conn, err)
+		return
+	}
+}
+
+func (s *Shutdown) handle(m sidecarMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch m.Kind {
+	case "deregister":
+		s.deregisterLocked()
+	case "drain":
+		s.deregisterLocked()
+		if !s.started {
+			s.startLocked(time.UnixMilli(int64(min(m.DeadlineUnixMS, 1<<62))), true)
+		}
+	}
+}
+
+// lost handles the end of the connection to the sidecar.
+func (s *Shutdown) lost(conn net.Conn, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == conn {
+		s.conn = nil
+	}
+	switch {
+	case s.closed || s.ctx.Err() != nil || s.started:
+		// Released, or the sequence carries on without the sidecar.
+	case !s.deregisteredAt.IsZero():
+		s.logger.Warn("lameduck: lost the sidecar while deregistering; draining now", "error", err)
+		s.startLocked(s.fallbackDeadlineLocked(), false)
+	default:
+		s.logger.Warn("lameduck: lost the connection to the sidecar; reconnecting", "error", err)
+		s.background.Add(1)
+		go s.reconnect()
+	}
+}
+
+// reconnect tries to reach a restarted sidecar until it succeeds or the shutdown starts.
+func (s *Shutdown) reconnect() {
+	defer s.background.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		timer := time.NewTimer(backoff)
+		select {
+		case <-timer.C:
+		case <-s.ctx.Done():
+			timer.Stop()
+			return
+		}
+		s.mu.Lock()
+		give := s.started || s.closed
+		s.mu.Unlock()
+		if give {
+			return
+		}
+		conn, r, grace, err := s.connect(s.ctx)
+		if err == nil {
+			if s.attach(conn, r, grace) {
+				s.logger.Info("lameduck: reconnected to the sidecar")
+			}
+			return
+		}
+		backoff = min(2*backoff, maxReconnectBackoff)
+	}
+}
+
+func (s *Shutdown) watchSignals() {
+	defer s.background.Done()
+	for {
+		select {
+		case <-s.signals:
+			s.Terminate()
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// deregisterLocked enters the deregister phase once.
+func (s *Shutdown) deregisterLocked() {
+	if !s.deregisteredAt.IsZero() {
+		return
+	}
+	s.deregisteredAt = time.Now()
+	close(s.deregistering)
+	if s.conn != nil && !s.started {
+		s.background.Add(1)
+		go s.reportActivity()
+	}
+}
+
+// reportActivity sends the counters at once and then whenever they change, at most every
+// activityInterval, until the drain starts.
+func (s *Shutdown) reportActivity() {
+	defer s.background.Done()
+	ticker := time.NewTicker(activityInterval)
+	defer ticker.Stop()
+	var last activityMessage
+	for first := true; ; first = false {
+		m := activityMessage{Type: "activity", AcceptedTotal: s.acceptedTotal(), Inflight: uint64(max(s.inflight.Load(), 0))}
+		if first || m != last {
+			s.send(m)
+			last = m
+		}
+		select {
+		case <-ticker.C:
+		case <-s.draining:
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// acceptedTotal counts accepted connections when a wrapped listener is in use, and
+// requests otherwise: either grows as long as traffic keeps arriving.
+func (s *Shutdown) acceptedTotal() uint64 {
+	if s.listeners.Load() > 0 {
+		return s.connections.Load()
+	}
+	return s.requests.Load()
+}
+
+// fallbackDeadlineLocked is the deadline of a shutdown the sidecar did not time: the
+// grace period counted from the deregister message, or from now, minus the exit reserve.
+func (s *Shutdown) fallbackDeadlineLocked() time.Time {
+	base := time.Now()
+	if !s.deregisteredAt.IsZero() {
+		base = s.deregisteredAt
+	}
+	return base.Add(s.grace - min(exitReserve, s.grace/2))
+}
+
+// startLocked starts the drain and cleanup sequence. fromSidecar says whether the
+// sidecar sent drain (and so expects drained).
+func (s *Shutdown) startLocked(deadline time.Time, fromSidecar bool) {
+	s.started = true
+	s.deadline = deadline
+	if s.deregisteredAt.IsZero() {
+		s.deregisteredAt = time.Now()
+		close(s.deregistering)
+	}
+	close(s.draining)
+	drains := s.drains
+	s.drains = nil
+	s.sequence.Add(1)
+	go s.run(deadline, fromSidecar, drains)
+}
+
+// run is the drain and cleanup sequence (docs/protocol.md §6).
+func (s *Shutdown) run(deadline time.Time, fromSidecar bool, drains []func(context.Context) error) {
+	defer s.sequence.Done()
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	inflightAtStart := uint64(max(s.inflight.Load(), 0))
+
+	errs := make([]error, len(drains))
+	var wg sync.WaitGroup
+	for i, fn := range drains {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = call(ctx, fn, "drain")
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	s.drainsRan = true
+	s.mu.Unlock()
+	s.waitIdle(ctx)
+	if fromSidecar {
+		s.send(drainedMessage{Type: "drained", InflightAtStart: inflightAtStart})
+	}
+
+	for {
+		s.mu.Lock()
+		n := len(s.cleanups)
+		if n == 0 {
+			s.cleanupsRan = true
+			s.mu.Unlock()
+			break
+		}
+		fn := s.cleanups[n-1]
+		s.cleanups = s.cleanups[:n-1]
+		s.mu.Unlock()
+		errs = append(errs, call(ctx, fn, "cleanup"))
+	}
+
+	err := errors.Join(errs...)
+	done := doneMessage{Type: "done", OK: err == nil}
+	if err != nil {
+		done.Error = shorten(err.Error(), maxErrorBytes)
+	}
+	s.send(done)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.err = err
+	s.finishIfDoneLocked()
+}
+
+// waitIdle waits until no request counted by the middleware is in flight, or ctx is done.
+func (s *Shutdown) waitIdle(ctx context.Context) {
+	ticker := time.NewTicker(5 * time.Millisecond)
+	defer ticker.Stop()
+	for s.inflight.Load() > 0 {
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// finishIfDoneLocked lets Wait return once the cleanup ran and a signal arrived.
+func (s *Shutdown) finishIfDoneLocked() {
+	if !s.cleanupsRan || !s.terminated {
+		return
+	}
+	select {
+	case <-s.finished:
+	default:
+		close(s.finished)
+		s.releaseLocked()
+	}
+}
+
+// releaseLocked stops the background goroutines and closes the connection.
+func (s *Shutdown) releaseLocked() {
+	s.release()
+	signal.Stop(s.signals)
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+}
+
+// send writes one message to the sidecar, if connected. A failed write is not reported:
+// the reading goroutine notices the broken connection.
+func (s *Shutdown) send(message any) {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	if conn == nil {
+		return
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, _ = conn.Write(encodeLine(message))
+}
+
+// call runs a drain or cleanup function, turning a panic into an error so that the
+// remaining functions still run and the sidecar still hears from the process.
+func call(ctx context.Context, fn func(context.Context) error, what string) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s function panicked: %v", what, r)
+		}
+	}()
+	return fn(ctx)
+}
