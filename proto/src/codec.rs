@@ -44,7 +44,9 @@ pub fn decode_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, CodecError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| CodecError::Invalid(e.to_string()))?;
     if !value.get("type").is_some_and(serde_json::Value::is_string) {
-        return Err(CodecError::Invalid("not a JSON object with a string \"type\"".into()));
+        return Err(CodecError::Invalid(
+            "not a JSON object with a string \"type\"".into(),
+        ));
     }
     serde_json::from_value(value).map_err(|e| CodecError::Invalid(e.to_string()))
 }
@@ -110,19 +112,39 @@ mod tests {
     #[test]
     fn round_trips_every_message() {
         let messages = [
-            AppMessage::Hello { v: 1, container: "web".into(), pid: 7 },
-            AppMessage::Activity { accepted_total: 3, inflight: 1 },
-            AppMessage::Drained { inflight_at_start: 2 },
-            AppMessage::Done { ok: false, error: Some("flush failed".into()) },
-            AppMessage::Done { ok: true, error: None },
+            AppMessage::Hello {
+                v: 1,
+                container: "web".into(),
+                pid: 7,
+            },
+            AppMessage::Activity {
+                accepted_total: 3,
+                inflight: 1,
+            },
+            AppMessage::Drained {
+                inflight_at_start: 2,
+            },
+            AppMessage::Done {
+                ok: false,
+                error: Some("flush failed".into()),
+            },
+            AppMessage::Done {
+                ok: true,
+                error: None,
+            },
         ];
         for message in messages {
             let line = encode_line(&message);
             assert_eq!(line.last(), Some(&b'\n'));
             assert_eq!(decode_line::<AppMessage>(&line), Ok(message));
         }
-        let drain = SidecarMessage::Drain { deadline_unix_ms: 1_700_000_000_000 };
-        assert_eq!(decode_line::<SidecarMessage>(&encode_line(&drain)), Ok(drain));
+        let drain = SidecarMessage::Drain {
+            deadline_unix_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            decode_line::<SidecarMessage>(&encode_line(&drain)),
+            Ok(drain)
+        );
     }
 
     #[test]
@@ -131,16 +153,31 @@ mod tests {
         assert_eq!(m, AppMessage::Unknown);
         let m: AppMessage =
             decode_line(br#"{"type":"drained","inflight_at_start":4,"new":true}"#).unwrap();
-        assert_eq!(m, AppMessage::Drained { inflight_at_start: 4 });
+        assert_eq!(
+            m,
+            AppMessage::Drained {
+                inflight_at_start: 4
+            }
+        );
     }
 
     #[test]
     fn rejects_what_is_not_a_typed_object() {
-        for bad in [&b"garbage"[..], b"[]", b"{}", br#"{"type":3}"#, b"\xff\xfe", b"42"] {
+        for bad in [
+            &b"garbage"[..],
+            b"[]",
+            b"{}",
+            br#"{"type":3}"#,
+            b"\xff\xfe",
+            b"42",
+        ] {
             assert!(decode_line::<AppMessage>(bad).is_err(), "{bad:?} decoded");
         }
         let err = decode_line::<AppMessage>(br#"{"type":"hello","v":1}"#).unwrap_err();
-        assert!(matches!(err, CodecError::Invalid(ref m) if m.contains("container")), "{err}");
+        assert!(
+            matches!(err, CodecError::Invalid(ref m) if m.contains("container")),
+            "{err}"
+        );
     }
 
     #[test]

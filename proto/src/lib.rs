@@ -17,4 +17,6 @@ pub mod report;
 pub use codec::{CodecError, LineDecoder, MAX_LINE_BYTES, decode_line, encode_line};
 pub use control::{ControlReply, ControlRequest};
 pub use message::{AppMessage, PROTOCOL_VERSION, SidecarMessage};
-pub use report::{AppReport, Outcome, PhasesMs, REPORT_MAX_BYTES, REPORT_VERSION, TerminationReport};
+pub use report::{
+    AppReport, Outcome, PhasesMs, REPORT_MAX_BYTES, REPORT_VERSION, TerminationReport,
+};

@@ -59,7 +59,11 @@ impl Outcome {
 
     /// The worse of two outcomes (a timeout outweighs a disconnect outweighs an error…).
     pub fn worst(self, other: Outcome) -> Outcome {
-        if other.severity() > self.severity() { other } else { self }
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -184,7 +188,11 @@ mod tests {
             t0: Some("2026-11-26T12:00:00.123Z".into()),
             grace_seconds: 30,
             outcome: Outcome::AppError,
-            phases_ms: PhasesMs { deregister: Some(1200), drain: Some(40), cleanup: Some(900) },
+            phases_ms: PhasesMs {
+                deregister: Some(1200),
+                drain: Some(40),
+                cleanup: Some(900),
+            },
             last_accept_ms: Some(800),
             released_ms: Some(2140),
             apps: (0..apps)
@@ -215,7 +223,11 @@ mod tests {
     fn stays_within_the_kubelet_limit() {
         for (apps, error_len) in [(1, 10_000), (200, 5), (500, 500)] {
             let json = report(apps, error_len).to_bounded_json();
-            assert!(json.len() <= REPORT_MAX_BYTES, "{apps} apps: {} bytes", json.len());
+            assert!(
+                json.len() <= REPORT_MAX_BYTES,
+                "{apps} apps: {} bytes",
+                json.len()
+            );
             let parsed = TerminationReport::parse(&json).unwrap();
             assert_eq!(parsed.apps.len() + parsed.apps_omitted, apps);
         }
@@ -223,11 +235,19 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in ["", "garbage", "{}", r#"{"v":2,"grace_seconds":1,"outcome":"acked"}"#] {
+        for bad in [
+            "",
+            "garbage",
+            "{}",
+            r#"{"v":2,"grace_seconds":1,"outcome":"acked"}"#,
+        ] {
             assert!(TerminationReport::parse(bad).is_err(), "{bad}");
         }
         let unknown = r#"{"v":1,"grace_seconds":1,"outcome":"vanished"}"#;
-        assert_eq!(TerminationReport::parse(unknown).unwrap().outcome, Outcome::Unknown);
+        assert_eq!(
+            TerminationReport::parse(unknown).unwrap().outcome,
+            Outcome::Unknown
+        );
     }
 
     #[test]

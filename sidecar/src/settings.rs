@@ -1,0 +1,105 @@
+//! The sidecar's settings and the timing rules derived from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use lameduck_proto::names;
+
+/// How the deregister phase ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrainMode {
+    /// Adaptive from SDK activity when an application is connected, else a fixed delay.
+    Auto,
+    /// Always the fixed delay.
+    Delay,
+    /// The fixed delay, then `POST http://127.0.0.1:<port><path>` on the app.
+    Http,
+}
+
+/// Everything `serve` needs, resolved from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shared directory (binary in `bin/`, sockets in `run/`).
+    pub dir: PathBuf,
+    /// Termination message path.
+    pub termination_log: PathBuf,
+    /// The pod's grace period G.
+    pub grace: Duration,
+    /// Deregister mode.
+    pub drain_mode: DrainMode,
+    /// Fixed deregister delay.
+    pub delay: Duration,
+    /// Shortest adaptive deregister phase.
+    pub min_delay: Duration,
+    /// Quiet period that ends the adaptive phase.
+    pub quiet_period: Duration,
+    /// Longest adaptive deregister phase.
+    pub max_delay: Duration,
+    /// Requested reserve before the grace deadline.
+    pub exit_reserve: Duration,
+    /// HTTP drain port (mode http).
+    pub http_drain_port: Option<u16>,
+    /// HTTP drain path (mode http).
+    pub http_drain_path: String,
+    /// Copy the binary to `bin/` at start.
+    pub install: bool,
+}
+
+impl Settings {
+    /// Time from T0 to the moment every preStop hook must have returned: `G − reserve`,
+    /// with the reserve capped at half of G so that short grace periods still leave time
+    /// for the shutdown itself.
+    pub fn release_budget(&self) -> Duration {
+        self.grace
+            .saturating_sub(self.exit_reserve.min(self.grace / 2))
+    }
+
+    /// Path of the application socket.
+    pub fn app_socket(&self) -> PathBuf {
+        run_dir(&self.dir).join(names::APP_SOCKET)
+    }
+
+    /// Path of the control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        run_dir(&self.dir).join(names::CONTROL_SOCKET)
+    }
+}
+
+/// The directory holding the sockets.
+pub fn run_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join(names::RUN_DIR)
+}
+
+#[cfg(test)]
+pub(crate) fn test_settings() -> Settings {
+    Settings {
+        dir: PathBuf::from("/nonexistent"),
+        termination_log: PathBuf::from("/nonexistent/log"),
+        grace: Duration::from_secs(30),
+        drain_mode: DrainMode::Auto,
+        delay: Duration::from_secs(5),
+        min_delay: Duration::from_secs(1),
+        quiet_period: Duration::from_secs(1),
+        max_delay: Duration::from_secs(15),
+        exit_reserve: Duration::from_secs(2),
+        http_drain_port: None,
+        http_drain_path: "/drain".into(),
+        install: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_is_capped_at_half_the_grace_period() {
+        let mut settings = test_settings();
+        assert_eq!(settings.release_budget(), Duration::from_secs(28));
+        settings.grace = Duration::from_secs(2);
+        assert_eq!(settings.release_budget(), Duration::from_secs(1));
+        settings.grace = Duration::ZERO;
+        assert_eq!(settings.release_budget(), Duration::ZERO);
+    }
+}
