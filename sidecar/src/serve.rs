@@ -227,10 +227,11 @@ async fn handle_app(stream: UnixStream, shared: Arc<Shared>) {
 
 /// Sends what the application has not been told yet; false when the write failed.
 async fn announce<W: AsyncWrite + Unpin>(write: &mut W, announced: Phase, current: Phase) -> bool {
-    if announced == Phase::Serving && current != Phase::Serving {
-        if !send(write, &SidecarMessage::Deregister {}).await {
-            return false;
-        }
+    if announced == Phase::Serving
+        && current != Phase::Serving
+        && !send(write, &SidecarMessage::Deregister {}).await
+    {
+        return false;
     }
     match current {
         Phase::Drain { deadline_unix_ms } if !matches!(announced, Phase::Drain { .. }) => {

@@ -336,7 +336,7 @@ impl State {
             (a, b) => a.or(b),
         };
         let phases_ms = PhasesMs {
-            deregister: s.deregister_end.map(|end| since_t0(end)),
+            deregister: s.deregister_end.map(since_t0),
             drain: s
                 .drain_started
                 .zip(drain_end)
