@@ -1,0 +1,221 @@
+//! lameduck demo service (axum): holds each request in flight for a while and appends a
+//! record per acknowledged request to an in-memory batch that only its cleanup writes to
+//! disk. If the pod is killed before cleanup, the records are lost — and that is visible:
+//! lost data = acknowledged requests − lines in the records file.
+//!
+//! Environment:
+//! - `LISTEN_ADDR` (default `0.0.0.0:8080`)
+//! - `REQUEST_MILLIS` (default 20): how long each `GET /` is held in flight
+//! - `CLEANUP_MILLIS` (default 500): how long cleanup takes before the flush
+//! - `RECORDS_DIR` (default `/tmp/records`): records go to `<dir>/<HOSTNAME or pid>.records`
+//! - `LAMEDUCK_SOCKET`, `LAMEDUCK_CONTAINER`: set by the lameduck webhook
+//!
+//! Stdout carries one line per step of the shutdown, for people and test harnesses:
+//! `listening on ADDR`, `draining (source: S, deadline in N ms, in flight: N)`,
+//! `server stopped`, `flushed N records`, `shutdown complete: ok` (or `: failed: …`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+/// Settings read from the environment.
+#[derive(Debug)]
+struct Settings {
+    listen_addr: String,
+    request: Duration,
+    cleanup: Duration,
+    records_dir: PathBuf,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            listen_addr: env_or("LISTEN_ADDR", "0.0.0.0:8080"),
+            request: Duration::from_millis(millis("REQUEST_MILLIS", 20)?),
+            cleanup: Duration::from_millis(millis("CLEANUP_MILLIS", 500)?),
+            records_dir: PathBuf::from(env_or("RECORDS_DIR", "/tmp/records")),
+        })
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn millis(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={value:?} is not a number of milliseconds")),
+        _ => Ok(default),
+    }
+}
+
+/// The batching writer: records of acknowledged requests, kept in memory until cleanup.
+#[derive(Debug, Clone, Default)]
+struct Records {
+    pending: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Records {
+    fn push(&self, seq: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(seq);
+    }
+
+    /// Appends every pending record, one per line, to `path` and fsyncs it.
+    async fn flush(&self, path: PathBuf) -> std::io::Result<usize> {
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let count = batch.len();
+        tokio::task::spawn_blocking(move || append_records(&path, &batch))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(count)
+    }
+}
+
+fn append_records(path: &Path, records: &[u64]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::with_capacity(records.len() * 8);
+    for seq in records {
+        text.push_str(&seq.to_string());
+        text.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    seq: Arc<AtomicU64>,
+    records: Records,
+    request: Duration,
+}
+
+async fn index(State(state): State<AppState>) -> String {
+    tokio::time::sleep(state.request).await;
+    let seq = state.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    // Recorded before the response: every acknowledged request has a record.
+    state.records.push(seq);
+    format!("ok {seq}\n")
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("lameduck-example-web: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let lameduck = lameduck::connect().await;
+
+    let records = Records::default();
+    let file_name = match std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) {
+        Some(host) => format!("{host}.records"),
+        None => format!("{}.records", std::process::id()),
+    };
+    let records_path = settings.records_dir.join(file_name);
+    let cleanup = settings.cleanup;
+    lameduck.on_cleanup("flush records", {
+        let records = records.clone();
+        move || async move {
+            tokio::time::sleep(cleanup).await;
+            let count = records.flush(records_path).await?;
+            println!("flushed {count} records");
+            Ok::<(), std::io::Error>(())
+        }
+    });
+
+    let listener = match TcpListener::bind(&settings.listen_addr).await {
+        Ok(listener) => lameduck.listener(listener),
+        Err(err) => {
+            eprintln!(
+                "lameduck-example-web: cannot listen on {}: {err}",
+                settings.listen_addr
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("listening on {addr}"),
+        Err(_) => println!("listening on {}", settings.listen_addr),
+    }
+
+    let state = AppState {
+        seq: Arc::default(),
+        records,
+        request: settings.request,
+    };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+        .layer(lameduck.layer());
+
+    let drain_started = lameduck.drain_started();
+    tokio::spawn(async move {
+        let drain = drain_started.await;
+        println!(
+            "draining (source: {}, deadline in {} ms, in flight: {})",
+            drain.source(),
+            drain.remaining().as_millis(),
+            drain.inflight_at_start()
+        );
+    });
+
+    let server = axum::serve(listener, router).with_graceful_shutdown(lameduck.drain_signal());
+    match lameduck.until_deadline(server).await {
+        Some(Ok(())) => println!("server stopped"),
+        Some(Err(err)) => println!("server failed: {err}"),
+        None => println!("server stopped at the drain deadline"),
+    }
+
+    let shutdown = lameduck.shutdown().await;
+    if shutdown.is_ok() {
+        println!("shutdown complete: ok");
+        ExitCode::SUCCESS
+    } else {
+        let failures: Vec<String> = shutdown
+            .failures()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!("shutdown complete: failed: {}", failures.join("; "));
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,150 @@
+//! A tower layer that counts in-flight requests and closes HTTP/1 connections while the pod
+//! is deregistering or draining.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, Version};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::shared::Shared;
+
+/// Tower layer made by [`Lameduck::layer`](crate::Lameduck::layer).
+///
+/// Every request is counted as in flight until its response is ready (the body may still be
+/// streaming). Once the sidecar said `deregister`, or the drain started, HTTP/1 responses
+/// carry `Connection: close` so that clients reconnect — through load balancers that no
+/// longer route to this pod. When no [`Listener`](crate::Listener) counts connections, the
+/// layer counts each request as an accepted connection instead.
+#[derive(Clone)]
+pub struct ShutdownLayer {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownLayer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl fmt::Debug for ShutdownLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ShutdownLayer {
+    type Service = ShutdownService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ShutdownService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`ShutdownLayer`] wraps around an HTTP service.
+#[derive(Clone)]
+pub struct ShutdownService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ShutdownService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ShutdownService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // `Connection` is an HTTP/1 header; HTTP/2 connections are closed by the server's
+        // GOAWAY once the drain starts.
+        let http1 = request.version() <= Version::HTTP_11;
+        let guard = InflightGuard::new(Arc::clone(&self.shared));
+        ResponseFuture {
+            inner: self.inner.call(request),
+            guard: Some(guard),
+            http1,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`ShutdownService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InflightGuard>,
+        http1: bool,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(guard)) = (&mut result, this.guard.as_ref())
+            && *this.http1
+            && guard.shared.closing_connections()
+        {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        // Dropping the guard ends the request's in-flight time (a cancelled request's guard
+        // is dropped with the future).
+        this.guard.take();
+        Poll::Ready(result)
+    }
+}
+
+/// Counts one request as in flight while it lives.
+struct InflightGuard {
+    shared: Arc<Shared>,
+}
+
+impl InflightGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.request_started();
+        Self { shared }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.shared.request_finished();
+    }
+}
