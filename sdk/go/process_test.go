@@ -124,7 +124,7 @@ func checkAcked(t *testing.T, term *lameducktest.Termination, app *lameducktest.
 		t.Errorf("report names pid %d, the app is %d", term.Report.Apps[0].PID, app.Pid())
 	}
 	if term.PreStopTimedOut || term.Killed || term.ExitCode != 0 {
-		t.Errorf("termination %+v, want the hook released in time and a clean exit", term)
+		t.Errorf("termination %v, want the hook released in time and a clean exit", term)
 	}
 	for _, line := range []string{"cleanup finished", "got SIGTERM", "serve returned", "no leaked goroutines"} {
 		if !app.HasOutput(line) {
@@ -174,7 +174,7 @@ func TestProcessCleanupPastDeadline(t *testing.T) {
 		t.Errorf("the hook ran until the grace deadline (%v): the sidecar must release it before", term.PreStop)
 	}
 	if !term.Killed || term.SIGTERM <= 0 || term.SIGTERM >= term.SIGKILL {
-		t.Errorf("termination %+v, want SIGTERM, then SIGKILL", term)
+		t.Errorf("termination %v, want SIGTERM, then SIGKILL", term)
 	}
 	if !app.HasOutput("got SIGTERM") {
 		t.Errorf("the app did not see SIGTERM before SIGKILL:\n%s", app.Output())
@@ -192,7 +192,7 @@ func TestProcessSidecarKilledMidCleanup(t *testing.T) {
 	pod.KillSidecar()
 	term := <-terminated
 	if term.Killed || term.ExitCode != 0 {
-		t.Errorf("termination %+v, want a clean exit", term)
+		t.Errorf("termination %v, want a clean exit", term)
 	}
 	for _, line := range []string{"cleanup finished", "serve returned", "no leaked goroutines"} {
 		if !app.HasOutput(line) {
@@ -209,7 +209,7 @@ func TestProcessSidecarKilledWhileServing(t *testing.T) {
 	pod.KillSidecar()
 	term := pod.Delete()
 	if term.Killed || term.ExitCode != 0 {
-		t.Errorf("termination %+v, want a clean exit", term)
+		t.Errorf("termination %v, want a clean exit", term)
 	}
 	for _, line := range []string{"cleanup finished", "got SIGTERM", "no leaked goroutines"} {
 		if !app.HasOutput(line) {

@@ -112,3 +112,21 @@ func (l *Load) Snapshot() LoadResult {
 	r.Errors = append([]string(nil), r.Errors...)
 	return r
 }
+
+// DeleteUnderLoad sends load to target from clients for warmup, then deletes the pod (see
+// [Pod.Delete]) while the load goes on for lbLag more, the time load balancers take to
+// stop sending to a deleted pod, and then stops it. It returns what the deletion did and
+// what the clients saw.
+func (p *Pod) DeleteUnderLoad(target string, clients int, warmup, lbLag time.Duration) (*Termination, LoadResult) {
+	p.t.Helper()
+	load, err := StartLoad(target, clients)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	time.Sleep(warmup)
+	terminated := make(chan *Termination, 1)
+	go func() { terminated <- p.delete() }()
+	time.Sleep(lbLag)
+	result := load.Stop()
+	return <-terminated, result
+}

@@ -109,7 +109,7 @@ func NewPod(t testing.TB, cfg Config) *Pod {
 	}, cfg.SidecarArgs...)
 	cmd := exec.Command(cfg.Sidecar, args...)
 	cmd.Env = append(withoutLameduckEnv(os.Environ()), "NO_COLOR=1")
-	p.sidecar = startProcess(t, "sidecar", cmd)
+	p.sidecar = mustStartProcess(t, "sidecar", cmd)
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -147,7 +147,7 @@ func (p *Pod) Start(cmd *exec.Cmd) *App {
 		"LAMEDUCK_SOCKET="+p.Socket(),
 		"LAMEDUCK_CONTAINER="+p.cfg.Container,
 	)
-	p.app = startProcess(p.t, "app", cmd)
+	p.app = mustStartProcess(p.t, "app", cmd)
 	return &App{p: p.app}
 }
 
@@ -206,10 +206,16 @@ type ReportApp struct {
 // reads the termination report.
 func (p *Pod) Delete() *Termination {
 	p.t.Helper()
+	return p.delete()
+}
+
+// delete is Delete, safe to call from another goroutine than the test's: it reports
+// trouble in the Termination rather than through t.
+func (p *Pod) delete() *Termination {
 	p.deleteMu.Lock()
 	defer p.deleteMu.Unlock()
 	if p.app == nil {
-		p.t.Fatal("lameducktest: Delete before Start")
+		panic("lameducktest: Delete before Start")
 	}
 	start := time.Now()
 	deadline := start.Add(p.cfg.GracePeriod)
@@ -217,7 +223,11 @@ func (p *Pod) Delete() *Termination {
 
 	hook := exec.Command(p.cfg.Sidecar, append([]string{"prestop", "--container", p.cfg.Container, "--dir", p.dir}, p.cfg.PreStopArgs...)...)
 	hook.Env = withoutLameduckEnv(os.Environ())
-	hookProcess := startProcess(p.t, "prestop", hook)
+	hookProcess, err := startProcess("prestop", hook)
+	if err != nil {
+		term.ReportError = err
+		return term
+	}
 	select {
 	case <-hookProcess.done:
 	case <-p.app.done:
@@ -309,16 +319,24 @@ type process struct {
 	changed chan struct{} // closed and replaced on each new line
 }
 
-func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
+func mustStartProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
 	t.Helper()
-	p := &process{name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
-	out, err := cmd.StdoutPipe()
+	p, err := startProcess(name, cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func startProcess(name string, cmd *exec.Cmd) (*process, error) {
+	p := &process{name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stderr = cmd.Stdout // one stream, in order
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting the %s (%s): %v", name, cmd.Path, err)
+		return nil, fmt.Errorf("starting the %s (%s): %w", name, cmd.Path, err)
 	}
 	go func() {
 		scanner := bufio.NewScanner(out)
@@ -335,7 +353,7 @@ func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
 		p.state = cmd.ProcessState
 		close(p.done)
 	}()
-	return p
+	return p, nil
 }
 
 func (p *process) exited() bool {
@@ -419,4 +437,31 @@ func withoutLameduckEnv(env []string) []string {
 		kept = append(kept, kv)
 	}
 	return kept
+}
+
+// String summarizes the termination on one line, for test logs.
+func (t *Termination) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "preStop %v", t.PreStop.Round(time.Millisecond))
+	if t.PreStopTimedOut {
+		b.WriteString(" (ran to the deadline)")
+	}
+	if t.SIGTERM > 0 {
+		fmt.Fprintf(&b, ", SIGTERM at %v", t.SIGTERM.Round(time.Millisecond))
+	}
+	if t.SIGKILL > 0 {
+		fmt.Fprintf(&b, ", SIGKILL at %v", t.SIGKILL.Round(time.Millisecond))
+	}
+	fmt.Fprintf(&b, ", exited at %v", t.Exited.Round(time.Millisecond))
+	if t.Killed {
+		b.WriteString(" (killed)")
+	} else {
+		fmt.Fprintf(&b, " with status %d", t.ExitCode)
+	}
+	if t.ReportError != nil {
+		fmt.Fprintf(&b, "; no report: %v", t.ReportError)
+	} else {
+		fmt.Fprintf(&b, "; report %s", bytes.TrimSpace(t.ReportRaw))
+	}
+	return b.String()
 }
