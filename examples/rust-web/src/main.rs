@@ -14,7 +14,7 @@
 //! `listening on ADDR`, `draining (source: S, deadline in N ms, in flight: N)`,
 //! `server stopped`, `flushed N records`, `shutdown complete: ok` (or `: failed: …`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +129,7 @@ async fn healthz() -> &'static str {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -70,9 +70,9 @@ pub(crate) async fn run_all(cleanups: Vec<Cleanup>, deadline: Instant) -> Vec<Cl
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match reason {
-            None => tracing::info!(cleanup = %name, elapsed_ms, "lameduck: cleanup finished"),
+            None => tracing::info!(cleanup = %name, elapsed_ms, "cleanup finished"),
             Some(reason) => {
-                tracing::warn!(cleanup = %name, elapsed_ms, %reason, "lameduck: cleanup failed");
+                tracing::warn!(cleanup = %name, elapsed_ms, %reason, "cleanup failed");
                 failures.push(CleanupFailure { name, reason });
             }
         }

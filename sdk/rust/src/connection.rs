@@ -44,9 +44,7 @@ pub(crate) async fn run(shared: Arc<Shared>, path: &Path, first: oneshot::Sender
         shared.connected.store(false, Ordering::SeqCst);
         drop(first.take());
         if matches!(ended, Ended::Rejected) {
-            tracing::warn!(
-                "lameduck: running without the sidecar; SIGTERM/SIGINT start the drain locally"
-            );
+            tracing::warn!("running without the sidecar; SIGTERM/SIGINT start the drain locally");
             return;
         }
         if shared.drain_token.is_cancelled() {
@@ -96,10 +94,10 @@ fn log_unreachable(path: &Path, attempt: u32, reason: &str) {
         tracing::warn!(
             socket = %path.display(),
             %reason,
-            "lameduck: cannot reach the sidecar; retrying, SIGTERM/SIGINT start the drain locally meanwhile"
+            "cannot reach the sidecar; retrying, SIGTERM/SIGINT start the drain locally meanwhile"
         );
     } else {
-        tracing::debug!(socket = %path.display(), %reason, attempt, "lameduck: reconnect failed");
+        tracing::debug!(socket = %path.display(), %reason, attempt, "reconnect failed");
     }
 }
 
@@ -115,13 +113,13 @@ async fn read_messages(
         let line = match decoder.next_line() {
             Some(Ok(line)) => line,
             Some(Err(err)) => {
-                tracing::warn!(error = %err, "lameduck: closing the connection to the sidecar");
+                tracing::warn!(error = %err, "closing the connection to the sidecar");
                 return Ended::Rejected;
             }
             None => match reader.read(&mut buffer).await {
                 Ok(0) => {
                     if let Err(err) = decoder.finish() {
-                        tracing::warn!(error = %err, "lameduck: the sidecar closed the connection");
+                        tracing::warn!(error = %err, "the sidecar closed the connection");
                     }
                     return closed(shared, welcomed);
                 }
@@ -130,7 +128,7 @@ async fn read_messages(
                     continue;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "lameduck: reading from the sidecar failed");
+                    tracing::warn!(error = %err, "reading from the sidecar failed");
                     return closed(shared, welcomed);
                 }
             },
@@ -140,7 +138,7 @@ async fn read_messages(
             Err(err) => {
                 tracing::warn!(
                     error = %err,
-                    "lameduck: closing the connection to the sidecar: malformed message"
+                    "closing the connection to the sidecar: malformed message"
                 );
                 return Ended::Rejected;
             }
@@ -150,14 +148,14 @@ async fn read_messages(
                 if v != PROTOCOL_VERSION {
                     tracing::warn!(
                         version = v,
-                        "lameduck: the sidecar speaks another protocol version; closing"
+                        "the sidecar speaks another protocol version; closing"
                     );
                     return Ended::Rejected;
                 }
                 welcomed = true;
                 shared.grace_seconds.store(grace_seconds, Ordering::Relaxed);
                 shared.connected.store(true, Ordering::SeqCst);
-                tracing::info!(grace_seconds, "lameduck: connected to the sidecar");
+                tracing::info!(grace_seconds, "connected to the sidecar");
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 }
@@ -165,7 +163,7 @@ async fn read_messages(
             SidecarMessage::Deregister {} => {
                 if !shared.deregister.is_cancelled() {
                     tracing::info!(
-                        "lameduck: deregistering; serving on with `Connection: close` and reporting activity"
+                        "deregistering; serving on with `Connection: close` and reporting activity"
                     );
                     shared.deregister.cancel();
                 }
@@ -176,7 +174,7 @@ async fn read_messages(
                 shared.start_drain(DrainSource::Sidecar, Duration::from_millis(remaining));
             }
             SidecarMessage::Unknown => {
-                tracing::debug!("lameduck: ignoring a message of an unknown type");
+                tracing::debug!("ignoring a message of an unknown type");
             }
         }
     }
@@ -184,13 +182,13 @@ async fn read_messages(
 
 fn closed(shared: &Shared, welcomed: bool) -> Ended {
     if !welcomed {
-        tracing::warn!("lameduck: the sidecar closed the connection without a welcome");
+        tracing::warn!("the sidecar closed the connection without a welcome");
         return Ended::Rejected;
     }
     if shared.done_sent.load(Ordering::SeqCst) {
-        tracing::debug!("lameduck: the sidecar closed the connection after done");
+        tracing::debug!("the sidecar closed the connection after done");
     } else {
-        tracing::warn!("lameduck: lost the connection to the sidecar");
+        tracing::warn!("lost the connection to the sidecar");
     }
     Ended::Lost
 }

@@ -176,7 +176,7 @@ impl Builder {
         }
         match shared.config.socket.clone() {
             None => tracing::info!(
-                "lameduck: {ENV_SOCKET} is not set; running without the sidecar, SIGTERM/SIGINT start the drain"
+                "{ENV_SOCKET} is not set; running without the sidecar, SIGTERM/SIGINT start the drain"
             ),
             Some(path) => {
                 let (first_tx, first_rx) = oneshot::channel();
@@ -186,7 +186,7 @@ impl Builder {
                     .await
                     .is_err()
                 {
-                    tracing::warn!("lameduck: no welcome from the sidecar yet; going on without");
+                    tracing::warn!("no welcome from the sidecar yet; going on without");
                 }
             }
         }
@@ -379,7 +379,7 @@ impl Lameduck {
         tokio::select! {
             output = work => Some(output),
             () = deadline => {
-                tracing::warn!("lameduck: the drain deadline passed before the server stopped");
+                tracing::warn!("the drain deadline passed before the server stopped");
                 None
             }
         }
@@ -389,7 +389,8 @@ impl Lameduck {
     /// flush buffers, commit offsets, close connections.
     ///
     /// Each runs exactly once, in every shutdown path, and is abandoned at the drain deadline;
-    /// an error, a timeout or a panic is reported in `done` and does not stop the others.
+    /// an error, a timeout or a panic (with `panic = "unwind"`) is reported in `done` and does
+    /// not stop the others.
     /// A function registered after the shutdown sequence began is not run (logged).
     pub fn on_cleanup<F, Fut, E>(&self, name: impl Into<String>, cleanup: F)
     where
@@ -407,7 +408,7 @@ impl Lameduck {
             Some(cleanups) => cleanups.push(cleanup),
             None => tracing::warn!(
                 cleanup = %cleanup.name,
-                "lameduck: cleanup registered after the shutdown began; it will not run"
+                "cleanup registered after the shutdown began; it will not run"
             ),
         }
     }
@@ -486,7 +487,7 @@ async fn run_shutdown(shared: Arc<Shared>, report: watch::Sender<Option<Shutdown
     if !drained_in_time {
         tracing::warn!(
             inflight = shared.inflight.load(Ordering::SeqCst),
-            "lameduck: requests still in flight at the drain deadline"
+            "requests still in flight at the drain deadline"
         );
     }
     shared.activity_stop.cancel();
@@ -514,9 +515,9 @@ async fn run_shutdown(shared: Arc<Shared>, report: watch::Sender<Option<Shutdown
         .await;
     shared.done_sent.store(true, Ordering::SeqCst);
     match (&error, acknowledged) {
-        (None, true) => tracing::info!("lameduck: cleanup finished; the sidecar was told"),
-        (None, false) => tracing::info!("lameduck: cleanup finished"),
-        (Some(error), _) => tracing::warn!(%error, acknowledged, "lameduck: cleanup failed"),
+        (None, true) => tracing::info!("cleanup finished; the sidecar was told"),
+        (None, false) => tracing::info!("cleanup finished"),
+        (Some(error), _) => tracing::warn!(%error, acknowledged, "cleanup failed"),
     }
     report.send_replace(Some(Shutdown {
         drain,

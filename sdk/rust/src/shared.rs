@@ -113,7 +113,7 @@ impl Shared {
                     source = %source,
                     remaining_ms = remaining.as_millis() as u64,
                     inflight = drain.inflight_at_start,
-                    "lameduck: drain started; stop accepting and finish in-flight requests"
+                    "drain started; stop accepting and finish in-flight requests"
                 );
                 self.drain_token.cancel();
                 drain
@@ -123,7 +123,7 @@ impl Shared {
                 tracing::debug!(
                     source = %source,
                     current = %current.source,
-                    "lameduck: drain already started"
+                    "drain already started"
                 );
                 current
             }
@@ -180,13 +180,13 @@ impl Shared {
         match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await {
             Ok(Ok(())) => true,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "lameduck: lost the connection to the sidecar");
+                tracing::warn!(error = %err, "lost the connection to the sidecar");
                 *writer = None;
                 self.connected.store(false, Ordering::SeqCst);
                 false
             }
             Err(_) => {
-                tracing::warn!("lameduck: the sidecar stopped reading; closing the connection");
+                tracing::warn!("the sidecar stopped reading; closing the connection");
                 *writer = None;
                 self.connected.store(false, Ordering::SeqCst);
                 false

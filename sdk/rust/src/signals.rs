@@ -20,7 +20,7 @@ pub(crate) fn install(shared: Arc<Shared>) {
     ) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(err), _) | (_, Err(err)) => {
-            tracing::warn!(error = %err, "lameduck: cannot handle SIGTERM/SIGINT");
+            tracing::warn!(error = %err, "cannot handle SIGTERM/SIGINT");
             return;
         }
     };
@@ -33,21 +33,21 @@ pub(crate) fn install(shared: Arc<Shared>) {
             };
             if shared.done_sent.load(Ordering::SeqCst) {
                 let ok = shared.shutdown_ok.load(Ordering::SeqCst);
-                tracing::info!(signal = name, "lameduck: cleanup already finished; exiting");
+                tracing::info!(signal = name, "cleanup already finished; exiting");
                 std::process::exit(if ok { 0 } else { 1 });
             }
             if !shared.drain_token.is_cancelled() {
-                tracing::info!(signal = name, "lameduck: signal received; draining");
+                tracing::info!(signal = name, "signal received; draining");
                 shared.start_drain(DrainSource::Signal, shared.local_deadline());
             } else if name == "SIGINT"
                 && shared.drain.get().map(|d| d.source) == Some(DrainSource::Signal)
             {
-                tracing::warn!("lameduck: second SIGINT; exiting without waiting for cleanup");
+                tracing::warn!("second SIGINT; exiting without waiting for cleanup");
                 std::process::exit(130);
             } else {
                 tracing::info!(
                     signal = name,
-                    "lameduck: signal received while draining; cleanup goes on until the deadline"
+                    "signal received while draining; cleanup goes on until the deadline"
                 );
             }
         }
