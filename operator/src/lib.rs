@@ -5,4 +5,5 @@
 // Module list: the webhook side (webhook/, certs.rs, inject) and the policy side
 // (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
 
+pub mod api;
 pub mod recommend;

@@ -1,0 +1,546 @@
+//! The `ShutdownPolicy` custom resource (`lameduck.dev/v1alpha1`).
+//!
+//! One ShutdownPolicy governs the pods of one workload: its spec bounds and tunes the
+//! grace-period recommender and the sidecar's drain; its status holds what was observed
+//! (quantiles, kills, the decaying histograms themselves) and the recommendation.
+//!
+//! The CRD is generated from these types: [`crd_yaml`] prints it (the CLI's `crd`
+//! subcommand calls it) and `crds/shutdownpolicies.lameduck.dev.yaml` is its committed copy,
+//! checked by a test. Regenerate it with
+//! `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::{CustomResourceExt, Duration as KubeDuration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::recommend::{DeregisterSettings, GracePeriodSettings, HistoryState};
+
+/// API group of lameduck's resources.
+pub const GROUP: &str = "lameduck.dev";
+/// The committed CRD file, relative to the repository root.
+pub const CRD_PATH: &str = "crds/shutdownpolicies.lameduck.dev.yaml";
+
+/// Condition type: a recommendation exists (status `True`) or not yet (`False`).
+pub const CONDITION_RECOMMENDATION_PROVIDED: &str = "RecommendationProvided";
+/// Condition type: fewer than `minSamples` shutdowns were observed.
+pub const CONDITION_LOW_CONFIDENCE: &str = "LowConfidence";
+/// Condition type: running pods of the workload lack the sidecar.
+pub const CONDITION_PODS_NOT_INJECTED: &str = "PodsNotInjected";
+/// Condition type: shutdowns need more than `gracePeriod.maxSeconds`.
+pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
+
+/// Describes how lameduck shuts down the pods of one workload and what it learned from
+/// observing them. Created by the operator for every injected workload (named
+/// `<kind>-<name>`, owned by the workload); create one yourself first to choose the bounds:
+/// the operator adopts it and never changes its spec.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "lameduck.dev",
+    version = "v1alpha1",
+    kind = "ShutdownPolicy",
+    plural = "shutdownpolicies",
+    singular = "shutdownpolicy",
+    shortname = "sdp",
+    category = "lameduck",
+    namespaced,
+    status = "ShutdownPolicyStatus",
+    derive = "PartialEq",
+    doc = "ShutdownPolicy tunes the graceful shutdown of one workload's pods and records how long their shutdowns take.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name", description = "The workload this policy governs."),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.updateMode", description = "Initial: new pods get the recommendation; Off: recommend only."),
+    printcolumn(name = "Samples", type_ = "integer", json_path = ".status.samples", description = "Observed shutdowns."),
+    printcolumn(name = "P99", type_ = "number", json_path = ".status.durations.p99", description = "99th percentile of the shutdown duration, in seconds."),
+    printcolumn(name = "Recommended", type_ = "integer", json_path = ".status.recommendation.gracePeriodSeconds", description = "Recommended terminationGracePeriodSeconds."),
+    printcolumn(name = "Killed", type_ = "integer", json_path = ".status.killed", description = "Pods SIGKILLed at their deadline."),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownPolicySpec {
+    /// The workload whose pods this policy governs. Cannot be changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("targetRef cannot be changed: create another ShutdownPolicy for another workload"))]
+    pub target_ref: TargetRef,
+    /// Whether the recommendation is applied: `Initial` (default) gives new pods the
+    /// recommended terminationGracePeriodSeconds at admission; `Off` only records and
+    /// recommends.
+    #[serde(default)]
+    pub update_mode: UpdateMode,
+    /// How the grace period is derived from the observed shutdowns.
+    #[serde(default)]
+    pub grace_period: GracePeriodSpec,
+    /// How the sidecar lets traffic drain away before the application is told to stop.
+    #[serde(default)]
+    pub drain: DrainSpec,
+}
+
+/// A reference to the workload governed by a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job', 'CronJob', 'Pod'] || self.apiVersion != 'apps/v1'").message("targetRef.kind must name a workload kind such as Deployment, StatefulSet or DaemonSet"))]
+pub struct TargetRef {
+    /// API version of the workload, e.g. `apps/v1`.
+    #[x_kube(validation = Rule::new("self != ''").message("targetRef.apiVersion must not be empty, e.g. apps/v1"))]
+    pub api_version: String,
+    /// Kind of the workload: `Deployment`, `StatefulSet` or `DaemonSet`.
+    #[x_kube(validation = Rule::new("self != ''").message("targetRef.kind must not be empty, e.g. Deployment"))]
+    pub kind: String,
+    /// Name of the workload, in the policy's namespace.
+    #[x_kube(validation = Rule::new("self != ''").message("targetRef.name must not be empty"))]
+    pub name: String,
+}
+
+/// Whether the recommendation is applied to new pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Record and recommend only; pods keep the workload's terminationGracePeriodSeconds.
+    Off,
+    /// New pods get the recommended grace period when they are created.
+    #[default]
+    Initial,
+}
+
+/// How the grace period is derived from the observed shutdowns:
+/// `clamp(ceil(q(percentile) × (1 + marginFraction) + bufferSeconds), minSeconds, maxSeconds)`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minSeconds <= self.maxSeconds").message("gracePeriod.minSeconds must be less than or equal to gracePeriod.maxSeconds"))]
+pub struct GracePeriodSpec {
+    /// The lowest grace period ever recommended, in seconds (at least 1).
+    #[x_kube(validation = Rule::new("self >= 1").message("gracePeriod.minSeconds must be at least 1 second"))]
+    #[serde(default = "grace_period_defaults::min_seconds")]
+    pub min_seconds: u32,
+    /// The highest grace period ever recommended, in seconds (at most 3600; the cluster
+    /// autoscaler stops waiting after 600 s by default).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("gracePeriod.maxSeconds must be between 1 and 3600 seconds"))]
+    #[serde(default = "grace_period_defaults::max_seconds")]
+    pub max_seconds: u32,
+    /// The share of observed shutdowns the grace period must cover: 0.99 means 99 % of
+    /// them fit, before the margins. Greater than 0, at most 1.
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("gracePeriod.percentile must be greater than 0 and at most 1, e.g. 0.99 for the 99th percentile"))]
+    #[serde(default = "grace_period_defaults::percentile")]
+    pub percentile: f64,
+    /// Relative safety margin added to the observed percentile: 0.2 adds 20 %.
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 10.0").message("gracePeriod.marginFraction must be between 0 and 10, e.g. 0.2 for 20 %"))]
+    #[serde(default = "grace_period_defaults::margin_fraction")]
+    pub margin_fraction: f64,
+    /// Absolute safety margin added after the relative one, in seconds.
+    #[x_kube(validation = Rule::new("self <= 600").message("gracePeriod.bufferSeconds must be at most 600 seconds"))]
+    #[serde(default = "grace_period_defaults::buffer_seconds")]
+    pub buffer_seconds: u32,
+    /// Observed shutdowns needed before anything is recommended; until then the
+    /// workload's own grace period stays and the LowConfidence condition is True.
+    #[x_kube(validation = Rule::new("self >= 1").message("gracePeriod.minSamples must be at least 1"))]
+    #[serde(default = "grace_period_defaults::min_samples")]
+    pub min_samples: u32,
+    /// A pod SIGKILLed at grace period G lifts the recommendation to at least
+    /// G × killBumpRatio (capped at maxSeconds) for one half-life. At least 1.
+    #[x_kube(validation = Rule::new("self >= 1.0 && self <= 10.0").message("gracePeriod.killBumpRatio must be between 1 and 10: a kill must never lower the grace period"))]
+    #[serde(default = "grace_period_defaults::kill_bump_ratio")]
+    pub kill_bump_ratio: f64,
+    /// How fast old observations fade: an observation one half-life old weighs half as
+    /// much as a new one. A Go duration such as `24h` or `90m`, at least `1m`.
+    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1m')").message("gracePeriod.halfLife must be a duration of at least 1m, such as 24h or 90m"))]
+    #[serde(default = "grace_period_defaults::half_life")]
+    pub half_life: String,
+}
+
+impl Default for GracePeriodSpec {
+    fn default() -> Self {
+        use grace_period_defaults as d;
+        Self {
+            min_seconds: d::min_seconds(),
+            max_seconds: d::max_seconds(),
+            percentile: d::percentile(),
+            margin_fraction: d::margin_fraction(),
+            buffer_seconds: d::buffer_seconds(),
+            min_samples: d::min_samples(),
+            kill_bump_ratio: d::kill_bump_ratio(),
+            half_life: d::half_life(),
+        }
+    }
+}
+
+/// Defaults of `spec.gracePeriod` (serde needs one function per field).
+mod grace_period_defaults {
+    pub fn min_seconds() -> u32 {
+        5
+    }
+    pub fn max_seconds() -> u32 {
+        600
+    }
+    pub fn percentile() -> f64 {
+        0.99
+    }
+    pub fn margin_fraction() -> f64 {
+        0.2
+    }
+    pub fn buffer_seconds() -> u32 {
+        2
+    }
+    pub fn min_samples() -> u32 {
+        5
+    }
+    pub fn kill_bump_ratio() -> f64 {
+        1.5
+    }
+    pub fn half_life() -> String {
+        "24h".into()
+    }
+}
+
+impl GracePeriodSpec {
+    /// The recommender's settings for this spec.
+    pub fn settings(&self) -> GracePeriodSettings {
+        // The schema only admits durations of at least 1m; anything else falls back to 24h.
+        let half_life = self
+            .half_life
+            .parse::<KubeDuration>()
+            .ok()
+            .filter(|d| !d.is_negative())
+            .map_or(std::time::Duration::from_secs(24 * 3600), std::time::Duration::from);
+        GracePeriodSettings {
+            min_seconds: self.min_seconds,
+            max_seconds: self.max_seconds,
+            percentile: self.percentile,
+            margin_fraction: self.margin_fraction,
+            buffer_seconds: f64::from(self.buffer_seconds),
+            min_samples: self.min_samples,
+            kill_bump_ratio: self.kill_bump_ratio,
+            half_life_ms: i64::try_from(half_life.as_millis()).unwrap_or(i64::MAX).max(1),
+        }
+    }
+}
+
+/// How the sidecar ends the deregister phase (traffic still arriving after deletion).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DrainMode {
+    /// Adaptive when the application uses a lameduck SDK (ends when no new connection
+    /// arrived for quietPeriodMillis, between minDelaySeconds and maxDelaySeconds); a fixed
+    /// delaySeconds otherwise.
+    #[default]
+    Auto,
+    /// Always wait delaySeconds.
+    Delay,
+    /// Wait delaySeconds, then call `POST http://127.0.0.1:<http.port><http.path>` on the
+    /// application and wait for its answer (for applications without an SDK).
+    #[serde(rename = "HTTP")]
+    Http,
+}
+
+/// How the sidecar lets traffic drain away before the application is told to stop.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minDelaySeconds <= self.maxDelaySeconds").message("drain.minDelaySeconds must be less than or equal to drain.maxDelaySeconds"))]
+#[x_kube(validation = Rule::new("self.mode != 'HTTP' || has(self.http)").message("drain.http (port and path) is required when drain.mode is HTTP"))]
+pub struct DrainSpec {
+    /// `Auto` (default), `Delay` or `HTTP`.
+    #[serde(default = "drain_defaults::mode")]
+    pub mode: DrainMode,
+    /// The fixed deregister delay when no SDK is connected (and in `Delay`/`HTTP` mode), in
+    /// seconds.
+    #[x_kube(validation = Rule::new("self <= 600").message("drain.delaySeconds must be at most 600 seconds"))]
+    #[serde(default = "drain_defaults::delay_seconds")]
+    pub delay_seconds: u32,
+    /// The adaptive deregister phase lasts at least this long, in seconds. The operator
+    /// raises it to the deregister lag it learned for the workload
+    /// (`status.recommendation.deregisterDelayMillis`), never lowers it.
+    #[x_kube(validation = Rule::new("self <= 600").message("drain.minDelaySeconds must be at most 600 seconds"))]
+    #[serde(default = "drain_defaults::min_delay_seconds")]
+    pub min_delay_seconds: u32,
+    /// The adaptive deregister phase ends once no new connection was accepted for this long
+    /// (or three times the recent mean gap between connections, if longer), in milliseconds.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 600000").message("drain.quietPeriodMillis must be between 1 and 600000 milliseconds"))]
+    #[serde(default = "drain_defaults::quiet_period_millis")]
+    pub quiet_period_millis: u32,
+    /// The adaptive deregister phase lasts at most this long, in seconds.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 600").message("drain.maxDelaySeconds must be between 1 and 600 seconds"))]
+    #[serde(default = "drain_defaults::max_delay_seconds")]
+    pub max_delay_seconds: u32,
+    /// The application's drain endpoint for mode `HTTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpDrainSpec>,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        use drain_defaults as d;
+        Self {
+            mode: d::mode(),
+            delay_seconds: d::delay_seconds(),
+            min_delay_seconds: d::min_delay_seconds(),
+            quiet_period_millis: d::quiet_period_millis(),
+            max_delay_seconds: d::max_delay_seconds(),
+            http: None,
+        }
+    }
+}
+
+/// Defaults of `spec.drain` (serde needs one function per field).
+mod drain_defaults {
+    pub fn mode() -> super::DrainMode {
+        super::DrainMode::Auto
+    }
+    pub fn delay_seconds() -> u32 {
+        5
+    }
+    pub fn min_delay_seconds() -> u32 {
+        1
+    }
+    pub fn quiet_period_millis() -> u32 {
+        1000
+    }
+    pub fn max_delay_seconds() -> u32 {
+        15
+    }
+}
+
+impl DrainSpec {
+    /// The limits of the learned deregister delay.
+    pub fn deregister_settings(&self) -> DeregisterSettings {
+        DeregisterSettings {
+            min_delay_ms: u64::from(self.min_delay_seconds) * 1000,
+            max_delay_ms: u64::from(self.max_delay_seconds) * 1000,
+        }
+    }
+}
+
+/// The application's HTTP drain endpoint, called on loopback inside the pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpDrainSpec {
+    /// TCP port the application listens on (1–65535).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("drain.http.port must be between 1 and 65535"))]
+    pub port: u32,
+    /// Request path, starting with `/`.
+    #[serde(default = "default_http_path")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("drain.http.path must start with /, e.g. /drain"))]
+    pub path: String,
+}
+
+fn default_http_path() -> String {
+    "/drain".into()
+}
+
+/// What the operator observed and recommends. Written by the operator only.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownPolicyStatus {
+    /// RecommendationProvided, LowConfidence, PodsNotInjected, GracePeriodExceeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation the status was last computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Observed shutdowns (killed ones included).
+    #[serde(default)]
+    pub samples: u64,
+    /// When the last shutdown was observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_observation_time: Option<Time>,
+    /// Quantiles of the shutdown duration (deletion → last application container exit),
+    /// in seconds, recent shutdowns weighing more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durations: Option<DurationQuantiles>,
+    /// Median and 99th percentile of each shutdown phase, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<PhaseQuantiles>,
+    /// Pods SIGKILLed at their deadline before their shutdown finished.
+    #[serde(default)]
+    pub killed: u64,
+    /// Shutdowns where the application did not acknowledge before the sidecar's deadline.
+    #[serde(default)]
+    pub timeouts: u64,
+    /// Terminating pods that disappeared before their final status was seen.
+    #[serde(default)]
+    pub unobserved: u64,
+    /// The current recommendation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<RecommendationStatus>,
+    /// Running pods of the workload with and without the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
+    /// The recommender's decaying histograms, kept here so that a restart of the operator
+    /// loses nothing it recorded. Internal; do not edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<HistoryState>,
+}
+
+/// Quantiles of a duration, in seconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct DurationQuantiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Longest.
+    pub max: f64,
+}
+
+/// Median and 99th percentile, in seconds.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseQuantile {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Quantiles of the shutdown phases.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseQuantiles {
+    /// Deletion → traffic stopped arriving (the deregister phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister: Option<PhaseQuantile>,
+    /// The application finishing in-flight work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<PhaseQuantile>,
+    /// The application's cleanup (its deferred work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<PhaseQuantile>,
+    /// preStop hook released → the application container exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<PhaseQuantile>,
+}
+
+/// The recommendation for new pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecommendationStatus {
+    /// The terminationGracePeriodSeconds new pods get in `Initial` mode. It changes only
+    /// when the target moves by at least max(2 s, 10 %), or after a kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u32>,
+    /// The smallest reasonable grace period; wide while the history is short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_bound: Option<u32>,
+    /// The largest reasonable grace period; wide while the history is short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_bound: Option<u32>,
+    /// The target before gracePeriod.minSeconds/maxSeconds were applied: above maxSeconds
+    /// means the shutdowns need more than the policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncapped: Option<u32>,
+    /// The deregister delay learned from how long traffic kept arriving after deletion,
+    /// in milliseconds: new pods' sidecars wait at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_delay_millis: Option<u64>,
+}
+
+/// Running pods of the workload.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    /// Pods with the lameduck sidecar.
+    pub injected: u32,
+    /// Pods created before injection was enabled; `kubectl rollout restart` replaces them.
+    pub not_injected: u32,
+}
+
+/// The ShutdownPolicy CRD as YAML, as committed in `crds/` and installed by the chart.
+/// The operator's `crd` subcommand prints this.
+pub fn crd_yaml() -> String {
+    let crd = ShutdownPolicy::crd();
+    let body = serde_norway::to_string(&crd).unwrap_or_default();
+    let body = quote_yaml11_booleans(&body);
+    format!("# Generated from operator/src/api.rs by `lameduck-operator crd`; do not edit.\n{body}")
+}
+
+/// Quotes plain scalars such as `Off` that YAML 1.1 parsers (kubectl's, helm's) read as
+/// booleans: the `updateMode` enum value `Off` must stay a string.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    const BOOLEANS: [&str; 16] =
+        ["y", "Y", "n", "N", "yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+    let mut out = String::with_capacity(yaml.len() + 64);
+    for line in yaml.lines() {
+        let quoted = BOOLEANS.iter().find_map(|word| {
+            let prefix = line.strip_suffix(word)?;
+            (prefix.ends_with("- ") || prefix.ends_with(": ")).then(|| format!("{prefix}'{word}'"))
+        });
+        out.push_str(quoted.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/shutdownpolicies.lameduck.dev.yaml");
+        if std::env::var_os("LAMEDUCK_UPDATE_CRDS").is_some() {
+            std::fs::write(path, crd_yaml()).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "{CRD_PATH} differs from the ShutdownPolicy types in operator/src/api.rs; regenerate it with \
+             `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd` (or \
+             `cargo run -p lameduck-operator -- crd > {CRD_PATH}`) and commit it"
+        );
+    }
+
+    #[test]
+    fn crd_yaml_reads_back_as_the_crd() {
+        let yaml = crd_yaml();
+        assert!(yaml.contains("- 'Off'"), "YAML 1.1 would read a bare Off as false");
+        let parsed: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(parsed, serde_json::to_value(ShutdownPolicy::crd()).unwrap());
+    }
+
+    #[test]
+    fn defaults_fill_an_almost_empty_spec() {
+        let policy: ShutdownPolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+        }))
+        .unwrap();
+        assert_eq!(policy.update_mode, UpdateMode::Initial);
+        assert_eq!(policy.grace_period, GracePeriodSpec::default());
+        assert_eq!(policy.grace_period.settings(), GracePeriodSettings::default());
+        assert_eq!(policy.drain.deregister_settings(), DeregisterSettings::default());
+        let drain: DrainSpec = serde_json::from_value(serde_json::json!({"mode": "HTTP", "http": {"port": 8080}})).unwrap();
+        assert_eq!(drain.mode, DrainMode::Http);
+        assert_eq!(drain.http.unwrap().path, "/drain");
+        let half_life: GracePeriodSpec = serde_json::from_value(serde_json::json!({"halfLife": "90m"})).unwrap();
+        assert_eq!(half_life.settings().half_life_ms, 90 * 60_000);
+    }
+
+    #[test]
+    fn schema_documents_every_spec_field_with_defaults_and_rules() {
+        let crd = serde_json::to_value(ShutdownPolicy::crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+        let columns: Vec<_> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_uppercase())
+            .collect();
+        assert_eq!(columns, ["TARGET", "MODE", "SAMPLES", "P99", "RECOMMENDED", "KILLED", "AGE"]);
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "sdp");
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut undocumented = Vec::new();
+        walk(spec, "spec", &mut undocumented);
+        assert!(undocumented.is_empty(), "fields without a description: {undocumented:?}");
+        let grace = &spec["properties"]["gracePeriod"];
+        assert_eq!(grace["properties"]["minSeconds"]["default"], 5);
+        assert_eq!(grace["properties"]["halfLife"]["default"], "24h");
+        assert!(grace["x-kubernetes-validations"][0]["message"].as_str().unwrap().contains("minSeconds"));
+    }
+
+    fn walk(schema: &serde_json::Value, path: &str, undocumented: &mut Vec<String>) {
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                let path = format!("{path}.{name}");
+                if property["description"].as_str().is_none_or(str::is_empty) {
+                    undocumented.push(path.clone());
+                }
+                walk(property, &path, undocumented);
+            }
+        }
+    }
+}
