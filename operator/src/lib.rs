@@ -6,4 +6,5 @@
 // (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
 
 pub mod api;
+pub mod observe;
 pub mod recommend;

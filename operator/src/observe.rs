@@ -1,0 +1,329 @@
+//! Turning a terminated pod into one observation: pure code over the Pod object.
+//!
+//! T0 comes from the sidecar's termination report (the moment the first preStop hook
+//! reached it), or else from the deletion: `deletionTimestamp − deletionGracePeriodSeconds`.
+//! Phase timings come from the report; the exit from the app containers' `finishedAt`
+//! (second precision); total = last app container exit − T0. An app container that exited
+//! 137 at or after the deadline, for another reason than `OOMKilled`, was SIGKILLed: its
+//! true duration is only known to be at least the grace period (a censored sample).
+
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
+use lameduck_proto::names::SIDECAR_CONTAINER_NAME;
+use lameduck_proto::{Outcome, TerminationReport};
+
+use crate::recommend::{PhaseDurations, Sample};
+
+/// Exit code of a process killed by SIGKILL (128 + 9).
+const SIGKILL_EXIT_CODE: i32 = 137;
+/// `finishedAt` is truncated to the second: a kill at the deadline may read up to 1 s early.
+const FINISHED_AT_PRECISION_MS: i64 = 1000;
+
+/// Where T0 came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum T0Source {
+    /// The sidecar's termination report (`t0`).
+    Report,
+    /// `deletionTimestamp − deletionGracePeriodSeconds`.
+    Deletion,
+}
+
+/// One observed pod shutdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// When the shutdown began, Unix milliseconds.
+    pub t0_unix_ms: i64,
+    /// Where [`Observation::t0_unix_ms`] came from.
+    pub t0_source: T0Source,
+    /// The grace period the kubelet enforced (the deletion's, else the pod's).
+    pub grace_seconds: u32,
+    /// When the kubelet would SIGKILL, Unix milliseconds.
+    pub deadline_unix_ms: i64,
+    /// When the last app container exited (`finishedAt`, second precision), Unix ms.
+    pub finished_unix_ms: i64,
+    /// T0 → last app container exit, in milliseconds.
+    pub duration_ms: u64,
+    /// App containers SIGKILLed at the deadline.
+    pub killed_containers: Vec<String>,
+    /// App containers killed by the OOM killer (not a grace-period kill).
+    pub oom_killed_containers: Vec<String>,
+    /// The report's overall outcome, when there was a readable report.
+    pub outcome: Option<Outcome>,
+    /// Phase durations from the report (empty without one).
+    pub phases: PhaseDurations,
+    /// T0 → the last connection an application accepted, from the report.
+    pub deregister_lag_ms: Option<u64>,
+    /// Why parts of the observation are missing (no report, unreadable report, …).
+    pub warnings: Vec<String>,
+}
+
+impl Observation {
+    /// Whether the pod was SIGKILLed at its deadline.
+    pub fn killed(&self) -> bool {
+        !self.killed_containers.is_empty()
+    }
+
+    /// Whether the application did not acknowledge before the sidecar's deadline.
+    pub fn timed_out(&self) -> bool {
+        self.outcome == Some(Outcome::Timeout)
+    }
+
+    /// The recommender's view of this observation.
+    pub fn sample(&self) -> Sample {
+        Sample {
+            at_unix_ms: self.t0_unix_ms,
+            duration_ms: self.duration_ms,
+            grace_seconds: self.grace_seconds,
+            killed: self.killed(),
+            deregister_lag_ms: self.deregister_lag_ms,
+            phases: self.phases,
+        }
+    }
+}
+
+/// Observes a terminating pod once all its containers, the sidecar included, have
+/// terminated; `None` while it is still shutting down, or if it is not shutting down.
+pub fn observe(pod: &Pod) -> Option<Observation> {
+    observe_pod(pod, false)
+}
+
+/// Observes a pod that was deleted from the API: the app containers must have terminated,
+/// but a sidecar that had not yet exited (no report) is tolerated with a warning.
+pub fn observe_deleted(pod: &Pod) -> Option<Observation> {
+    observe_pod(pod, true)
+}
+
+/// Whether the pod is terminating (has a deletion timestamp).
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
+    let deletion = pod.metadata.deletion_timestamp.as_ref()?;
+    let status = pod.status.as_ref()?;
+    let spec = pod.spec.as_ref()?;
+    let mut warnings = Vec::new();
+
+    // Every regular container must have terminated; a missing status means not yet seen.
+    let app_statuses = status.container_statuses.as_deref().unwrap_or_default();
+    let mut terminated: Vec<(&ContainerStatus, &ContainerStateTerminated)> = Vec::new();
+    for container in &spec.containers {
+        let state = app_statuses
+            .iter()
+            .find(|s| s.name == container.name)
+            .and_then(|s| Some((s, s.state.as_ref()?.terminated.as_ref()?)))?;
+        terminated.push(state);
+    }
+    let finished_unix_ms = terminated
+        .iter()
+        .filter_map(|(_, t)| t.finished_at.as_ref().map(|time| time.0.as_millisecond()))
+        .max()?;
+
+    let has_sidecar = spec
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.name == SIDECAR_CONTAINER_NAME);
+    let sidecar_terminated = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|s| s.name == SIDECAR_CONTAINER_NAME)
+        .and_then(|s| s.state.as_ref()?.terminated.as_ref());
+    let report = match sidecar_terminated {
+        Some(state) => match state.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(message) => match TerminationReport::parse(message) {
+                Ok(report) => Some(report),
+                Err(error) => {
+                    warnings.push(format!("unreadable termination report from the sidecar: {error}"));
+                    None
+                }
+            },
+            None => {
+                warnings.push("the sidecar exited without a termination report".to_string());
+                None
+            }
+        },
+        None if has_sidecar && !deleted => return None,
+        None if has_sidecar => {
+            warnings.push("no termination report: the pod disappeared before the sidecar exited".to_string());
+            None
+        }
+        None => {
+            warnings.push("the pod has no lameduck sidecar".to_string());
+            None
+        }
+    };
+
+    // The kubelet's final delete rewrites deletionGracePeriodSeconds to 0 (and moves the
+    // timestamp): such metadata says nothing about the real deadline.
+    let deletion_ms = deletion.0.as_millisecond();
+    let deletion_grace = pod.metadata.deletion_grace_period_seconds.filter(|&g| g > 0);
+    let spec_grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+    let report_t0 = report.as_ref().and_then(|r| {
+        let text = r.t0.as_deref()?;
+        match text.parse::<Timestamp>() {
+            Ok(t0) => Some(t0.as_millisecond()),
+            Err(error) => {
+                warnings.push(format!("termination report has an unreadable t0 {text:?}: {error}"));
+                None
+            }
+        }
+    });
+    let (t0_unix_ms, t0_source, grace_seconds, deadline_unix_ms) = match (deletion_grace, report_t0) {
+        (Some(grace), t0) => {
+            let deleted_at = deletion_ms - grace * 1000;
+            match t0 {
+                Some(t0) => (t0, T0Source::Report, grace, deletion_ms),
+                None => (deleted_at, T0Source::Deletion, grace, deletion_ms),
+            }
+        }
+        (None, Some(t0)) => {
+            let grace = report.as_ref().map_or(spec_grace, |r| i64::try_from(r.grace_seconds).unwrap_or(spec_grace));
+            (t0, T0Source::Report, grace, t0 + grace * 1000)
+        }
+        (None, None) => return None,
+    };
+
+    let mut killed_containers = Vec::new();
+    let mut oom_killed_containers = Vec::new();
+    for (container, state) in &terminated {
+        let finished = state.finished_at.as_ref().map_or(i64::MIN, |t| t.0.as_millisecond());
+        if state.reason.as_deref() == Some("OOMKilled") {
+            oom_killed_containers.push(container.name.clone());
+        } else if state.exit_code == SIGKILL_EXIT_CODE && finished + FINISHED_AT_PRECISION_MS > deadline_unix_ms {
+            killed_containers.push(container.name.clone());
+        }
+    }
+
+    let mut phases = PhaseDurations::default();
+    let mut deregister_lag_ms = None;
+    let mut outcome = None;
+    if let Some(report) = &report {
+        phases.deregister = report.phases_ms.deregister;
+        phases.drain = report.phases_ms.drain;
+        phases.cleanup = report.phases_ms.cleanup;
+        phases.exit = report
+            .released_ms
+            .and_then(|released| i64::try_from(released).ok())
+            .map(|released| u64::try_from(finished_unix_ms - (t0_unix_ms + released)).unwrap_or(0));
+        deregister_lag_ms = report.last_accept_ms;
+        outcome = Some(report.outcome);
+    }
+
+    Some(Observation {
+        t0_unix_ms,
+        t0_source,
+        grace_seconds: u32::try_from(grace_seconds).unwrap_or(u32::MAX),
+        deadline_unix_ms,
+        finished_unix_ms,
+        duration_ms: u64::try_from(finished_unix_ms - t0_unix_ms).unwrap_or(0),
+        killed_containers,
+        oom_killed_containers,
+        outcome,
+        phases,
+        deregister_lag_ms,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Pod {
+        let path = format!("{}/tests/fixtures/pods/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn acked_shutdown_has_phases_from_the_report() {
+        let observation = observe(&fixture("acked")).unwrap();
+        assert_eq!(observation.t0_source, T0Source::Report);
+        assert_eq!(observation.outcome, Some(Outcome::Acked));
+        assert!(!observation.killed() && !observation.timed_out());
+        assert_eq!(observation.grace_seconds, 30);
+        assert!(observation.phases.deregister.is_some() && observation.phases.cleanup.is_some());
+        assert!(observation.deregister_lag_ms.is_some());
+        assert!(observation.warnings.is_empty(), "{:?}", observation.warnings);
+        assert!(observation.duration_ms > 0 && observation.duration_ms < 30_000, "{observation:?}");
+        assert_eq!(observation.sample().killed, false);
+    }
+
+    #[test]
+    fn timeout_is_reported_but_not_a_kill() {
+        let observation = observe(&fixture("timeout")).unwrap();
+        assert!(observation.timed_out());
+        assert!(!observation.killed(), "{observation:?}");
+    }
+
+    #[test]
+    fn killed_at_the_deadline_is_a_censored_sample() {
+        let observation = observe(&fixture("killed")).unwrap();
+        assert!(observation.killed(), "{observation:?}");
+        let sample = observation.sample();
+        assert!(sample.killed);
+        assert!(sample.duration_ms >= u64::from(sample.grace_seconds) * 1000 - 1000, "{sample:?}");
+    }
+
+    #[test]
+    fn oom_killed_is_not_a_grace_period_kill() {
+        let observation = observe(&fixture("oom-killed")).unwrap();
+        assert!(!observation.killed(), "{observation:?}");
+        assert_eq!(observation.oom_killed_containers, ["web"]);
+    }
+
+    #[test]
+    fn missing_report_falls_back_to_the_deletion_time() {
+        let observation = observe(&fixture("no-report")).unwrap();
+        assert_eq!(observation.t0_source, T0Source::Deletion);
+        assert_eq!(observation.phases, PhaseDurations::default());
+        assert_eq!(observation.outcome, None);
+        assert_eq!(observation.warnings.len(), 1, "{:?}", observation.warnings);
+    }
+
+    #[test]
+    fn garbage_report_gives_an_observation_without_phases() {
+        let observation = observe(&fixture("garbage-report")).unwrap();
+        assert_eq!(observation.t0_source, T0Source::Deletion);
+        assert_eq!(observation.phases, PhaseDurations::default());
+        assert!(observation.warnings[0].contains("unreadable termination report"), "{:?}", observation.warnings);
+    }
+
+    #[test]
+    fn still_shutting_down_is_not_observed_yet() {
+        assert_eq!(observe(&fixture("terminating")), None);
+        // …but if it disappears now, what is known is kept, when the apps have exited.
+        let mut pod = fixture("acked");
+        let sidecar = &mut pod.status.as_mut().unwrap().init_container_statuses.as_mut().unwrap()[0];
+        sidecar.state = None;
+        assert_eq!(observe(&pod), None);
+        let observation = observe_deleted(&pod).unwrap();
+        assert_eq!(observation.t0_source, T0Source::Deletion);
+        assert!(observation.warnings[0].contains("disappeared"));
+    }
+
+    #[test]
+    fn running_pods_are_not_observed() {
+        let mut pod = fixture("acked");
+        pod.metadata.deletion_timestamp = None;
+        assert_eq!(observe(&pod), None);
+        assert!(!is_terminating(&pod));
+    }
+
+    #[test]
+    fn final_delete_metadata_is_not_trusted() {
+        // The kubelet's last DELETE rewrites the grace period to 0: only the report's t0 counts.
+        let mut pod = fixture("acked");
+        pod.metadata.deletion_grace_period_seconds = Some(0);
+        let observation = observe(&pod).unwrap();
+        assert_eq!(observation.t0_source, T0Source::Report);
+        assert_eq!(observation.grace_seconds, 30);
+        let mut pod = fixture("no-report");
+        pod.metadata.deletion_grace_period_seconds = Some(0);
+        assert_eq!(observe(&pod), None);
+    }
+}
