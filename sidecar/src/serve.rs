@@ -270,7 +270,9 @@ async fn handle_control(stream: UnixStream, shared: Arc<Shared>) {
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return warn!("closing control connection: {e}"),
         Err(_) => {
-            return warn!("closing control connection: no request within {FIRST_MESSAGE_TIMEOUT:?}");
+            return warn!(
+                "closing control connection: no request within {FIRST_MESSAGE_TIMEOUT:?}"
+            );
         }
     };
     match request {
