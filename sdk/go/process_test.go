@@ -126,7 +126,10 @@ func checkAcked(t *testing.T, term *lameducktest.Termination, app *lameducktest.
 	if term.PreStopTimedOut || term.Killed || term.ExitCode != 0 {
 		t.Errorf("termination %v, want the hook released in time and a clean exit", term)
 	}
-	for _, line := range []string{"cleanup finished", "got SIGTERM", "serve returned", "no leaked goroutines"} {
+	if term.SIGTERM <= 0 || term.SIGTERM < term.PreStop {
+		t.Errorf("termination %v, want SIGTERM after the hook returned", term)
+	}
+	for _, line := range []string{"cleanup finished", "serve returned", "no leaked goroutines"} {
 		if !app.HasOutput(line) {
 			t.Errorf("the app did not print %q:\n%s", line, app.Output())
 		}
@@ -211,7 +214,7 @@ func TestProcessSidecarKilledWhileServing(t *testing.T) {
 	if term.Killed || term.ExitCode != 0 {
 		t.Errorf("termination %v, want a clean exit", term)
 	}
-	for _, line := range []string{"cleanup finished", "got SIGTERM", "no leaked goroutines"} {
+	for _, line := range []string{"cleanup finished", "no leaked goroutines"} {
 		if !app.HasOutput(line) {
 			t.Errorf("the app did not print %q:\n%s", line, app.Output())
 		}
