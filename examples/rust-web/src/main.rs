@@ -188,8 +188,10 @@ async fn main() -> ExitCode {
         .with_state(state)
         .layer(lameduck.layer());
 
+    // The server stops accepting once the drain starts; the line is printed in the same
+    // future so that it always comes before `server stopped`.
     let drain_started = lameduck.drain_started();
-    tokio::spawn(async move {
+    let stop_accepting = async move {
         let drain = drain_started.await;
         println!(
             "draining (source: {}, deadline in {} ms, in flight: {})",
@@ -197,9 +199,8 @@ async fn main() -> ExitCode {
             drain.remaining().as_millis(),
             drain.inflight_at_start()
         );
-    });
-
-    let server = axum::serve(listener, router).with_graceful_shutdown(lameduck.drain_signal());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(stop_accepting);
     match lameduck.until_deadline(server).await {
         Some(Ok(())) => println!("server stopped"),
         Some(Err(err)) => println!("server failed: {err}"),
