@@ -148,3 +148,103 @@ impl Drop for InflightGuard {
         self.shared.request_finished();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::Config;
+    use std::convert::Infallible;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(Config {
+            socket: None,
+            container: String::new(),
+            fallback_grace: Duration::from_secs(30),
+            handle_signals: false,
+        }))
+    }
+
+    fn service(
+        shared: &Arc<Shared>,
+    ) -> ShutdownService<
+        impl Service<Request<()>, Response = Response<()>, Error = Infallible> + Clone,
+    > {
+        ShutdownLayer::new(Arc::clone(shared)).layer(tower::service_fn(|_: Request<()>| async {
+            Ok(Response::new(()))
+        }))
+    }
+
+    fn request(version: Version) -> Request<()> {
+        Request::builder().version(version).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn closes_http1_connections_only_while_deregistering() {
+        let shared = shared();
+        let response = service(&shared)
+            .oneshot(request(Version::HTTP_11))
+            .await
+            .unwrap();
+        assert!(response.headers().get(CONNECTION).is_none());
+
+        shared.deregister.cancel();
+        let response = service(&shared)
+            .oneshot(request(Version::HTTP_11))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()[CONNECTION], "close");
+        let response = service(&shared)
+            .oneshot(request(Version::HTTP_2))
+            .await
+            .unwrap();
+        assert!(
+            response.headers().get(CONNECTION).is_none(),
+            "not an HTTP/2 header"
+        );
+        // Without a counting listener every request counts as an accepted connection.
+        assert_eq!(
+            shared
+                .accepted_total
+                .load(std::sync::atomic::Ordering::SeqCst),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_inflight_until_the_response_or_cancellation() {
+        let shared = shared();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let mut service = ShutdownLayer::new(Arc::clone(&shared)).layer(tower::service_fn(
+            move |_: Request<()>| {
+                let released = Arc::clone(&released);
+                async move {
+                    if let Some(released) = released.lock().await.take() {
+                        let _ = released.await;
+                    }
+                    Ok::<_, Infallible>(Response::new(()))
+                }
+            },
+        ));
+        let inflight = || shared.inflight.load(std::sync::atomic::Ordering::SeqCst);
+        let held = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(Version::HTTP_11));
+        let cancelled = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(Version::HTTP_11));
+        assert_eq!(inflight(), 2);
+        drop(cancelled);
+        assert_eq!(inflight(), 1);
+        let held = tokio::spawn(held);
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        assert_eq!(inflight(), 0);
+    }
+}

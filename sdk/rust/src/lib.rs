@@ -86,7 +86,8 @@ const MAX_ERROR_BYTES: usize = 4096;
 ///
 /// Shorthand for `Builder::from_env().connect()`. Never fails: when the sidecar cannot be
 /// reached the SDK logs why, keeps retrying in the background, and meanwhile handles
-/// SIGTERM/SIGINT itself.
+/// SIGTERM/SIGINT itself. Call it once per process (the protocol wants one connection per
+/// process) and share the [`Lameduck`] handle.
 pub async fn connect() -> Lameduck {
     Builder::from_env().connect().await
 }
