@@ -144,7 +144,7 @@ func TestProcessFastAppAcked(t *testing.T) {
 	term := pod.Delete()
 	checkAcked(t, term, app)
 	// SIGTERM follows the hook at once, and the app, done already, exits at once.
-	if term.Exited-term.PreStop > time.Second {
+	if term.Exited-term.PreStop > 2*time.Second {
 		t.Errorf("the app exited %v after the hook returned", term.Exited-term.PreStop)
 	}
 }
