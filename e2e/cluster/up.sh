@@ -95,9 +95,6 @@ cat >"$CNI_CONF_DIR/10-lameduck.conflist" <<EOF_CNI
   ]
 }
 EOF_CNI
-cat >"$CNI_CONF_DIR/99-loopback.conf" <<EOF_CNI
-{"cniVersion": "0.4.0", "name": "lo", "type": "loopback"}
-EOF_CNI
 
 # --- daemons -------------------------------------------------------------------------
 # start_daemon NAME BINARY ARGS...: detached from this session, output appended to the log.
@@ -120,7 +117,7 @@ start_daemon etcd "$ETCD_BIN/etcd" \
   --name lameduck --data-dir "$ETCD_DATA" \
   --listen-client-urls "$ETCD_CLIENT_URL" --advertise-client-urls "$ETCD_CLIENT_URL" \
   --listen-peer-urls "$ETCD_PEER_URL" --initial-advertise-peer-urls "$ETCD_PEER_URL" \
-  --initial-cluster "lameduck=$ETCD_PEER_URL" --listen-metrics-urls "" \
+  --initial-cluster "lameduck=$ETCD_PEER_URL" \
   --unsafe-no-fsync --quota-backend-bytes 2147483648 --log-level warn
 wait_for 30 "etcd health" curl -fsS "$ETCD_CLIENT_URL/health" || { check_alive etcd; die "etcd not healthy"; }
 
@@ -156,7 +153,6 @@ start_daemon kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --allocate-node-cidrs=true --cluster-cidr "$CLUSTER_CIDR" --node-cidr-mask-size 24 \
-  --controllers '*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
   --profiling=false --v=1
 start_daemon kube-scheduler "$K8S_BIN/kube-scheduler" \
   --kubeconfig "$CONF/scheduler.kubeconfig" \

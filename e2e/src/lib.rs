@@ -27,7 +27,10 @@ pub const HOLD_FINALIZER: &str = "e2e.lameduck.dev/hold";
 pub fn kubeconfig_path() -> PathBuf {
     match std::env::var_os("KUBECONFIG") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.state/kubeconfig"),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("e2e/ is inside the repository")
+            .join(".state/kubeconfig"),
     }
 }
 
@@ -73,7 +76,10 @@ where
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    let ns = format!("e2e-{prefix}-{:05x}", (nanos ^ std::process::id()) & 0xfffff);
+    let ns = format!(
+        "e2e-{prefix}-{:05x}",
+        (nanos ^ std::process::id()) & 0xfffff
+    );
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {"name": ns, "labels": {"e2e.lameduck.dev/test": prefix}}
@@ -117,7 +123,13 @@ pub async fn release_pods(client: &Client, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     for pod in pods.list(&ListParams::default()).await? {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        if pod.metadata.finalizers.unwrap_or_default().iter().any(|f| f == HOLD_FINALIZER) {
+        if pod
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == HOLD_FINALIZER)
+        {
             release_pod(&pods, &name).await?;
         }
     }
@@ -127,7 +139,10 @@ pub async fn release_pods(client: &Client, ns: &str) -> Result<()> {
 /// Removes the hold finalizer from one pod.
 pub async fn release_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
     let patch = serde_json::json!({"metadata": {"finalizers": null}});
-    match pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e).with_context(|| format!("releasing pod {name}")),
@@ -182,7 +197,9 @@ pub async fn wait_pod(
 
 /// The pod is Running and all its containers are ready.
 pub fn is_running_and_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     status.phase.as_deref() == Some("Running")
         && status
             .conditions
@@ -193,7 +210,9 @@ pub fn is_running_and_ready(pod: &Pod) -> bool {
 
 /// Every container of the pod (init/sidecar and regular) has terminated.
 pub fn all_containers_terminated(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     let statuses: Vec<_> = status
         .init_container_statuses
         .iter()
@@ -206,9 +225,12 @@ pub fn all_containers_terminated(pod: &Pod) -> bool {
         .map(|s| s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len))
         .unwrap_or(0);
     statuses.len() == expected
-        && statuses
-            .iter()
-            .all(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some())
+        && statuses.iter().all(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some()
+        })
 }
 
 /// The terminated state of one container (regular or init), if it has terminated.
@@ -291,7 +313,11 @@ pub fn event_time(events: &[Event], name: &str) -> Result<Timestamp> {
 
 /// Waits until every watch stream item or the deadline; a small helper for tests that
 /// count watch events (returns the items seen).
-pub async fn collect_until<S, T>(stream: S, timeout: Duration, mut done: impl FnMut(&T) -> bool) -> Vec<T>
+pub async fn collect_until<S, T>(
+    stream: S,
+    timeout: Duration,
+    mut done: impl FnMut(&T) -> bool,
+) -> Vec<T>
 where
     S: futures::Stream<Item = T>,
 {

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use lameduck_e2e::*;
 use serde_json::json;
 
@@ -39,7 +39,10 @@ fn secs_between(a: Timestamp, b: Timestamp) -> f64 {
 async fn node_is_ready() {
     let client = client().await;
     let nodes: Api<Node> = Api::all(client);
-    let node = nodes.get(NODE_NAME).await.expect("the local node is registered");
+    let node = nodes
+        .get(NODE_NAME)
+        .await
+        .expect("the local node is registered");
     let status = node.status.expect("node status");
     let ready = status
         .conditions
@@ -49,7 +52,10 @@ async fn node_is_ready() {
         .expect("Ready condition");
     assert_eq!(ready.status, "True", "node not Ready: {ready:?}");
     let version = status.node_info.expect("nodeInfo").kubelet_version;
-    assert!(version.starts_with("v1.34."), "kubelet version {version}, want v1.34.x");
+    assert!(
+        version.starts_with("v1.34."),
+        "kubelet version {version}, want v1.34.x"
+    );
 }
 
 #[tokio::test]
@@ -58,9 +64,17 @@ async fn local_image_pod_runs_and_service_answers_from_host() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut app = testapp_container("app", &["serve", "-listen", ":8080"]);
         app["ports"] = json!([{"containerPort": 8080}]);
-        app["readinessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
+        app["readinessProbe"] =
+            json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
         create_pod(&pods, pod_manifest("web", 5, json!({"containers": [app]}))).await?;
-        wait_pod(&pods, "web", "Running and Ready", Duration::from_secs(60), is_running_and_ready).await?;
+        wait_pod(
+            &pods,
+            "web",
+            "Running and Ready",
+            Duration::from_secs(60),
+            is_running_and_ready,
+        )
+        .await?;
 
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
         let svc: Service = serde_json::from_value(json!({
@@ -68,7 +82,10 @@ async fn local_image_pod_runs_and_service_answers_from_host() {
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
         }))?;
         let svc = services.create(&PostParams::default(), &svc).await?;
-        let ip = svc.spec.and_then(|s| s.cluster_ip).context("service has a ClusterIP")?;
+        let ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("service has a ClusterIP")?;
 
         // kube-proxy programs the rules within its sync period; retry for a while.
         let started = Instant::now();
@@ -82,8 +99,15 @@ async fn local_image_pod_runs_and_service_answers_from_host() {
                 Err(e) => return Err(e.context(format!("Service {ip}:80 never answered"))),
             }
         };
-        ensure!(body.contains("hello from web"), "unexpected answer from {ip}: {body:?}");
-        eprintln!("ClusterIP {ip}:80 answered after {:?}: {}", started.elapsed(), body.trim());
+        ensure!(
+            body.contains("hello from web"),
+            "unexpected answer from {ip}: {body:?}"
+        );
+        eprintln!(
+            "ClusterIP {ip}:80 answered after {:?}: {}",
+            started.elapsed(),
+            body.trim()
+        );
         Ok(())
     })
     .await;
@@ -97,7 +121,10 @@ fn http_get(ip: &str, port: u16, path: &str) -> Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    ensure!(out.starts_with("HTTP/1.") && out.contains(" 200 "), "bad response: {out:?}");
+    ensure!(
+        out.starts_with("HTTP/1.") && out.contains(" 200 "),
+        "bad response: {out:?}"
+    );
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
@@ -108,8 +135,19 @@ async fn prestop_exec_runs_before_sigterm() {
         let mut app = testapp_container("app", &["serve"]);
         app["lifecycle"] = json!({"preStop": {"exec": {"command":
             ["/usr/local/bin/testapp", "hook", "prestop", "-sleep", "2s"]}}});
-        create_pod(&pods, pod_manifest("prestop", 30, json!({"containers": [app]}))).await?;
-        wait_pod(&pods, "prestop", "Running", Duration::from_secs(60), is_running_and_ready).await?;
+        create_pod(
+            &pods,
+            pod_manifest("prestop", 30, json!({"containers": [app]})),
+        )
+        .await?;
+        wait_pod(
+            &pods,
+            "prestop",
+            "Running",
+            Duration::from_secs(60),
+            is_running_and_ready,
+        )
+        .await?;
 
         let logs = follow_logs(&pods, "prestop", "app");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -120,14 +158,36 @@ async fn prestop_exec_runs_before_sigterm() {
         let hook_end = event_time(&events, "prestop-end")?;
         let sigterm = event_time(&events, "sigterm")?;
         eprintln!("log:\n{}", lines.join("\n"));
-        ensure!(hook_start < hook_end, "hook start {hook_start} not before its end {hook_end}");
-        ensure!(hook_end <= sigterm, "SIGTERM at {sigterm} came before preStop finished at {hook_end}");
+        ensure!(
+            hook_start < hook_end,
+            "hook start {hook_start} not before its end {hook_end}"
+        );
+        ensure!(
+            hook_end <= sigterm,
+            "SIGTERM at {sigterm} came before preStop finished at {hook_end}"
+        );
         let gap = secs_between(hook_start, sigterm);
-        ensure!(gap >= 2.0, "SIGTERM {gap:.3}s after preStop start, the hook sleeps 2 s");
-        eprintln!("preStop {hook_start} .. {hook_end}, SIGTERM {sigterm} ({gap:.3}s after preStop start)");
-        let pod = wait_pod(&pods, "prestop", "terminated", Duration::from_secs(30), all_containers_terminated).await?;
+        ensure!(
+            gap >= 2.0,
+            "SIGTERM {gap:.3}s after preStop start, the hook sleeps 2 s"
+        );
+        eprintln!(
+            "preStop {hook_start} .. {hook_end}, SIGTERM {sigterm} ({gap:.3}s after preStop start)"
+        );
+        let pod = wait_pod(
+            &pods,
+            "prestop",
+            "terminated",
+            Duration::from_secs(30),
+            all_containers_terminated,
+        )
+        .await?;
         let t = terminated_state(&pod, "app").context("app terminated")?;
-        ensure!(t.exit_code == 0, "app exit code {}, want 0 (clean SIGTERM exit)", t.exit_code);
+        ensure!(
+            t.exit_code == 0,
+            "app exit code {}, want 0 (clean SIGTERM exit)",
+            t.exit_code
+        );
         Ok(())
     })
     .await;
@@ -230,36 +290,23 @@ async fn endpointslice_marks_deleted_pod_terminating() {
 
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
         let lp = ListParams::default().labels("kubernetes.io/service-name=backend");
-        let conditions = |want: &dyn Fn(bool, bool, bool) -> bool| {
-            let slices = slices.clone();
-            let lp = lp.clone();
-            async move {
-                for s in slices.list(&lp).await? {
-                    for ep in s.endpoints {
-                        if ep.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some("backend") {
-                            let c = ep.conditions.unwrap_or_default();
-                            let (r, sv, t) = (c.ready.unwrap_or(false), c.serving.unwrap_or(false), c.terminating.unwrap_or(false));
-                            return Ok::<_, anyhow::Error>(Some((want(r, sv, t), (r, sv, t))));
-                        }
-                    }
-                }
-                Ok(None)
-            }
-        };
         poll(Duration::from_secs(30), "endpoint ready", || async {
-            Ok(matches!(conditions(&|r, _, t| r && !t).await?, Some((true, _))))
+            Ok(matches!(endpoint_conditions(&slices, &lp, "backend").await?, Some((true, _, false))))
         })
         .await?;
         let deleted = Instant::now();
         pods.delete("backend", &DeleteParams::default()).await?;
-        let mut last = None;
-        poll(Duration::from_secs(20), "endpoint terminating and not ready", || async {
-            let c = conditions(&|r, _, t| !r && t).await?;
-            last = c.map(|(_, v)| v);
-            Ok(matches!(c, Some((true, _))))
-        })
-        .await
-        .with_context(|| format!("last (ready, serving, terminating) = {last:?}"))?;
+        let last = loop {
+            let c = endpoint_conditions(&slices, &lp, "backend").await?;
+            if matches!(c, Some((false, _, true))) {
+                break c;
+            }
+            ensure!(
+                deleted.elapsed() < Duration::from_secs(20),
+                "endpoint not terminating/not ready 20 s after delete: (ready, serving, terminating) = {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         eprintln!("endpoint (ready, serving, terminating) = {last:?} {:?} after delete", deleted.elapsed());
         // It still is a terminating pod (the preStop hook runs 5 s), not a removed endpoint.
         let pod = pods.get("backend").await?;
@@ -267,6 +314,28 @@ async fn endpointslice_marks_deleted_pod_terminating() {
         Ok(())
     })
     .await;
+}
+
+/// The (ready, serving, terminating) conditions of the pod's endpoint in the Service's
+/// EndpointSlices, if it is listed.
+async fn endpoint_conditions(
+    slices: &Api<EndpointSlice>,
+    lp: &ListParams,
+    pod: &str,
+) -> Result<Option<(bool, bool, bool)>> {
+    for s in slices.list(lp).await? {
+        for ep in s.endpoints {
+            if ep.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(pod) {
+                let c = ep.conditions.unwrap_or_default();
+                return Ok(Some((
+                    c.ready.unwrap_or(false),
+                    c.serving.unwrap_or(false),
+                    c.terminating.unwrap_or(false),
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn poll<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>
@@ -372,4 +441,3 @@ async fn termination_message_seen_before_pod_disappears() {
     })
     .await;
 }
-
