@@ -6,5 +6,11 @@
 // (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
 
 pub mod api;
+pub mod certs;
+pub mod cli;
+pub mod inject;
+pub mod metrics;
 pub mod observe;
 pub mod recommend;
+pub mod runtime;
+pub mod webhook;

@@ -1,0 +1,170 @@
+//! `run`: wires the webhook together — certificates, metadata caches, servers, Events —
+//! and shuts it down gracefully on SIGTERM (a second signal exits at once).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::{CertFiles, CertManager, CertPolicy, CertResolver};
+use crate::cli::RunArgs;
+use crate::metrics::Metrics;
+use crate::webhook::admission::Admitter;
+use crate::webhook::policy::{NoPolicies, PolicyLookup};
+use crate::webhook::{cache, server};
+
+/// Runs the operator until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        webhook_addr,
+        admin_addr,
+        shutdown_drain,
+        namespace,
+        pod_name,
+        certs,
+        injection,
+    } = args;
+    let config = Arc::new(injection.config()?);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let token = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let resolver = Arc::new(CertResolver::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // Certificates: external files, or self-managed in a Secret.
+    match (&certs.tls_cert_file, &certs.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            files
+                .load(&resolver)
+                .context("loading the webhook certificate files")?;
+            tokio::spawn(files.watch(resolver.clone(), certs.cert_check_interval, token.clone()));
+        }
+        _ => {
+            let mut names = vec![
+                format!("{}.{}.svc", certs.service_name, namespace),
+                format!("{}.{}.svc.cluster.local", certs.service_name, namespace),
+            ];
+            names.extend(certs.cert_names.iter().cloned());
+            let manager = CertManager {
+                client: client.clone(),
+                namespace: namespace.clone(),
+                secret_name: certs.cert_secret.clone(),
+                webhook_config: Some(certs.webhook_configuration.clone()).filter(|n| !n.is_empty()),
+                policy: CertPolicy {
+                    names,
+                    ca_validity: certs.ca_validity,
+                    serving_validity: certs.cert_validity,
+                    renew_fraction: 1.0 / 3.0,
+                },
+                resolver: resolver.clone(),
+            };
+            let expiry = metrics.serving_cert_expiry.clone();
+            let interval = certs.cert_check_interval;
+            let token = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    match manager.reconcile().await {
+                        Ok(stored) => {
+                            expiry.set(stored.serving_not_after);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "webhook certificate reconcile failed; retrying")
+                        }
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    // Metadata caches for the opt-in decision.
+    let (caches, caches_run) = cache::start(&client);
+    let caches_task = tokio::spawn(caches_run);
+    {
+        let caches = caches.clone();
+        let resolver = resolver.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            if caches.wait_until_ready().await.is_ok() {
+                tracing::info!("metadata caches synced");
+            }
+            while !resolver.is_loaded() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("webhook ready");
+        });
+    }
+
+    // The grace-period seam: the ShutdownPolicy side replaces this with its reflector.
+    let policies: Arc<dyn PolicyLookup> = Arc::new(NoPolicies);
+
+    let (events_tx, events_rx) = mpsc::channel(256);
+    tokio::spawn(server::publish_events(client.clone(), pod_name, events_rx));
+
+    let state = server::WebhookState {
+        admitter: Admitter {
+            config,
+            policies,
+            index: Arc::new(caches),
+        },
+        metrics,
+        events: Some(events_tx),
+        ready,
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(resolver.server_config()));
+    let webhook_listener = server::bind(webhook_addr).await?;
+    let admin_listener = server::bind(admin_addr).await?;
+    tracing::info!(%webhook_addr, %admin_addr, "serving");
+    let webhook = tokio::spawn(server::serve_tls(
+        webhook_listener,
+        acceptor,
+        server::webhook_router(state.clone()),
+        token.clone(),
+        shutdown_drain,
+    ));
+    let admin = tokio::spawn(server::serve_plain(
+        admin_listener,
+        server::admin_router(state),
+        token.clone(),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining the webhook server");
+    token.cancel();
+    tokio::select! {
+        _ = async { let _ = tokio::join!(webhook, admin); } => {}
+        () = shutdown_signal() => tracing::warn!("second signal: exiting now"),
+    }
+    caches_task.abort();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

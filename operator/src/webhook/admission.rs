@@ -1,0 +1,224 @@
+//! From an AdmissionReview body to the AdmissionReview answer: decode, decide, build the
+//! patch. No I/O; the server wraps it ([`super::server`]).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use lameduck_proto::names;
+
+use super::decide::{Decision, MetadataIndex, decide};
+use super::patch::{InjectionConfig, InjectionPlan, PatchOutcome, build_patch};
+use super::policy::{PolicyLookup, WorkloadRef};
+
+/// How one admission request ended; the label of the `outcome` metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The pod got the sidecar.
+    Injected,
+    /// The pod already had the sidecar (reinvocation).
+    AlreadyInjected,
+    /// Nothing opted the pod in.
+    NotOptedIn,
+    /// The pod or its workload opted out.
+    OptedOut,
+    /// Opted in, but injection is impossible (e.g. a conflicting volume name).
+    NotApplicable,
+    /// Not a pod CREATE: answered "allowed" without looking.
+    Ignored,
+    /// Internal trouble: answered "allowed" without a patch.
+    Error,
+}
+
+impl Outcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::AlreadyInjected => "already_injected",
+            Outcome::NotOptedIn => "not_opted_in",
+            Outcome::OptedOut => "opted_out",
+            Outcome::NotApplicable => "not_applicable",
+            Outcome::Ignored => "ignored",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A body that is not an AdmissionReview with a request: answered with HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidReview {
+    /// The body is not a JSON AdmissionReview.
+    #[error("malformed AdmissionReview: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The AdmissionReview carries no `request`.
+    #[error("malformed AdmissionReview: it has no request")]
+    NoRequest,
+}
+
+/// Containers left alone because they already had a preStop hook: the server turns this
+/// into an Event, off the admission path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedNotice {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name, or its generateName prefix.
+    pub pod: String,
+    /// The workload the Event is about.
+    pub workload: WorkloadRef,
+    /// The workload's UID, when the cache knows it.
+    pub workload_uid: Option<String>,
+    /// The skipped containers.
+    pub containers: Vec<String>,
+}
+
+/// The answer to one AdmissionReview.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The AdmissionReview to send back.
+    pub review: AdmissionReview<DynamicObject>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Something worth an Event.
+    pub notice: Option<SkippedNotice>,
+}
+
+/// The admission logic with its read-only inputs.
+#[derive(Clone)]
+pub struct Admitter {
+    /// Operator-wide injection settings.
+    pub config: Arc<InjectionConfig>,
+    /// ShutdownPolicy lookup (the grace-period seam).
+    pub policies: Arc<dyn PolicyLookup>,
+    /// Metadata caches for the opt-in decision.
+    pub index: Arc<dyn MetadataIndex>,
+}
+
+impl Admitter {
+    /// Decodes `body` and answers it. Only an undecodable body is an error.
+    pub fn review(&self, body: &[u8]) -> Result<Reviewed, InvalidReview> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(body).map_err(InvalidReview::Json)?;
+        let request: AdmissionRequest<DynamicObject> =
+            review.try_into().map_err(|_| InvalidReview::NoRequest)?;
+        let (response, outcome, notice) = self.admit(&request);
+        Ok(Reviewed {
+            review: response.into_review(),
+            outcome,
+            notice,
+        })
+    }
+
+    /// Answers one request. Always "allowed": at worst without a patch.
+    pub fn admit(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+    ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
+        let response = AdmissionResponse::from(request);
+        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+        if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
+            return (response, Outcome::Ignored, None);
+        }
+        let pod = match request.object.as_ref().map(pod_from_dynamic) {
+            Some(Ok(pod)) => pod,
+            Some(Err(error)) => {
+                tracing::warn!(uid = %request.uid, %error, "pod in AdmissionReview does not decode; admitted without injection");
+                return (response, Outcome::Error, None);
+            }
+            None => {
+                tracing::warn!(uid = %request.uid, "pod CREATE without object; admitted without injection");
+                return (response, Outcome::Error, None);
+            }
+        };
+        let namespace = request
+            .namespace
+            .as_deref()
+            .or(pod.metadata.namespace.as_deref())
+            .unwrap_or("default");
+
+        let (workload, workload_uid) = match decide(&pod.metadata, namespace, self.index.as_ref()) {
+            Decision::Inject {
+                workload,
+                workload_uid,
+                ..
+            } => (workload, workload_uid),
+            Decision::OptedOut => return (response, Outcome::OptedOut, None),
+            Decision::NotOptedIn => return (response, Outcome::NotOptedIn, None),
+        };
+        let policy = self.policies.lookup(namespace, &workload);
+        let policy_name = match &policy {
+            Some(p) => p.policy_name.clone(),
+            None => workload.policy_name(),
+        };
+        let plan = InjectionPlan {
+            config: &self.config,
+            policy_name: &policy_name,
+            drain: policy
+                .as_ref()
+                .and_then(|p| p.drain.as_ref())
+                .unwrap_or(&self.config.default_drain),
+            grace_override: policy.as_ref().and_then(|p| p.grace_override()),
+        };
+        let injection = match build_patch(&pod, &plan) {
+            PatchOutcome::Injected(injection) => injection,
+            PatchOutcome::AlreadyInjected => return (response, Outcome::AlreadyInjected, None),
+            PatchOutcome::NotApplicable(reason) => {
+                tracing::info!(%namespace, %workload, %reason, "opted-in pod not injected");
+                let response =
+                    with_warnings(response, vec![format!("lameduck: not injected: {reason}")]);
+                return (response, Outcome::NotApplicable, None);
+            }
+        };
+
+        let mut warnings = Vec::new();
+        if !injection.unknown.is_empty() {
+            warnings.push(format!(
+                "lameduck: {} names unknown containers: {}",
+                names::ANNOTATION_CONTAINERS,
+                injection.unknown.join(",")
+            ));
+        }
+        let notice = (!injection.skipped.is_empty()).then(|| {
+            warnings.push(format!(
+                "lameduck: containers with their own preStop hook left alone: {}",
+                injection.skipped.join(",")
+            ));
+            SkippedNotice {
+                namespace: namespace.to_owned(),
+                pod: workload_pod_name(&pod),
+                workload: workload.clone(),
+                workload_uid,
+                containers: injection.skipped.clone(),
+            }
+        });
+        match response.clone().with_patch(injection.patch) {
+            Ok(patched) => (with_warnings(patched, warnings), Outcome::Injected, notice),
+            Err(error) => {
+                tracing::warn!(%namespace, %workload, %error, "patch does not serialize; admitted without injection");
+                (response, Outcome::Error, None)
+            }
+        }
+    }
+}
+
+fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
+fn workload_pod_name(pod: &Pod) -> String {
+    pod.metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default()
+}
+
+/// Re-reads the generic object as a typed Pod.
+pub fn pod_from_dynamic(object: &DynamicObject) -> Result<Pod, serde_json::Error> {
+    serde_json::to_value(object).and_then(serde_json::from_value)
+}

@@ -1,0 +1,432 @@
+//! The pure patch builder: from a pod and the injection settings to the JSONPatch of
+//! DESIGN.md ("The pod after injection"). No I/O; the webhook and `inject` both use it.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use lameduck_proto::names;
+use serde_json::{Value, json};
+
+use super::policy::{DrainMode, DrainSettings};
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// UID and GID the sidecar runs as (the distroless `nonroot` user).
+pub const SIDECAR_UID: i64 = 65532;
+/// `sizeLimit` of the shared emptyDir volume.
+pub const VOLUME_SIZE_LIMIT: &str = "32Mi";
+
+/// Operator-wide injection settings (from the command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectionConfig {
+    /// Image of the sidecar; its binary is [`names::SIDECAR_IMAGE_BINARY`].
+    pub sidecar_image: String,
+    /// `imagePullPolicy` of the sidecar.
+    pub image_pull_policy: String,
+    /// Drain settings for pods whose workload has no ShutdownPolicy (or one without drain).
+    pub default_drain: DrainSettings,
+}
+
+impl Default for InjectionConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: "lameduck-sidecar:dev".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            default_drain: DrainSettings::default(),
+        }
+    }
+}
+
+/// Everything the builder needs besides the pod: resolved by the caller (webhook: from the
+/// caches and the policy lookup; `inject`: from the document and the defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct InjectionPlan<'a> {
+    /// Operator-wide settings.
+    pub config: &'a InjectionConfig,
+    /// Value of the `lameduck.dev/policy` annotation.
+    pub policy_name: &'a str,
+    /// Drain settings for the sidecar.
+    pub drain: &'a DrainSettings,
+    /// Grace period imposed by the policy (`Initial` mode with a recommendation).
+    pub grace_override: Option<i64>,
+}
+
+/// The result of planning an injection for one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PatchOutcome {
+    /// The pod gets the patch.
+    Injected(Injection),
+    /// The pod already has the `lameduck` init container: nothing to do (reinvocation).
+    AlreadyInjected,
+    /// Injection is impossible or pointless for this pod; the reason says why.
+    NotApplicable(String),
+}
+
+/// A planned injection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Injection {
+    /// The JSONPatch to apply to the pod.
+    pub patch: Patch,
+    /// App containers that got the preStop hook.
+    pub containers: Vec<String>,
+    /// Selected containers left alone because they already had a preStop hook.
+    pub skipped: Vec<String>,
+    /// Names in `lameduck.dev/containers` that match no container.
+    pub unknown: Vec<String>,
+    /// The grace period the pod ends up with.
+    pub grace_seconds: i64,
+}
+
+/// Plans the injection of the preStop sidecar into `pod`. Pure.
+pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
+    let Some(spec) = pod.spec.as_ref() else {
+        return PatchOutcome::NotApplicable("the pod has no spec".to_owned());
+    };
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    if init_containers
+        .iter()
+        .any(|c| c.name == names::SIDECAR_CONTAINER_NAME)
+    {
+        return PatchOutcome::AlreadyInjected;
+    }
+    if spec
+        .containers
+        .iter()
+        .any(|c| c.name == names::SIDECAR_CONTAINER_NAME)
+    {
+        return PatchOutcome::NotApplicable(format!(
+            "a container is already named {:?}",
+            names::SIDECAR_CONTAINER_NAME
+        ));
+    }
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    if volumes.iter().any(|v| v.name == names::VOLUME_NAME) {
+        return PatchOutcome::NotApplicable(format!(
+            "a volume is already named {:?}",
+            names::VOLUME_NAME
+        ));
+    }
+
+    let annotations = pod.metadata.annotations.as_ref();
+    let (selected, unknown) = select_containers(
+        &spec.containers,
+        annotations.and_then(|a| a.get(names::ANNOTATION_CONTAINERS)),
+    );
+    if selected.is_empty() {
+        return PatchOutcome::NotApplicable(format!(
+            "{} selects none of the pod's containers",
+            names::ANNOTATION_CONTAINERS
+        ));
+    }
+    if let Some(c) = selected.iter().map(|i| &spec.containers[*i]).find(|c| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == names::MOUNT_PATH)
+    }) {
+        return PatchOutcome::NotApplicable(format!(
+            "container {:?} already mounts something at {}",
+            c.name,
+            names::MOUNT_PATH
+        ));
+    }
+
+    let original_grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let grace_seconds = plan.grace_override.unwrap_or(original_grace);
+
+    let mut ops = Vec::new();
+    let mut containers = Vec::new();
+    let mut skipped = Vec::new();
+
+    // Metadata: label and annotations.
+    let mut new_annotations = BTreeMap::new();
+    new_annotations.insert(names::ANNOTATION_POLICY, plan.policy_name.to_owned());
+    match plan.grace_override {
+        Some(_) => {
+            new_annotations.insert(names::ANNOTATION_GRACE_PERIOD_SOURCE, "recommended".into());
+            new_annotations.insert(
+                names::ANNOTATION_ORIGINAL_GRACE_PERIOD,
+                original_grace.to_string(),
+            );
+        }
+        None => {
+            new_annotations.insert(names::ANNOTATION_GRACE_PERIOD_SOURCE, "workload".into());
+        }
+    }
+    for (i, container) in spec.containers.iter().enumerate() {
+        if !selected.contains(&i) {
+            continue;
+        }
+        if container
+            .lifecycle
+            .as_ref()
+            .is_some_and(|l| l.pre_stop.is_some())
+        {
+            skipped.push(container.name.clone());
+        } else {
+            containers.push(container.name.clone());
+        }
+    }
+    if !skipped.is_empty() {
+        new_annotations.insert(names::ANNOTATION_SKIPPED_CONTAINERS, skipped.join(","));
+    }
+    add_map_entries(
+        &mut ops,
+        "labels",
+        pod.metadata.labels.is_some(),
+        [(names::LABEL_INJECTED, "true".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    add_map_entries(
+        &mut ops,
+        "annotations",
+        annotations.is_some(),
+        new_annotations,
+    );
+
+    // Spec: volume, sidecar, app containers, grace period.
+    let volume = json!({
+        "name": names::VOLUME_NAME,
+        "emptyDir": {"sizeLimit": VOLUME_SIZE_LIMIT},
+    });
+    match spec.volumes {
+        Some(_) => ops.push(add(&["spec", "volumes", "-"], volume)),
+        None => ops.push(add(&["spec", "volumes"], json!([volume]))),
+    }
+    let sidecar = to_value(&sidecar_container(plan, grace_seconds));
+    if init_containers.is_empty() {
+        ops.push(add(&["spec", "initContainers"], json!([sidecar])));
+    } else {
+        ops.push(add(&["spec", "initContainers", "0"], sidecar));
+    }
+    for (i, container) in spec.containers.iter().enumerate() {
+        if !containers.contains(&container.name) {
+            continue;
+        }
+        patch_app_container(&mut ops, i, container);
+    }
+    if plan.grace_override.is_some() {
+        ops.push(add(
+            &["spec", "terminationGracePeriodSeconds"],
+            json!(grace_seconds),
+        ));
+    }
+
+    PatchOutcome::Injected(Injection {
+        patch: Patch(ops),
+        containers,
+        skipped,
+        unknown,
+        grace_seconds,
+    })
+}
+
+/// Indexes of the selected regular containers, and the unknown names of the annotation.
+fn select_containers(containers: &[Container], list: Option<&String>) -> (Vec<usize>, Vec<String>) {
+    let Some(list) = list.map(|l| l.trim()).filter(|l| !l.is_empty()) else {
+        return ((0..containers.len()).collect(), Vec::new());
+    };
+    let wanted: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let selected = containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| wanted.contains(&c.name.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let unknown = wanted
+        .iter()
+        .filter(|n| !containers.iter().any(|c| c.name == **n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    (selected, unknown)
+}
+
+/// Mount, env and preStop hook for one selected app container.
+fn patch_app_container(ops: &mut Vec<PatchOperation>, index: usize, container: &Container) {
+    let i = index.to_string();
+    let base = ["spec", "containers", i.as_str()];
+    fn path<'a>(base: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(rest).copied().collect()
+    }
+
+    let mount = json!({"name": names::VOLUME_NAME, "mountPath": names::MOUNT_PATH});
+    match container.volume_mounts {
+        Some(_) => ops.push(add(&path(&base, &["volumeMounts", "-"]), mount)),
+        None => ops.push(add(&path(&base, &["volumeMounts"]), json!([mount]))),
+    }
+
+    let existing = container.env.as_deref().unwrap_or_default();
+    let env: Vec<Value> = [
+        (names::ENV_SOCKET, names::POD_APP_SOCKET_PATH),
+        (names::ENV_CONTAINER, container.name.as_str()),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !existing.iter().any(|e| e.name == *name))
+    .map(|(name, value)| json!({"name": name, "value": value}))
+    .collect();
+    match container.env {
+        Some(_) => {
+            for var in env {
+                ops.push(add(&path(&base, &["env", "-"]), var));
+            }
+        }
+        None if !env.is_empty() => ops.push(add(&path(&base, &["env"]), Value::Array(env))),
+        None => {}
+    }
+
+    let pre_stop = json!({"exec": {"command": [
+        names::POD_BIN_PATH, "prestop", "--container", container.name,
+    ]}});
+    match container.lifecycle {
+        Some(_) => ops.push(add(&path(&base, &["lifecycle", "preStop"]), pre_stop)),
+        None => ops.push(add(
+            &path(&base, &["lifecycle"]),
+            json!({"preStop": pre_stop}),
+        )),
+    }
+}
+
+/// Adds entries to `metadata.<field>`, creating the map when the pod has none.
+fn add_map_entries(
+    ops: &mut Vec<PatchOperation>,
+    field: &str,
+    exists: bool,
+    entries: BTreeMap<&str, String>,
+) {
+    if exists {
+        for (key, value) in entries {
+            ops.push(add(&["metadata", field, key], Value::String(value)));
+        }
+    } else {
+        ops.push(add(&["metadata", field], json!(entries)));
+    }
+}
+
+/// The injected native sidecar.
+pub fn sidecar_container(plan: &InjectionPlan<'_>, grace_seconds: i64) -> Container {
+    let config = plan.config;
+    let drain = plan.drain;
+    let mut env = vec![
+        field_env(names::ENV_POD_NAME, "metadata.name"),
+        field_env(names::ENV_POD_NAMESPACE, "metadata.namespace"),
+        value_env(names::ENV_GRACE_SECONDS, grace_seconds.to_string()),
+        value_env(names::ENV_DRAIN_MODE, drain.mode.as_env().to_owned()),
+        value_env(names::ENV_DELAY_MILLIS, drain.delay_millis.to_string()),
+        value_env(
+            names::ENV_MIN_DELAY_MILLIS,
+            drain.min_delay_millis.to_string(),
+        ),
+        value_env(
+            names::ENV_QUIET_PERIOD_MILLIS,
+            drain.quiet_period_millis.to_string(),
+        ),
+        value_env(
+            names::ENV_MAX_DELAY_MILLIS,
+            drain.max_delay_millis.to_string(),
+        ),
+    ];
+    if let (DrainMode::Http, Some(http)) = (drain.mode, drain.http.as_ref()) {
+        env.push(value_env(names::ENV_HTTP_DRAIN_PORT, http.port.to_string()));
+        env.push(value_env(names::ENV_HTTP_DRAIN_PATH, http.path.clone()));
+    }
+    let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect()
+    };
+    Container {
+        name: names::SIDECAR_CONTAINER_NAME.to_owned(),
+        image: Some(config.sidecar_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        args: Some(vec!["serve".to_owned()]),
+        restart_policy: Some("Always".to_owned()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "5m"), ("memory", "8Mi")])),
+            limits: Some(quantities(&[("memory", "32Mi")])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        startup_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    names::SIDECAR_IMAGE_BINARY.to_owned(),
+                    "probe".to_owned(),
+                ]),
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(30),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("File".to_owned()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: names::VOLUME_NAME.to_owned(),
+            mount_path: names::MOUNT_PATH.to_owned(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn value_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+fn to_value(container: &Container) -> Value {
+    // Serializing a k8s-openapi struct to a Value cannot fail (no maps with non-string keys).
+    serde_json::to_value(container).unwrap_or(Value::Null)
+}
