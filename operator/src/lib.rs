@@ -6,6 +6,7 @@
 // (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
 
 pub mod api;
+pub mod controller;
 pub mod certs;
 pub mod cli;
 pub mod inject;

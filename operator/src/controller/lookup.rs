@@ -1,0 +1,160 @@
+//! The webhook's view of the ShutdownPolicies: a reflector store, read on the admission
+//! path (memory only), implementing [`PolicyLookup`].
+
+use std::future::Future;
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::api::{self, ShutdownPolicy};
+use crate::webhook::policy::{DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef};
+
+/// An in-memory index of every ShutdownPolicy, kept current by a reflector. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyIndex {
+    store: Store<ShutdownPolicy>,
+}
+
+impl PolicyIndex {
+    /// The index and the future that keeps it current (run it on every replica: the webhook
+    /// reads it; it ends only when the watch stream ends).
+    pub fn new(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (store, writer) = reflector::store();
+        let api = Api::<ShutdownPolicy>::all(client);
+        let driver = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|event| async move {
+                if let Err(error) = event {
+                    tracing::warn!(%error, "ShutdownPolicy watch failed; retrying");
+                }
+            });
+        (Self { store }, driver)
+    }
+
+    /// An index over an existing store (tests, or a store shared with other readers).
+    pub fn from_store(store: Store<ShutdownPolicy>) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store<ShutdownPolicy> {
+        &self.store
+    }
+
+    /// The policy governing `kind`/`name` in `namespace`: the one named `<kind>-<name>` if
+    /// it targets that workload, else any policy whose targetRef names it.
+    pub fn find(&self, namespace: &str, kind: &str, name: &str) -> Option<std::sync::Arc<ShutdownPolicy>> {
+        let targets = |policy: &ShutdownPolicy| {
+            policy.spec.target_ref.kind.eq_ignore_ascii_case(kind) && policy.spec.target_ref.name == name
+        };
+        let by_name = format!("{kind}-{name}").to_lowercase();
+        if let Some(policy) = self.store.get(&ObjectRef::new(&by_name).within(namespace))
+            && targets(&policy)
+        {
+            return Some(policy);
+        }
+        self.store
+            .state()
+            .into_iter()
+            .filter(|policy| policy.metadata.namespace.as_deref() == Some(namespace) && targets(policy))
+            .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
+    }
+}
+
+/// What a policy prescribes for new pods.
+pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
+    let spec = &policy.spec;
+    let learned = policy.status.as_ref().and_then(|s| s.recommendation).and_then(|r| r.deregister_delay_millis);
+    let min_delay_millis = (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
+    PolicySettings {
+        policy_name: policy.metadata.name.clone().unwrap_or_default(),
+        update_mode: match spec.update_mode {
+            api::UpdateMode::Off => UpdateMode::Off,
+            api::UpdateMode::Initial => UpdateMode::Initial,
+        },
+        recommended_grace_seconds: policy
+            .status
+            .as_ref()
+            .and_then(|s| s.recommendation)
+            .and_then(|r| r.grace_period_seconds)
+            .map(i64::from),
+        drain: Some(DrainSettings {
+            mode: match spec.drain.mode {
+                api::DrainMode::Auto => DrainMode::Auto,
+                api::DrainMode::Delay => DrainMode::Delay,
+                api::DrainMode::Http => DrainMode::Http,
+            },
+            delay_millis: u64::from(spec.drain.delay_seconds) * 1000,
+            min_delay_millis: min_delay_millis.min(u64::from(spec.drain.max_delay_seconds) * 1000),
+            quiet_period_millis: u64::from(spec.drain.quiet_period_millis),
+            max_delay_millis: u64::from(spec.drain.max_delay_seconds) * 1000,
+            http: spec.drain.http.as_ref().map(|http| HttpDrain {
+                port: u16::try_from(http.port).unwrap_or(u16::MAX),
+                path: http.path.clone(),
+            }),
+        }),
+    }
+}
+
+impl PolicyLookup for PolicyIndex {
+    fn lookup(&self, namespace: &str, workload: &WorkloadRef) -> Option<PolicySettings> {
+        self.find(namespace, &workload.kind, &workload.name).map(|policy| policy_settings(&policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::api::{RecommendationStatus, ShutdownPolicyStatus};
+
+    fn policy(name: &str, kind: &str, target: &str) -> ShutdownPolicy {
+        let mut policy = ShutdownPolicy::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "targetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                "drain": {"minDelaySeconds": 2, "maxDelaySeconds": 10}
+            }))
+            .unwrap(),
+        );
+        policy.metadata.namespace = Some("shop".into());
+        policy
+    }
+
+    fn index(policies: Vec<ShutdownPolicy>) -> PolicyIndex {
+        let mut writer = reflector::store::Writer::default();
+        for policy in policies {
+            writer.apply_watcher_event(&Event::Apply(policy));
+        }
+        PolicyIndex::from_store(writer.as_reader())
+    }
+
+    #[test]
+    fn finds_the_policy_by_name_or_by_target() {
+        let mut recommended = policy("deployment-web", "Deployment", "web");
+        recommended.status = Some(ShutdownPolicyStatus {
+            recommendation: Some(RecommendationStatus {
+                grace_period_seconds: Some(42),
+                deregister_delay_millis: Some(3_500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let index = index(vec![recommended, policy("my-own", "StatefulSet", "db")]);
+        let web = WorkloadRef { kind: "Deployment".into(), name: "web".into() };
+        let settings = index.lookup("shop", &web).unwrap();
+        assert_eq!(settings.policy_name, "deployment-web");
+        assert_eq!(settings.grace_override(), Some(42));
+        let drain = settings.drain.unwrap();
+        assert_eq!(drain.min_delay_millis, 3_500); // learned, above minDelaySeconds
+        assert_eq!(drain.max_delay_millis, 10_000);
+        let db = WorkloadRef { kind: "StatefulSet".into(), name: "db".into() };
+        assert_eq!(index.lookup("shop", &db).unwrap().policy_name, "my-own");
+        assert_eq!(index.lookup("other", &db), None);
+        assert_eq!(index.lookup("shop", &WorkloadRef { kind: "DaemonSet".into(), name: "web".into() }), None);
+    }
+}

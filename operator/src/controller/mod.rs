@@ -1,0 +1,339 @@
+//! The ShutdownPolicy controller: workload adoption, the pod observer and the status
+//! writer. They run on the Lease holder only; losing the lease ends [`run`] with
+//! [`Error::LostLease`] (the process exits and restarts as a follower).
+//!
+//! The webhook side wires it in its `run` subcommand:
+//!
+//! ```ignore
+//! let (policies, policy_reflector) = lameduck_operator::controller::PolicyIndex::new(client.clone());
+//! tokio::spawn(policy_reflector);                      // every replica: the webhook reads it
+//! let admitter_policies: Arc<dyn PolicyLookup> = Arc::new(policies.clone());
+//! let metrics = metrics.with_registry(ControllerMetrics::register).unwrap_or_default();
+//! let config = ControllerConfig::new(policies, identity, namespace).with_metrics(metrics);
+//! lameduck_operator::controller::run(client, config).await?;   // returns only on error
+//! ```
+
+pub mod lookup;
+pub mod pods;
+pub mod record;
+pub mod workloads;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use lookup::PolicyIndex;
+pub use record::PolicyRecord;
+
+use crate::api::ShutdownPolicy;
+
+/// Field manager of the operator's writes.
+pub const FIELD_MANAGER: &str = "lameduck-operator";
+
+/// Errors of the controller; each names the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action} {object}: {source}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// The object concerned (`namespace/name`).
+        object: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica holds the lease now; the process should exit and restart as a follower.
+    #[error("lost the leader lease")]
+    LostLease,
+    /// An object lacks a field the controller needs.
+    #[error("object without {0}")]
+    MissingField(&'static str),
+    /// A lock was poisoned by a panicking task.
+    #[error("internal state poisoned")]
+    Poisoned,
+}
+
+/// The controller's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A policy's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl PolicyKey {
+    fn labels(&self) -> PolicyLabels {
+        PolicyLabels { namespace: self.namespace.clone(), policy: self.name.clone() }
+    }
+}
+
+impl std::fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The leader's working copies of the policies' statuses.
+#[derive(Debug, Default)]
+pub struct StatusBook {
+    records: HashMap<PolicyKey, PolicyRecord>,
+}
+
+impl StatusBook {
+    /// The record of one policy, created empty (it loads the status at the next write).
+    pub fn entry(&mut self, namespace: String, name: String) -> &mut PolicyRecord {
+        self.records.entry(PolicyKey { namespace, name }).or_default()
+    }
+
+    /// Forgets policies that no longer exist.
+    pub fn retain(&mut self, exists: impl Fn(&PolicyKey) -> bool) {
+        self.records.retain(|key, record| exists(key) || record.has_pending());
+    }
+}
+
+/// Label set of the per-policy metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+}
+
+/// Label set of the reconcile error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `workloads` or `status`.
+    pub controller: &'static str,
+}
+
+/// The controller's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerMetrics {
+    /// Observed shutdowns, per policy.
+    pub observations: Family<PolicyLabels, Counter>,
+    /// Pods SIGKILLed at their deadline, per policy.
+    pub kills: Family<PolicyLabels, Counter>,
+    /// Terminating pods that disappeared unobserved, per policy.
+    pub unobserved: Family<PolicyLabels, Counter>,
+    /// The applied grace-period recommendation, per policy.
+    pub recommendation: Family<PolicyLabels, Gauge>,
+    /// Terminating injected pods being followed.
+    pub terminating: Gauge,
+    /// Reconcile and status-write errors.
+    pub errors: Family<ControllerLabels, Counter>,
+    /// Status patches sent.
+    pub status_patches: Counter,
+}
+
+impl ControllerMetrics {
+    /// Creates the metrics and registers them (prefix of the registry applies).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register("observations", "Observed pod shutdowns, per ShutdownPolicy", metrics.observations.clone());
+        registry.register("kills", "Pods SIGKILLed at their deadline, per ShutdownPolicy", metrics.kills.clone());
+        registry.register("unobserved", "Terminating pods that disappeared unobserved, per ShutdownPolicy", metrics.unobserved.clone());
+        registry.register(
+            "recommended_grace_period_seconds",
+            "Recommended terminationGracePeriodSeconds, per ShutdownPolicy",
+            metrics.recommendation.clone(),
+        );
+        registry.register("terminating_pods", "Terminating injected pods being followed", metrics.terminating.clone());
+        registry.register("controller_errors", "Reconcile and status-write errors", metrics.errors.clone());
+        registry.register("status_patches", "ShutdownPolicy status patches sent", metrics.status_patches.clone());
+        metrics
+    }
+}
+
+/// How the controller runs.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// The ShutdownPolicy index (shared with the webhook; its reflector must be running).
+    pub policies: PolicyIndex,
+    /// This replica's identity in the lease (the pod name).
+    pub identity: String,
+    /// Namespace of the Lease (the operator's own).
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// Lease duration in seconds.
+    pub lease_seconds: u64,
+    /// Time between two status writes (at most one patch per policy per interval).
+    pub status_interval: Duration,
+    /// Metrics.
+    pub metrics: ControllerMetrics,
+}
+
+impl ControllerConfig {
+    /// Defaults: Lease `lameduck-operator`, 15 s lease, status every 5 s.
+    pub fn new(policies: PolicyIndex, identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
+        Self {
+            policies,
+            identity: identity.into(),
+            lease_namespace: lease_namespace.into(),
+            lease_name: "lameduck-operator".into(),
+            lease_seconds: 15,
+            status_interval: Duration::from_secs(5),
+            metrics: ControllerMetrics::default(),
+        }
+    }
+
+    /// Uses registered metrics.
+    pub fn with_metrics(mut self, metrics: ControllerMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// Shared state of the controller's tasks.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// The ShutdownPolicy index.
+    pub policies: PolicyIndex,
+    /// Working copies of the statuses.
+    pub book: Mutex<StatusBook>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: ControllerMetrics,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, policies: PolicyIndex, metrics: ControllerMetrics, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            policies,
+            book: Mutex::new(StatusBook::default()),
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller: waits for the lease, then adoption, the pod observer and the status
+/// writer until the lease is lost ([`Error::LostLease`]) or leader election fails. Returns
+/// only with an error; cancel it (drop the future) to stop, which releases the lease.
+pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+        .with_namespace(&config.lease_namespace)
+        .with_identity(&config.identity)
+        .with_duration(config.lease_seconds)
+        .with_grace(config.lease_seconds.div_ceil(3).max(1))
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
+    while !*leader.borrow_and_update() {
+        if leader.changed().await.is_err() {
+            return Err(lease_error(lease_task).await);
+        }
+    }
+    tracing::info!(identity = %config.identity, "leading: starting the ShutdownPolicy controller");
+    let ctx = Arc::new(Context::new(client, config.policies.clone(), config.metrics.clone(), Some(config.identity.clone())));
+    let work = lead(ctx, config.status_interval);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            () = &mut work => return Err(Error::LostLease),
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return Err(lease_error(lease_task).await);
+                }
+                if !*leader.borrow_and_update() {
+                    tracing::warn!("lost the leader lease; exiting");
+                    return Err(Error::LostLease);
+                }
+            }
+        }
+    }
+}
+
+async fn lease_error(task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>) -> Error {
+    match task.await {
+        Ok(Err(error)) => Error::Lease(error),
+        _ => Error::LostLease,
+    }
+}
+
+/// The leader's work: never returns while the API server is reachable.
+async fn lead(ctx: Arc<Context>, status_interval: Duration) {
+    // The statuses are loaded from the index: wait until it has listed every policy.
+    if ctx.policies.store().wait_until_ready().await.is_err() {
+        return;
+    }
+    let deployments = adopt::<Deployment>(ctx.clone());
+    let statefulsets = adopt::<StatefulSet>(ctx.clone());
+    let daemonsets = adopt::<DaemonSet>(ctx.clone());
+    let observer = pods::observe_pods(ctx.clone());
+    let writer = async {
+        let mut ticks = tokio::time::interval(status_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match writer::write_statuses(&ctx, Timestamp::now()).await {
+                Ok(patches) => {
+                    ctx.metrics.status_patches.inc_by(patches as u64);
+                }
+                Err(error) => {
+                    ctx.metrics.errors.get_or_create(&ControllerLabels { controller: "status" }).inc();
+                    tracing::warn!(%error, "status write failed");
+                }
+            }
+            let store = ctx.policies.store().clone();
+            if let Ok(mut book) = ctx.book.lock() {
+                book.retain(|key| store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace)).is_some());
+            }
+        }
+    };
+    tokio::join!(deployments, statefulsets, daemonsets, observer, writer);
+}
+
+async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
+    let workloads = Api::<W>::all(ctx.client.clone());
+    let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
+    Controller::new(workloads, watcher::Config::default().any_semantic())
+        .owns(policies, watcher::Config::default().any_semantic())
+        .run(workloads::reconcile::<W>, error_policy::<W>, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "workload reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy<W: workloads::Workload>(_workload: Arc<W>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.get_or_create(&ControllerLabels { controller: "workloads" }).inc();
+    tracing::warn!(%error, "workload reconcile failed");
+    Action::requeue(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests;

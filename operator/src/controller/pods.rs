@@ -1,0 +1,163 @@
+//! The pod observer: follows pods labelled `lameduck.dev/injected=true` and turns each
+//! finished termination into one observation for its policy. No pod cache is kept (the
+//! watch events are handled and dropped): only the UIDs of terminating pods are remembered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::ResourceExt;
+use kube::runtime::{WatchStreamExt, watcher};
+use lameduck_proto::names::{ANNOTATION_POLICY, LABEL_INJECTED};
+
+use super::{Context, PolicyKey};
+use crate::observe::{self, Observation};
+
+/// What became of a terminating pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// Its shutdown was observed.
+    Observed(Observation),
+    /// It disappeared before its containers' final state was seen.
+    Unobserved,
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    key: PolicyKey,
+    observed: bool,
+}
+
+/// Remembers terminating pods until they are observed or gone. Pure: fed watch events.
+#[derive(Debug, Default)]
+pub struct PodTracker {
+    terminating: HashMap<String, Tracked>,
+}
+
+impl PodTracker {
+    /// Number of terminating pods followed.
+    pub fn len(&self) -> usize {
+        self.terminating.len()
+    }
+
+    /// Whether no terminating pod is followed.
+    pub fn is_empty(&self) -> bool {
+        self.terminating.is_empty()
+    }
+
+    /// A pod was added or changed.
+    pub fn apply(&mut self, pod: &Pod) -> Option<(PolicyKey, Seen)> {
+        if !observe::is_terminating(pod) {
+            return None;
+        }
+        let uid = pod.uid()?;
+        let key = policy_key(pod)?;
+        let tracked = self.terminating.entry(uid).or_insert(Tracked { key, observed: false });
+        if tracked.observed {
+            return None;
+        }
+        let observation = observe::observe(pod)?;
+        tracked.observed = true;
+        Some((tracked.key.clone(), Seen::Observed(observation)))
+    }
+
+    /// A pod was deleted from the API.
+    pub fn delete(&mut self, pod: &Pod) -> Option<(PolicyKey, Seen)> {
+        let uid = pod.uid()?;
+        let tracked = self.terminating.remove(&uid);
+        if tracked.as_ref().is_some_and(|t| t.observed) {
+            return None;
+        }
+        let key = tracked.map(|t| t.key).or_else(|| policy_key(pod))?;
+        Some(match observe::observe_deleted(pod) {
+            Some(observation) => (key, Seen::Observed(observation)),
+            None => (key, Seen::Unobserved),
+        })
+    }
+}
+
+fn policy_key(pod: &Pod) -> Option<PolicyKey> {
+    let policy = pod.annotations().get(ANNOTATION_POLICY)?;
+    Some(PolicyKey { namespace: pod.namespace()?, name: policy.clone() })
+}
+
+/// Watches injected pods until the stream ends, recording observations in the status book.
+pub async fn observe_pods(ctx: Arc<Context>) {
+    let api = Api::<Pod>::all(ctx.client.clone());
+    let config = watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true"));
+    let mut tracker = PodTracker::default();
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let seen = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => tracker.apply(&pod).map(|s| (pod, s)),
+            Ok(watcher::Event::Delete(pod)) => tracker.delete(&pod).map(|s| (pod, s)),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(error) => {
+                tracing::warn!(%error, "pod watch failed; retrying");
+                None
+            }
+        };
+        let Some((pod, (key, seen))) = seen else { continue };
+        ctx.metrics.terminating.set(i64::try_from(tracker.len()).unwrap_or(i64::MAX));
+        let labels = key.labels();
+        match seen {
+            Seen::Observed(observation) => {
+                for warning in &observation.warnings {
+                    tracing::warn!(pod = %pod.name_any(), namespace = %key.namespace, "{warning}");
+                }
+                ctx.metrics.observations.get_or_create(&labels).inc();
+                if observation.killed() {
+                    ctx.metrics.kills.get_or_create(&labels).inc();
+                }
+                tracing::info!(
+                    pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
+                    duration_ms = observation.duration_ms, killed = observation.killed(),
+                    outcome = observation.outcome.map(|o| o.as_str()), "observed shutdown"
+                );
+                if let Ok(mut book) = ctx.book.lock() {
+                    book.entry(key.namespace, key.name).push(pod.name_any(), observation);
+                }
+            }
+            Seen::Unobserved => {
+                ctx.metrics.unobserved.get_or_create(&labels).inc();
+                if let Ok(mut book) = ctx.book.lock() {
+                    book.entry(key.namespace, key.name).push_unobserved();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Pod {
+        let path = format!("{}/tests/fixtures/pods/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_observation_per_termination() {
+        let mut tracker = PodTracker::default();
+        assert_eq!(tracker.apply(&fixture("terminating")), None);
+        assert_eq!(tracker.len(), 1);
+        let (key, seen) = tracker.apply(&fixture("acked")).unwrap();
+        assert_eq!(key, PolicyKey { namespace: "shop".into(), name: "deployment-web".into() });
+        assert!(matches!(seen, Seen::Observed(_)));
+        // The same final state again (a resync, the DELETED event) is not a second observation.
+        assert_eq!(tracker.apply(&fixture("acked")), None);
+        assert_eq!(tracker.delete(&fixture("acked")), None);
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn a_pod_gone_mid_shutdown_is_unobserved() {
+        let mut tracker = PodTracker::default();
+        assert_eq!(tracker.apply(&fixture("terminating")), None);
+        let (_, seen) = tracker.delete(&fixture("terminating")).unwrap();
+        assert_eq!(seen, Seen::Unobserved);
+    }
+}

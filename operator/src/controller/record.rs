@@ -1,0 +1,351 @@
+//! What the leader knows about one policy between two status patches, and the status it
+//! writes from it. Pure code: the status writer feeds it observations and pod counts and
+//! asks for the status to patch.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{
+    CONDITION_GRACE_PERIOD_EXCEEDED, CONDITION_LOW_CONFIDENCE, CONDITION_PODS_NOT_INJECTED,
+    CONDITION_RECOMMENDATION_PROVIDED, DurationQuantiles, PhaseQuantile, PhaseQuantiles, PodCounts,
+    RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus,
+};
+use crate::observe::Observation;
+use crate::recommend::{History, Recommendation};
+
+/// At most this many observations wait for their policy to appear.
+const MAX_PENDING: usize = 1000;
+
+/// An observation waiting to be folded into the history, with the pod it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingObservation {
+    /// The pod's name.
+    pub pod: String,
+    /// What was observed.
+    pub observation: Observation,
+}
+
+/// Something the status writer should announce as an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A pod was SIGKILLed at its deadline.
+    Killed {
+        /// The pod's name.
+        pod: String,
+        /// The grace period it was killed at.
+        grace_seconds: u32,
+    },
+    /// The applied recommendation changed.
+    RecommendationChanged {
+        /// Before (None: the workload's own value).
+        from: Option<u32>,
+        /// After.
+        to: Option<u32>,
+    },
+}
+
+/// The leader's working copy of one policy's status.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyRecord {
+    loaded: bool,
+    history: History,
+    killed: u64,
+    timeouts: u64,
+    unobserved: u64,
+    last_observation_ms: Option<i64>,
+    applied: Option<u32>,
+    pods: Option<PodCounts>,
+    pending: Vec<PendingObservation>,
+    pending_unobserved: u64,
+    notices: Vec<Notice>,
+    dropped: u64,
+}
+
+impl PolicyRecord {
+    /// Queues an observation; it is folded in at the next status write.
+    pub fn push(&mut self, pod: String, observation: Observation) {
+        if self.pending.len() >= MAX_PENDING {
+            self.dropped += 1;
+            return;
+        }
+        self.pending.push(PendingObservation { pod, observation });
+    }
+
+    /// Counts a terminating pod that disappeared before it could be observed.
+    pub fn push_unobserved(&mut self) {
+        self.pending_unobserved += 1;
+    }
+
+    /// Sets the pod counts reported by the workload reconciler.
+    pub fn set_pods(&mut self, pods: PodCounts) {
+        self.pods = Some(pods);
+    }
+
+    /// Whether observations wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.pending_unobserved > 0
+    }
+
+    /// Observations dropped because their policy did not appear in time.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Takes the notices collected since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Folds the pending observations into the history (loading it from the policy's
+    /// status first) and returns the status to write and the recommendation behind it.
+    pub fn status(&mut self, policy: &ShutdownPolicy, now: Timestamp) -> (ShutdownPolicyStatus, Recommendation) {
+        let current = policy.status.clone().unwrap_or_default();
+        if !self.loaded {
+            self.load(&current);
+        }
+        let settings = policy.spec.grace_period.settings();
+        for PendingObservation { pod, observation } in std::mem::take(&mut self.pending) {
+            self.history.record(&observation.sample(), &settings);
+            self.last_observation_ms = self.last_observation_ms.max(Some(observation.finished_unix_ms));
+            if observation.timed_out() {
+                self.timeouts += 1;
+            }
+            if observation.killed() {
+                self.killed += 1;
+                self.notices.push(Notice::Killed { pod, grace_seconds: observation.grace_seconds });
+            }
+        }
+        self.unobserved += std::mem::take(&mut self.pending_unobserved);
+
+        let now_ms = now.as_millisecond();
+        let recommendation =
+            self.history.recommend(&settings, &policy.spec.drain.deregister_settings(), now_ms, self.applied);
+        if recommendation.grace_period_seconds != self.applied {
+            self.notices.push(Notice::RecommendationChanged {
+                from: self.applied,
+                to: recommendation.grace_period_seconds,
+            });
+            self.applied = recommendation.grace_period_seconds;
+        }
+
+        let summary = self.history.duration_summary();
+        let [deregister, drain, cleanup, exit] =
+            self.history.phase_summaries().map(|p| p.map(|(p50, p99)| PhaseQuantile { p50: round(p50), p99: round(p99) }));
+        let pods = self.pods.or(current.pods);
+        let generation = policy.metadata.generation;
+        let status = ShutdownPolicyStatus {
+            conditions: conditions(&current.conditions, &recommendation, &settings, self.history.samples(), pods, policy, now, generation),
+            observed_generation: generation,
+            samples: self.history.samples(),
+            last_observation_time: self
+                .last_observation_ms
+                // metav1.Time has second precision: truncate so the status round-trips.
+                .and_then(|ms| Timestamp::from_second(ms.div_euclid(1000)).ok())
+                .map(Time)
+                .or(current.last_observation_time),
+            durations: summary.map(|s| DurationQuantiles { p50: round(s.p50), p90: round(s.p90), p99: round(s.p99), max: round(s.max) }),
+            phases: summary.map(|_| PhaseQuantiles { deregister, drain, cleanup, exit }),
+            killed: self.killed,
+            timeouts: self.timeouts,
+            unobserved: self.unobserved,
+            recommendation: Some(RecommendationStatus {
+                grace_period_seconds: recommendation.grace_period_seconds,
+                lower_bound: recommendation.lower_bound_seconds,
+                upper_bound: recommendation.upper_bound_seconds,
+                uncapped: recommendation.uncapped_seconds,
+                deregister_delay_millis: recommendation.deregister_delay_ms,
+            })
+            .filter(|r| *r != RecommendationStatus::default()),
+            pods,
+            histogram: (self.history.samples() > 0).then(|| self.history.to_state()),
+        };
+        (status, recommendation)
+    }
+
+    fn load(&mut self, status: &ShutdownPolicyStatus) {
+        self.loaded = true;
+        self.history = status.histogram.as_ref().map(History::from_state).unwrap_or_default();
+        self.killed = status.killed;
+        self.timeouts = status.timeouts;
+        self.unobserved = status.unobserved;
+        self.last_observation_ms = status.last_observation_time.as_ref().map(|t| t.0.as_millisecond());
+        self.applied = status.recommendation.and_then(|r| r.grace_period_seconds);
+    }
+}
+
+/// Quantiles are bucket edges (5 % apart): tenths of a second are all the precision there is.
+fn round(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conditions(
+    previous: &[Condition],
+    recommendation: &Recommendation,
+    settings: &crate::recommend::GracePeriodSettings,
+    samples: u64,
+    pods: Option<PodCounts>,
+    policy: &ShutdownPolicy,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let target = &policy.spec.target_ref;
+    let mut wanted: Vec<(&str, bool, &str, String)> = Vec::new();
+    match recommendation.grace_period_seconds {
+        Some(seconds) => wanted.push((
+            CONDITION_RECOMMENDATION_PROVIDED,
+            true,
+            if recommendation.low_confidence { "KilledPodObserved" } else { "Recommended" },
+            format!("new pods get terminationGracePeriodSeconds {seconds} (in updateMode Initial)"),
+        )),
+        None => wanted.push((
+            CONDITION_RECOMMENDATION_PROVIDED,
+            false,
+            "NotEnoughSamples",
+            format!("{samples} of {} shutdowns observed; pods keep the workload's grace period", settings.min_samples),
+        )),
+    }
+    wanted.push(if recommendation.low_confidence {
+        (CONDITION_LOW_CONFIDENCE, true, "NotEnoughSamples", format!("{samples} of {} shutdowns observed", settings.min_samples))
+    } else {
+        (CONDITION_LOW_CONFIDENCE, false, "EnoughSamples", format!("{samples} shutdowns observed"))
+    });
+    let not_injected = pods.map_or(0, |p| p.not_injected);
+    wanted.push(if not_injected > 0 {
+        (
+            CONDITION_PODS_NOT_INJECTED,
+            true,
+            "PodsPredateInjection",
+            format!(
+                "{not_injected} running pod(s) of {} {} lack the lameduck sidecar (created before injection was enabled); \
+                 run `kubectl rollout restart {}/{} -n {}` to replace them",
+                target.kind,
+                target.name,
+                target.kind.to_lowercase(),
+                target.name,
+                policy.metadata.namespace.as_deref().unwrap_or("default"),
+            ),
+        )
+    } else {
+        (CONDITION_PODS_NOT_INJECTED, false, "AllPodsInjected", "every running pod has the lameduck sidecar".to_string())
+    });
+    wanted.push(match (recommendation.capped(), recommendation.uncapped_seconds) {
+        (true, Some(uncapped)) => (
+            CONDITION_GRACE_PERIOD_EXCEEDED,
+            true,
+            "ShutdownsNeedMoreThanMax",
+            format!(
+                "the shutdowns need about {uncapped}s but gracePeriod.maxSeconds is {}; raise it or make the shutdown faster",
+                settings.max_seconds
+            ),
+        ),
+        _ => (CONDITION_GRACE_PERIOD_EXCEEDED, false, "WithinMax", format!("within gracePeriod.maxSeconds ({}s)", settings.max_seconds)),
+    });
+    wanted
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if ok { "True" } else { "False" };
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message,
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ShutdownPolicySpec;
+    use crate::observe::T0Source;
+    use crate::recommend::PhaseDurations;
+
+    fn policy() -> ShutdownPolicy {
+        let mut policy = ShutdownPolicy::new(
+            "deployment-web",
+            serde_json::from_value::<ShutdownPolicySpec>(serde_json::json!({
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+            }))
+            .unwrap(),
+        );
+        policy.metadata.namespace = Some("shop".into());
+        policy.metadata.generation = Some(1);
+        policy
+    }
+
+    fn observation(t0: i64, duration_ms: u64, killed: bool) -> Observation {
+        Observation {
+            t0_unix_ms: t0,
+            t0_source: T0Source::Report,
+            grace_seconds: 30,
+            deadline_unix_ms: t0 + 30_000,
+            finished_unix_ms: t0 + duration_ms as i64,
+            duration_ms,
+            killed_containers: if killed { vec!["web".into()] } else { vec![] },
+            oom_killed_containers: vec![],
+            outcome: None,
+            phases: PhaseDurations { deregister: Some(2000), ..Default::default() },
+            deregister_lag_ms: Some(1500),
+            warnings: vec![],
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn status_survives_a_restart() {
+        let mut policy = policy();
+        let mut record = PolicyRecord::default();
+        for i in 0..6 {
+            record.push(format!("web-{i}"), observation(NOW + i * 1000, 8_000, i == 5));
+        }
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        let (status, recommendation) = record.status(&policy, now);
+        assert_eq!(status.samples, 6);
+        assert_eq!(status.killed, 1);
+        assert_eq!(recommendation.grace_period_seconds, Some(45)); // the kill bump
+        assert!(status.conditions.iter().any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True"));
+        let notices = record.take_notices();
+        assert!(notices.contains(&Notice::Killed { pod: "web-5".into(), grace_seconds: 30 }));
+        assert!(notices.contains(&Notice::RecommendationChanged { from: None, to: Some(45) }));
+
+        // Through JSON, as the API server stores it, into a fresh record: nothing is lost.
+        let stored: ShutdownPolicyStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        policy.status = Some(stored);
+        let mut restarted = PolicyRecord::default();
+        let (again, _) = restarted.status(&policy, now);
+        assert_eq!(again, status);
+        assert!(restarted.take_notices().is_empty());
+    }
+
+    #[test]
+    fn pods_not_injected_says_how_to_fix_it() {
+        let mut record = PolicyRecord::default();
+        record.set_pods(PodCounts { injected: 1, not_injected: 2 });
+        let (status, _) = record.status(&policy(), Timestamp::from_millisecond(NOW).unwrap());
+        let condition = status.conditions.iter().find(|c| c.type_ == CONDITION_PODS_NOT_INJECTED).unwrap();
+        assert_eq!(condition.status, "True");
+        assert!(condition.message.contains("kubectl rollout restart deployment/web -n shop"), "{}", condition.message);
+        assert!(status.recommendation.is_none());
+        let low = status.conditions.iter().find(|c| c.type_ == CONDITION_LOW_CONFIDENCE).unwrap();
+        assert_eq!(low.status, "True");
+    }
+
+    #[test]
+    fn transition_times_stay_while_the_status_does_not_change() {
+        let mut policy = policy();
+        let mut record = PolicyRecord::default();
+        let (first, _) = record.status(&policy, Timestamp::from_millisecond(NOW).unwrap());
+        policy.status = Some(first.clone());
+        let (second, _) = record.status(&policy, Timestamp::from_millisecond(NOW + 60_000).unwrap());
+        assert_eq!(first, second);
+    }
+}

@@ -1,0 +1,236 @@
+//! Reconcile and status-writer tests against a mocked API server: a scenario walks the
+//! requests the controller must send, asserting method, path and body, and answers them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+use super::*;
+use crate::api::{CONDITION_RECOMMENDATION_PROVIDED, PodCounts, ShutdownPolicyStatus};
+use crate::observe::{Observation, T0Source};
+use crate::recommend::PhaseDurations;
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn deployment() -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "d-1", "annotations": {"lameduck.dev/inject": "true"}},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}}}
+    }))
+    .unwrap()
+}
+
+fn user_policy(name: &str) -> ShutdownPolicy {
+    let mut policy: ShutdownPolicy = serde_json::from_value(json!({
+        "apiVersion": "lameduck.dev/v1alpha1", "kind": "ShutdownPolicy",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "7", "generation": 1},
+        "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                 "gracePeriod": {"maxSeconds": 120, "minSamples": 3}}
+    }))
+    .unwrap();
+    policy.status = None;
+    policy
+}
+
+fn context(policies: Vec<ShutdownPolicy>) -> (Arc<Context>, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut writer = reflector::store::Writer::default();
+    for policy in policies {
+        writer.apply_watcher_event(&Event::Apply(policy));
+    }
+    let index = PolicyIndex::from_store(writer.as_reader());
+    (Arc::new(Context::new(client, index, ControllerMetrics::default(), Some("test".into()))), handle)
+}
+
+/// One expected request: method, path (query included) and a check of its JSON body.
+async fn expect(handle: &mut ApiHandle, method: Method, path: &str, check: impl FnOnce(&Value), reply: Value) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+        .unwrap_or_else(|| panic!("client dropped before {method} {path}"));
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().to_string(), path);
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    check(&body);
+    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+}
+
+fn pod_list() -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
+        "items": [
+            {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+             "metadata": {"name": "web-a", "namespace": "shop", "labels": {"app": "web", "lameduck.dev/injected": "true"}}},
+            {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+             "metadata": {"name": "web-old", "namespace": "shop", "labels": {"app": "web"}}}
+        ]
+    })
+}
+
+const PODS_PATH: &str = "/api/v1/namespaces/shop/pods?&labelSelector=app%3Dweb";
+
+#[tokio::test]
+async fn an_annotated_deployment_gets_an_owned_policy() {
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::POST,
+            "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies?&fieldManager=lameduck-operator",
+            |body| {
+                assert_eq!(body["metadata"]["name"], "deployment-web");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "d-1");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+                assert_eq!(body["spec"]["targetRef"], json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}));
+                assert_eq!(body["spec"]["updateMode"], "Initial");
+            },
+            serde_json::to_value(user_policy("deployment-web")).unwrap(),
+        )
+        .await;
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+    });
+    let action = workloads::reconcile(Arc::new(deployment()), ctx.clone()).await.unwrap();
+    scenario.await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let mut book = ctx.book.lock().unwrap();
+    let record = book.entry("shop".into(), "deployment-web".into());
+    let (status, _) = record.status(&user_policy("deployment-web"), Timestamp::from_millisecond(NOW).unwrap());
+    assert_eq!(status.pods, Some(PodCounts { injected: 1, not_injected: 1 }));
+}
+
+#[tokio::test]
+async fn a_user_policy_is_adopted_without_touching_its_spec() {
+    let (ctx, mut api) = context(vec![user_policy("web-bounds")]);
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::PATCH,
+            "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies/web-bounds?&fieldManager=lameduck-operator",
+            |body| {
+                assert!(body.get("spec").is_none(), "adoption must not touch the spec: {body}");
+                assert_eq!(body["metadata"]["resourceVersion"], "7");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "d-1");
+            },
+            serde_json::to_value(user_policy("web-bounds")).unwrap(),
+        )
+        .await;
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+    });
+    workloads::reconcile(Arc::new(deployment()), ctx.clone()).await.unwrap();
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_owned_policy_needs_no_write() {
+    let mut owned = user_policy("deployment-web");
+    owned.metadata.owner_references = workloads::owner_reference(&deployment()).map(|o| vec![o]);
+    let (ctx, mut api) = context(vec![owned]);
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+    });
+    workloads::reconcile(Arc::new(deployment()), ctx).await.unwrap();
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn unannotated_workloads_are_left_alone() {
+    let (ctx, mut api) = context(vec![]);
+    let mut plain = deployment();
+    plain.metadata.annotations = None;
+    assert_eq!(workloads::reconcile(Arc::new(plain), ctx.clone()).await.unwrap(), Action::await_change());
+    assert!(tokio::time::timeout(Duration::from_millis(100), api.next_request()).await.is_err(), "no API call");
+}
+
+fn observation(i: i64) -> Observation {
+    let t0 = NOW - 60_000 + i * 1000;
+    Observation {
+        t0_unix_ms: t0,
+        t0_source: T0Source::Report,
+        grace_seconds: 30,
+        deadline_unix_ms: t0 + 30_000,
+        finished_unix_ms: t0 + 6_000,
+        duration_ms: 6_000,
+        killed_containers: vec![],
+        oom_killed_containers: vec![],
+        outcome: Some(lameduck_proto::Outcome::Acked),
+        phases: PhaseDurations { deregister: Some(2_000), drain: Some(100), cleanup: Some(3_000), exit: Some(0) },
+        deregister_lag_ms: Some(1_200),
+        warnings: vec![],
+    }
+}
+
+#[tokio::test]
+async fn observations_are_written_in_one_status_patch_and_announced() {
+    let policy = user_policy("deployment-web");
+    let (ctx, mut api) = context(vec![policy.clone()]);
+    {
+        let mut book = ctx.book.lock().unwrap();
+        for i in 0..4 {
+            book.entry("shop".into(), "deployment-web".into()).push(format!("web-{i}"), observation(i));
+        }
+    }
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let scenario = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            expect(
+                &mut api,
+                Method::PATCH,
+                "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies/deployment-web/status?&fieldManager=lameduck-operator",
+                |body| *written.lock().unwrap() = body.clone(),
+                serde_json::to_value(user_policy("deployment-web")).unwrap(),
+            )
+            .await;
+            // RecommendationChanged, on the policy and on the Deployment.
+            for object in ["deployment-web", "web"] {
+                expect(
+                    &mut api,
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/shop/events?",
+                    |body| {
+                        assert_eq!(body["reason"], "RecommendationChanged");
+                        assert_eq!(body["regarding"]["name"], object);
+                        assert!(body["note"].as_str().unwrap().contains("→ 10s"), "{body}");
+                    },
+                    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
+                )
+                .await;
+            }
+        })
+    };
+    let patches = writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap()).await.unwrap();
+    scenario.await.unwrap();
+    assert_eq!(patches, 1);
+    let body = written.lock().unwrap().clone();
+    let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.samples, 4);
+    assert_eq!(status.observed_generation, Some(1));
+    // 6 s → bucket edge ≤ 6.3 s × 1.2 + 2 = 9.6 → 10 s.
+    assert_eq!(status.recommendation.and_then(|r| r.grace_period_seconds), Some(10));
+    assert!(status.conditions.iter().any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True"));
+    assert!(status.histogram.is_some());
+    assert!(body["status"]["pods"].is_null(), "absent fields are nulled: {body}");
+
+    // Once the API server holds that status, a tick with nothing new writes nothing.
+    let mut stored = policy;
+    stored.status = Some(status);
+    let (ctx2, mut api2) = context(vec![stored.clone()]);
+    assert_eq!(writer::write_statuses(&ctx2, Timestamp::from_millisecond(NOW + 5_000).unwrap()).await.unwrap(), 0);
+    assert!(tokio::time::timeout(Duration::from_millis(100), api2.next_request()).await.is_err());
+    assert_eq!(stored.name_any(), "deployment-web");
+}

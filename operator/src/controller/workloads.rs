@@ -1,0 +1,197 @@
+//! Workload adoption: every Deployment, StatefulSet and DaemonSet that opted in gets a
+//! ShutdownPolicy `<kind>-<name>` owned by it, or adopts the user's policy that targets it
+//! (its spec is never touched); and its running pods are counted with and without the
+//! sidecar, for the `PodsNotInjected` condition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::{Resource, ResourceExt, Selector};
+use kube::runtime::controller::Action;
+use kube::{Api, Client};
+use lameduck_proto::names::{ANNOTATION_INJECT, LABEL_INJECTED};
+
+use super::{Context, Error, Result};
+use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
+
+/// How often a workload is looked at again without any change (pod counts drift).
+const RECHECK: Duration = Duration::from_secs(300);
+
+/// A workload kind lameduck adopts.
+pub trait Workload: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static {
+    /// Annotations of the pod template.
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>>;
+    /// The pod selector.
+    fn selector(&self) -> Option<&LabelSelector>;
+}
+
+macro_rules! workload {
+    ($kind:ty) => {
+        impl Workload for $kind {
+            fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+                self.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()
+            }
+            fn selector(&self) -> Option<&LabelSelector> {
+                self.spec.as_ref().map(|spec| &spec.selector)
+            }
+        }
+    };
+}
+workload!(Deployment);
+workload!(StatefulSet);
+workload!(DaemonSet);
+
+/// Whether the workload opted in: `lameduck.dev/inject: "true"` on the workload or its pod
+/// template, and not `"false"` on the template.
+pub fn opted_in<W: Workload>(workload: &W) -> bool {
+    let template = workload.template_annotations().and_then(|a| a.get(ANNOTATION_INJECT)).map(String::as_str);
+    let own = workload.annotations().get(ANNOTATION_INJECT).map(String::as_str);
+    template != Some("false") && (template == Some("true") || own == Some("true"))
+}
+
+/// The owner reference a policy gets to its workload (garbage-collected with it).
+pub fn owner_reference<W: Workload>(workload: &W) -> Option<OwnerReference> {
+    let mut owner = workload.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
+/// The policy the operator creates for a workload.
+pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
+    let kind = W::kind(&()).to_string();
+    let name = workload.meta().name.clone()?;
+    let mut policy = ShutdownPolicy::new(
+        &format!("{kind}-{name}").to_lowercase(),
+        ShutdownPolicySpec {
+            target_ref: TargetRef { api_version: W::api_version(&()).to_string(), kind, name },
+            update_mode: Default::default(),
+            grace_period: Default::default(),
+            drain: Default::default(),
+        },
+    );
+    policy.metadata.namespace = workload.meta().namespace.clone();
+    policy.metadata.owner_references = Some(vec![owner_reference(workload)?]);
+    policy.metadata.labels = Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "lameduck".into())]));
+    Some(policy)
+}
+
+/// Ensures the workload's policy exists (creating or adopting it) and reports its pod counts.
+#[tracing::instrument(skip(workload, ctx), fields(kind = %W::kind(&()), name = %workload.name_any(), namespace = workload.namespace().unwrap_or_default()))]
+pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Result<Action> {
+    if !opted_in(workload.as_ref()) || workload.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = workload.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = workload.name_any();
+    let kind = W::kind(&()).to_string();
+    let uid = workload.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let policies: Api<ShutdownPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let policy = match ctx.policies.find(&namespace, &kind, &name) {
+        Some(existing) => {
+            let owned = existing.owner_references().iter().any(|o| o.uid == uid);
+            if !owned {
+                adopt(&policies, &existing, workload.as_ref()).await?;
+            }
+            existing.name_any()
+        }
+        None => {
+            let policy = new_policy(workload.as_ref()).ok_or(Error::MissingField("metadata.name"))?;
+            let policy_name = policy.name_any();
+            match policies.create(&PostParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &policy).await {
+                Ok(_) => tracing::info!(policy = %policy_name, "created ShutdownPolicy"),
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(error) => return Err(Error::Kube { action: "create ShutdownPolicy", object: format!("{namespace}/{policy_name}"), source: error }),
+            }
+            policy_name
+        }
+    };
+
+    if let Some(counts) = count_pods(&ctx.client, &namespace, workload.as_ref()).await? {
+        ctx.book.lock().map_err(|_| Error::Poisoned)?.entry(namespace.clone(), policy).set_pods(counts);
+    }
+    Ok(Action::requeue(RECHECK))
+}
+
+/// Adds the workload as controller owner of a user-created policy; the spec stays as it is.
+async fn adopt<W: Workload>(policies: &Api<ShutdownPolicy>, policy: &ShutdownPolicy, workload: &W) -> Result<()> {
+    let Some(owner) = owner_reference(workload) else { return Ok(()) };
+    let mut owners: Vec<OwnerReference> = policy.owner_references().to_vec();
+    // Another controller owner would make the API server refuse a second one.
+    if owners.iter().any(|o| o.controller == Some(true)) {
+        return Ok(());
+    }
+    owners.push(owner);
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": policy.resource_version(), "ownerReferences": owners}
+    });
+    let name = policy.name_any();
+    policies
+        .patch(&name, &PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Kube { action: "adopt ShutdownPolicy", object: name.clone(), source })?;
+    tracing::info!(policy = %name, "adopted ShutdownPolicy");
+    Ok(())
+}
+
+/// Counts the workload's running pods with and without the sidecar.
+async fn count_pods<W: Workload>(client: &Client, namespace: &str, workload: &W) -> Result<Option<PodCounts>> {
+    let Some(selector) = workload.selector().cloned() else { return Ok(None) };
+    let Ok(selector) = Selector::try_from(selector) else { return Ok(None) };
+    if selector.selects_all() {
+        return Ok(None);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list_metadata(&ListParams::default().labels_from(&selector))
+        .await
+        .map_err(|source| Error::Kube { action: "list pods", object: format!("{namespace}/{}", workload.name_any()), source })?;
+    let mut counts = PodCounts::default();
+    for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        if pod.labels().get(LABEL_INJECTED).is_some_and(|v| v == "true") {
+            counts.injected += 1;
+        } else {
+            counts.not_injected += 1;
+        }
+    }
+    Ok(Some(counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(annotations: &[(&str, &str)], template: &[(&str, &str)]) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "d-1",
+                         "annotations": annotations.iter().cloned().collect::<BTreeMap<_, _>>()},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"annotations": template.iter().cloned().collect::<BTreeMap<_, _>>()}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn opt_in_is_read_from_the_workload_or_its_template() {
+        assert!(opted_in(&deployment(&[(ANNOTATION_INJECT, "true")], &[])));
+        assert!(opted_in(&deployment(&[], &[(ANNOTATION_INJECT, "true")])));
+        assert!(!opted_in(&deployment(&[(ANNOTATION_INJECT, "true")], &[(ANNOTATION_INJECT, "false")])));
+        assert!(!opted_in(&deployment(&[], &[])));
+    }
+
+    #[test]
+    fn new_policy_is_named_after_and_owned_by_the_workload() {
+        let policy = new_policy(&deployment(&[(ANNOTATION_INJECT, "true")], &[])).unwrap();
+        assert_eq!(policy.name_any(), "deployment-web");
+        assert_eq!(policy.namespace().as_deref(), Some("shop"));
+        assert_eq!(policy.spec.target_ref, TargetRef { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() });
+        let owner = &policy.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Deployment", "d-1", Some(true)));
+    }
+}
