@@ -49,6 +49,8 @@ pub fn init_logging(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(args.log_level)
         .with_writer(std::io::stderr)
+        // Container logs are files, not terminals: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match args.log_format {
         LogFormat::Text => builder.init(),

@@ -92,8 +92,21 @@ fn replay(name: &str, steps: &[Value]) {
         &["--quiet-period-millis", "100", "--min-delay-millis", "100"],
     );
     let mut app = Some(RawApp::connect(&sidecar));
-    let mut hook = None;
+    let mut hook: Option<Hook> = None;
     for step in steps {
+        if let Some(outcome) = step.get("outcome").and_then(Value::as_str) {
+            let hook = hook
+                .as_mut()
+                .unwrap_or_else(|| panic!("{name}: outcome without prestop"));
+            hook.wait(Instant::now() + Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{name}: hook hung"));
+            assert!(
+                hook.log().contains(&format!("outcome={outcome}")),
+                "{name}: hook log: {}",
+                hook.log()
+            );
+            continue;
+        }
         let app_ref = app
             .as_mut()
             .unwrap_or_else(|| panic!("{name}: step {step} after close"));
@@ -120,17 +133,14 @@ fn replay(name: &str, steps: &[Value]) {
                 ),
                 _ => app = None,
             }
-        } else if let Some(outcome) = step.get("outcome").and_then(Value::as_str) {
-            let hook = hook
-                .as_mut()
-                .unwrap_or_else(|| panic!("{name}: outcome without prestop"));
-            hook.wait(Instant::now() + Duration::from_secs(10))
-                .unwrap_or_else(|| panic!("{name}: hook hung"));
-            assert!(
-                hook.log().contains(&format!("outcome={outcome}")),
-                "{name}: hook log: {}",
-                hook.log()
-            );
+        } else if let Some(raw) = step.get("sidecar_raw").and_then(Value::as_str) {
+            // The real sidecar sends its own bytes: only the message type can be compared.
+            let want: Value = serde_json::from_str(&raw.replace("$deadline", "0")).unwrap();
+            if want["type"] == "drain" || want["type"] == "deregister" {
+                let got = app_ref.recv();
+                let got = got.unwrap_or_else(|| panic!("{name}: closed, expected {want}"));
+                assert_eq!(got["type"], want["type"], "{name}");
+            }
         } else {
             panic!("{name}: unknown step {step}");
         }

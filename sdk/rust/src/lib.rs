@@ -11,7 +11,7 @@
 //!    accepting and let in-flight requests finish.
 //! 3. **cleanup** — [`Lameduck::shutdown`] waits for in-flight requests, sends `drained`,
 //!    runs the functions registered with [`Lameduck::on_cleanup`] in registration order
-//!    (each exactly once, each bounded by the deadline) and acknowledges with `done`.
+//!    (each exactly once, to completion even past the deadline) and acknowledges with `done`.
 //!
 //! Without a sidecar (`LAMEDUCK_SOCKET` unset, unreachable, or the connection lost) the same
 //! program still shuts down gracefully: SIGTERM or SIGINT starts the drain with a deadline of
@@ -389,9 +389,11 @@ impl Lameduck {
     /// Registers a cleanup function, run after the drain in registration order (not LIFO):
     /// flush buffers, commit offsets, close connections.
     ///
-    /// Each runs exactly once, in every shutdown path, and is abandoned at the drain deadline;
-    /// an error, a timeout or a panic (with `panic = "unwind"`) is reported in `done` and does
-    /// not stop the others.
+    /// Each runs exactly once, in every shutdown path, and to completion: one still running
+    /// at the drain deadline is left to finish (the kubelet's SIGKILL comes only at the end
+    /// of the grace period), so bound your own I/O with [`Drain::deadline`] if it can hang.
+    /// An error or a panic (with `panic = "unwind"`) is reported in `done` and does not stop
+    /// the others.
     /// A function registered after the shutdown sequence began is not run (logged).
     pub fn on_cleanup<F, Fut, E>(&self, name: impl Into<String>, cleanup: F)
     where
