@@ -41,8 +41,8 @@ build: ## debug build of every workspace binary (the process-level tests exec th
 
 .PHONY: static
 static: ## static release binaries (sidecar, operator, example apps)
-	$(CARGO_STATIC) -p lameduck-sidecar
-	@ls -l $(STATIC_DIR)/lameduck-sidecar
+	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-example-web
+	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-example-web
 
 .PHONY: unit
 unit: build ## Rust unit and process-level tests (no cluster needed)
@@ -52,7 +52,7 @@ unit: build ## Rust unit and process-level tests (no cluster needed)
 test: lint unit ## everything: lint, unit, process-level, SDK and cluster tests
 
 .PHONY: bench
-bench: ## benchmarks; figures go to README.md / docs/
+bench: static ## benchmarks; figures go to README.md / docs/
 	$(ROOT)/hack/bench.sh
 
 .PHONY: demo
