@@ -17,6 +17,8 @@ CARGO_STATIC := RUSTFLAGS="-C target-feature=+crt-static" cargo build --release 
 
 export CACHE_DIR STATE_DIR
 
+include $(ROOT)/sdk/go/go.mk
+
 .PHONY: help
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -49,7 +51,7 @@ unit: build ## Rust unit and process-level tests (no cluster needed)
 	cargo test --locked --workspace
 
 .PHONY: test
-test: lint unit ## everything: lint, unit, process-level, SDK and cluster tests
+test: lint unit go-test ## everything: lint, unit, process-level, SDK and cluster tests
 
 .PHONY: bench
 bench: static ## benchmarks; figures go to README.md / docs/
