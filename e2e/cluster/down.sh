@@ -26,7 +26,7 @@ say() { ((quiet)) || log "$@"; }
 own_pids() {
   local p cmd
   for p in /proc/[0-9]*; do
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
     [[ "${p#/proc/}" == "$$" || "${p#/proc/}" == "$BASHPID" ]] && continue
     [[ "$cmd" == *"$BASE/"* || "$cmd" == *"$RUN/"* ]] && echo "${p#/proc/}"
   done
@@ -126,8 +126,8 @@ remove_chains() {
   for table in filter nat mangle raw; do
     "$save" -t "$table" >/dev/null 2>&1 || continue
     # Rules in built-in chains that jump to our chains (delete by spec, as saved).
-    "$save" -t "$table" | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-|LAMEDUCK-)' \
-      | grep -Ev '^-A (KUBE-|CNI-|LAMEDUCK-)' | while read -r rule; do
+    { "$save" -t "$table" | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-|LAMEDUCK-)' \
+      | grep -Ev '^-A (KUBE-|CNI-|LAMEDUCK-)' || true; } | while read -r rule; do
       # shellcheck disable=SC2086  # the saved rule is word-split back into arguments
       eval "$ipt -t $table -D ${rule#-A }" 2>/dev/null || true
     done

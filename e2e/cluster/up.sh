@@ -180,6 +180,10 @@ state = "$CONTAINERD_STATE"
   disable_apparmor = true
   netns_mounts_under_state_dir = true
   enable_unprivileged_ports = false
+  # This machine's root lacks CAP_SYS_RESOURCE: it cannot lower oom_score_adj (runc would
+  # fail every sandbox with "can't get final child's PID from pipe: EOF"). Clamp the
+  # kubelet's values to containerd's own instead.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
