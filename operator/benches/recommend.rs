@@ -6,7 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lameduck_operator::recommend::{DeregisterSettings, GracePeriodSettings, History, PhaseDurations, Sample};
+use lameduck_operator::recommend::{
+    DeregisterSettings, GracePeriodSettings, History, PhaseDurations, Sample,
+};
 
 const BATCH: u64 = 10_000;
 
@@ -23,7 +25,7 @@ fn samples() -> Vec<Sample> {
                 at_unix_ms: 1_800_000_000_000 + i * 1000,
                 duration_ms,
                 grace_seconds: 60,
-                killed: state % 97 == 0,
+                killed: state.is_multiple_of(97),
                 deregister_lag_ms: Some(state % 5_000),
                 phases: PhaseDurations {
                     deregister: Some(state % 5_000),
@@ -63,7 +65,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("recommender/state_round_trip", |b| {
         b.iter(|| {
             let json = serde_json::to_string(&black_box(&history).to_state()).unwrap_or_default();
-            serde_json::from_str::<lameduck_operator::recommend::HistoryState>(&json).map(|s| History::from_state(&s))
+            serde_json::from_str::<lameduck_operator::recommend::HistoryState>(&json)
+                .map(|s| History::from_state(&s))
         })
     });
 }

@@ -35,6 +35,8 @@ pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
 /// observing them. Created by the operator for every injected workload (named
 /// `<kind>-<name>`, owned by the workload); create one yourself first to choose the bounds:
 /// the operator adopts it and never changes its spec.
+// Several printer columns share a type: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "lameduck.dev",
@@ -48,13 +50,47 @@ pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
     status = "ShutdownPolicyStatus",
     derive = "PartialEq",
     doc = "ShutdownPolicy tunes the graceful shutdown of one workload's pods and records how long their shutdowns take.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name", description = "The workload this policy governs."),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.updateMode", description = "Initial: new pods get the recommendation; Off: recommend only."),
-    printcolumn(name = "Samples", type_ = "integer", json_path = ".status.samples", description = "Observed shutdowns."),
-    printcolumn(name = "P99", type_ = "number", json_path = ".status.durations.p99", description = "99th percentile of the shutdown duration, in seconds."),
-    printcolumn(name = "Recommended", type_ = "integer", json_path = ".status.recommendation.gracePeriodSeconds", description = "Recommended terminationGracePeriodSeconds."),
-    printcolumn(name = "Killed", type_ = "integer", json_path = ".status.killed", description = "Pods SIGKILLed at their deadline."),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The workload this policy governs."
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.updateMode",
+        description = "Initial: new pods get the recommendation; Off: recommend only."
+    ),
+    printcolumn(
+        name = "Samples",
+        type_ = "integer",
+        json_path = ".status.samples",
+        description = "Observed shutdowns."
+    ),
+    printcolumn(
+        name = "P99",
+        type_ = "number",
+        json_path = ".status.durations.p99",
+        description = "99th percentile of the shutdown duration, in seconds."
+    ),
+    printcolumn(
+        name = "Recommended",
+        type_ = "integer",
+        json_path = ".status.recommendation.gracePeriodSeconds",
+        description = "Recommended terminationGracePeriodSeconds."
+    ),
+    printcolumn(
+        name = "Killed",
+        type_ = "integer",
+        json_path = ".status.killed",
+        description = "Pods SIGKILLed at their deadline."
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ShutdownPolicySpec {
@@ -198,7 +234,10 @@ impl GracePeriodSpec {
             .parse::<KubeDuration>()
             .ok()
             .filter(|d| !d.is_negative())
-            .map_or(std::time::Duration::from_secs(24 * 3600), std::time::Duration::from);
+            .map_or(
+                std::time::Duration::from_secs(24 * 3600),
+                std::time::Duration::from,
+            );
         GracePeriodSettings {
             min_seconds: self.min_seconds,
             max_seconds: self.max_seconds,
@@ -207,7 +246,9 @@ impl GracePeriodSpec {
             buffer_seconds: f64::from(self.buffer_seconds),
             min_samples: self.min_samples,
             kill_bump_ratio: self.kill_bump_ratio,
-            half_life_ms: i64::try_from(half_life.as_millis()).unwrap_or(i64::MAX).max(1),
+            half_life_ms: i64::try_from(half_life.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
         }
     }
 }
@@ -451,8 +492,10 @@ pub fn crd_yaml() -> String {
 /// Quotes plain scalars such as `Off` that YAML 1.1 parsers (kubectl's, helm's) read as
 /// booleans: the `updateMode` enum value `Off` must stay a string.
 fn quote_yaml11_booleans(yaml: &str) -> String {
-    const BOOLEANS: [&str; 16] =
-        ["y", "Y", "n", "N", "yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+    const BOOLEANS: [&str; 16] = [
+        "y", "Y", "n", "N", "yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
     let mut out = String::with_capacity(yaml.len() + 64);
     for line in yaml.lines() {
         let quoted = BOOLEANS.iter().find_map(|word| {
@@ -471,7 +514,10 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_code() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/shutdownpolicies.lameduck.dev.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/shutdownpolicies.lameduck.dev.yaml"
+        );
         if std::env::var_os("LAMEDUCK_UPDATE_CRDS").is_some() {
             std::fs::write(path, crd_yaml()).unwrap();
         }
@@ -487,7 +533,10 @@ mod tests {
     #[test]
     fn crd_yaml_reads_back_as_the_crd() {
         let yaml = crd_yaml();
-        assert!(yaml.contains("- 'Off'"), "YAML 1.1 would read a bare Off as false");
+        assert!(
+            yaml.contains("- 'Off'"),
+            "YAML 1.1 would read a bare Off as false"
+        );
         let parsed: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(parsed, serde_json::to_value(ShutdownPolicy::crd()).unwrap());
     }
@@ -500,12 +549,21 @@ mod tests {
         .unwrap();
         assert_eq!(policy.update_mode, UpdateMode::Initial);
         assert_eq!(policy.grace_period, GracePeriodSpec::default());
-        assert_eq!(policy.grace_period.settings(), GracePeriodSettings::default());
-        assert_eq!(policy.drain.deregister_settings(), DeregisterSettings::default());
-        let drain: DrainSpec = serde_json::from_value(serde_json::json!({"mode": "HTTP", "http": {"port": 8080}})).unwrap();
+        assert_eq!(
+            policy.grace_period.settings(),
+            GracePeriodSettings::default()
+        );
+        assert_eq!(
+            policy.drain.deregister_settings(),
+            DeregisterSettings::default()
+        );
+        let drain: DrainSpec =
+            serde_json::from_value(serde_json::json!({"mode": "HTTP", "http": {"port": 8080}}))
+                .unwrap();
         assert_eq!(drain.mode, DrainMode::Http);
         assert_eq!(drain.http.unwrap().path, "/drain");
-        let half_life: GracePeriodSpec = serde_json::from_value(serde_json::json!({"halfLife": "90m"})).unwrap();
+        let half_life: GracePeriodSpec =
+            serde_json::from_value(serde_json::json!({"halfLife": "90m"})).unwrap();
         assert_eq!(half_life.settings().half_life_ms, 90 * 60_000);
     }
 
@@ -520,16 +578,35 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap().to_uppercase())
             .collect();
-        assert_eq!(columns, ["TARGET", "MODE", "SAMPLES", "P99", "RECOMMENDED", "KILLED", "AGE"]);
+        assert_eq!(
+            columns,
+            [
+                "TARGET",
+                "MODE",
+                "SAMPLES",
+                "P99",
+                "RECOMMENDED",
+                "KILLED",
+                "AGE"
+            ]
+        );
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "sdp");
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let mut undocumented = Vec::new();
         walk(spec, "spec", &mut undocumented);
-        assert!(undocumented.is_empty(), "fields without a description: {undocumented:?}");
+        assert!(
+            undocumented.is_empty(),
+            "fields without a description: {undocumented:?}"
+        );
         let grace = &spec["properties"]["gracePeriod"];
         assert_eq!(grace["properties"]["minSeconds"]["default"], 5);
         assert_eq!(grace["properties"]["halfLife"]["default"], "24h");
-        assert!(grace["x-kubernetes-validations"][0]["message"].as_str().unwrap().contains("minSeconds"));
+        assert!(
+            grace["x-kubernetes-validations"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("minSeconds")
+        );
     }
 
     fn walk(schema: &serde_json::Value, path: &str, undocumented: &mut Vec<String>) {

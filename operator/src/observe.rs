@@ -133,11 +133,18 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         .find(|s| s.name == SIDECAR_CONTAINER_NAME)
         .and_then(|s| s.state.as_ref()?.terminated.as_ref());
     let report = match sidecar_terminated {
-        Some(state) => match state.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(state) => match state
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
             Some(message) => match TerminationReport::parse(message) {
                 Ok(report) => Some(report),
                 Err(error) => {
-                    warnings.push(format!("unreadable termination report from the sidecar: {error}"));
+                    warnings.push(format!(
+                        "unreadable termination report from the sidecar: {error}"
+                    ));
                     None
                 }
             },
@@ -148,7 +155,9 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         },
         None if has_sidecar && !deleted => return None,
         None if has_sidecar => {
-            warnings.push("no termination report: the pod disappeared before the sidecar exited".to_string());
+            warnings.push(
+                "no termination report: the pod disappeared before the sidecar exited".to_string(),
+            );
             None
         }
         None => {
@@ -160,19 +169,25 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     // The kubelet's final delete rewrites deletionGracePeriodSeconds to 0 (and moves the
     // timestamp): such metadata says nothing about the real deadline.
     let deletion_ms = deletion.0.as_millisecond();
-    let deletion_grace = pod.metadata.deletion_grace_period_seconds.filter(|&g| g > 0);
+    let deletion_grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .filter(|&g| g > 0);
     let spec_grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
     let report_t0 = report.as_ref().and_then(|r| {
         let text = r.t0.as_deref()?;
         match text.parse::<Timestamp>() {
             Ok(t0) => Some(t0.as_millisecond()),
             Err(error) => {
-                warnings.push(format!("termination report has an unreadable t0 {text:?}: {error}"));
+                warnings.push(format!(
+                    "termination report has an unreadable t0 {text:?}: {error}"
+                ));
                 None
             }
         }
     });
-    let (t0_unix_ms, t0_source, grace_seconds, deadline_unix_ms) = match (deletion_grace, report_t0) {
+    let (t0_unix_ms, t0_source, grace_seconds, deadline_unix_ms) = match (deletion_grace, report_t0)
+    {
         (Some(grace), t0) => {
             let deleted_at = deletion_ms - grace * 1000;
             match t0 {
@@ -181,7 +196,9 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
             }
         }
         (None, Some(t0)) => {
-            let grace = report.as_ref().map_or(spec_grace, |r| i64::try_from(r.grace_seconds).unwrap_or(spec_grace));
+            let grace = report.as_ref().map_or(spec_grace, |r| {
+                i64::try_from(r.grace_seconds).unwrap_or(spec_grace)
+            });
             (t0, T0Source::Report, grace, t0 + grace * 1000)
         }
         (None, None) => return None,
@@ -190,10 +207,15 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     let mut killed_containers = Vec::new();
     let mut oom_killed_containers = Vec::new();
     for (container, state) in &terminated {
-        let finished = state.finished_at.as_ref().map_or(i64::MIN, |t| t.0.as_millisecond());
+        let finished = state
+            .finished_at
+            .as_ref()
+            .map_or(i64::MIN, |t| t.0.as_millisecond());
         if state.reason.as_deref() == Some("OOMKilled") {
             oom_killed_containers.push(container.name.clone());
-        } else if state.exit_code == SIGKILL_EXIT_CODE && finished + FINISHED_AT_PRECISION_MS > deadline_unix_ms {
+        } else if state.exit_code == SIGKILL_EXIT_CODE
+            && finished + FINISHED_AT_PRECISION_MS > deadline_unix_ms
+        {
             killed_containers.push(container.name.clone());
         }
     }
@@ -234,7 +256,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Pod {
-        let path = format!("{}/tests/fixtures/pods/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/pods/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -248,9 +273,16 @@ mod tests {
         assert_eq!(observation.grace_seconds, 30);
         assert!(observation.phases.deregister.is_some() && observation.phases.cleanup.is_some());
         assert!(observation.deregister_lag_ms.is_some());
-        assert!(observation.warnings.is_empty(), "{:?}", observation.warnings);
-        assert!(observation.duration_ms > 0 && observation.duration_ms < 30_000, "{observation:?}");
-        assert_eq!(observation.sample().killed, false);
+        assert!(
+            observation.warnings.is_empty(),
+            "{:?}",
+            observation.warnings
+        );
+        assert!(
+            observation.duration_ms > 0 && observation.duration_ms < 30_000,
+            "{observation:?}"
+        );
+        assert!(!observation.sample().killed);
     }
 
     #[test]
@@ -266,7 +298,10 @@ mod tests {
         assert!(observation.killed(), "{observation:?}");
         let sample = observation.sample();
         assert!(sample.killed);
-        assert!(sample.duration_ms >= u64::from(sample.grace_seconds) * 1000 - 1000, "{sample:?}");
+        assert!(
+            sample.duration_ms >= u64::from(sample.grace_seconds) * 1000 - 1000,
+            "{sample:?}"
+        );
     }
 
     #[test]
@@ -290,7 +325,11 @@ mod tests {
         let observation = observe(&fixture("garbage-report")).unwrap();
         assert_eq!(observation.t0_source, T0Source::Deletion);
         assert_eq!(observation.phases, PhaseDurations::default());
-        assert!(observation.warnings[0].contains("unreadable termination report"), "{:?}", observation.warnings);
+        assert!(
+            observation.warnings[0].contains("unreadable termination report"),
+            "{:?}",
+            observation.warnings
+        );
     }
 
     #[test]
@@ -298,7 +337,13 @@ mod tests {
         assert_eq!(observe(&fixture("terminating")), None);
         // …but if it disappears now, what is known is kept, when the apps have exited.
         let mut pod = fixture("acked");
-        let sidecar = &mut pod.status.as_mut().unwrap().init_container_statuses.as_mut().unwrap()[0];
+        let sidecar = &mut pod
+            .status
+            .as_mut()
+            .unwrap()
+            .init_container_statuses
+            .as_mut()
+            .unwrap()[0];
         sidecar.state = None;
         assert_eq!(observe(&pod), None);
         let observation = observe_deleted(&pod).unwrap();

@@ -9,7 +9,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::{self, ShutdownPolicy};
-use crate::webhook::policy::{DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef};
+use crate::webhook::policy::{
+    DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef,
+};
 
 /// An in-memory index of every ShutdownPolicy, kept current by a reflector. Cheap to clone.
 #[derive(Clone)]
@@ -46,9 +48,15 @@ impl PolicyIndex {
 
     /// The policy governing `kind`/`name` in `namespace`: the one named `<kind>-<name>` if
     /// it targets that workload, else any policy whose targetRef names it.
-    pub fn find(&self, namespace: &str, kind: &str, name: &str) -> Option<std::sync::Arc<ShutdownPolicy>> {
+    pub fn find(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<ShutdownPolicy>> {
         let targets = |policy: &ShutdownPolicy| {
-            policy.spec.target_ref.kind.eq_ignore_ascii_case(kind) && policy.spec.target_ref.name == name
+            policy.spec.target_ref.kind.eq_ignore_ascii_case(kind)
+                && policy.spec.target_ref.name == name
         };
         let by_name = format!("{kind}-{name}").to_lowercase();
         if let Some(policy) = self.store.get(&ObjectRef::new(&by_name).within(namespace))
@@ -59,7 +67,9 @@ impl PolicyIndex {
         self.store
             .state()
             .into_iter()
-            .filter(|policy| policy.metadata.namespace.as_deref() == Some(namespace) && targets(policy))
+            .filter(|policy| {
+                policy.metadata.namespace.as_deref() == Some(namespace) && targets(policy)
+            })
             .min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))
     }
 }
@@ -67,8 +77,13 @@ impl PolicyIndex {
 /// What a policy prescribes for new pods.
 pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
     let spec = &policy.spec;
-    let learned = policy.status.as_ref().and_then(|s| s.recommendation).and_then(|r| r.deregister_delay_millis);
-    let min_delay_millis = (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
+    let learned = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.recommendation)
+        .and_then(|r| r.deregister_delay_millis);
+    let min_delay_millis =
+        (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
         update_mode: match spec.update_mode {
@@ -101,7 +116,8 @@ pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
 
 impl PolicyLookup for PolicyIndex {
     fn lookup(&self, namespace: &str, workload: &WorkloadRef) -> Option<PolicySettings> {
-        self.find(namespace, &workload.kind, &workload.name).map(|policy| policy_settings(&policy))
+        self.find(namespace, &workload.kind, &workload.name)
+            .map(|policy| policy_settings(&policy))
     }
 }
 
@@ -145,16 +161,31 @@ mod tests {
             ..Default::default()
         });
         let index = index(vec![recommended, policy("my-own", "StatefulSet", "db")]);
-        let web = WorkloadRef { kind: "Deployment".into(), name: "web".into() };
+        let web = WorkloadRef {
+            kind: "Deployment".into(),
+            name: "web".into(),
+        };
         let settings = index.lookup("shop", &web).unwrap();
         assert_eq!(settings.policy_name, "deployment-web");
         assert_eq!(settings.grace_override(), Some(42));
         let drain = settings.drain.unwrap();
         assert_eq!(drain.min_delay_millis, 3_500); // learned, above minDelaySeconds
         assert_eq!(drain.max_delay_millis, 10_000);
-        let db = WorkloadRef { kind: "StatefulSet".into(), name: "db".into() };
+        let db = WorkloadRef {
+            kind: "StatefulSet".into(),
+            name: "db".into(),
+        };
         assert_eq!(index.lookup("shop", &db).unwrap().policy_name, "my-own");
         assert_eq!(index.lookup("other", &db), None);
-        assert_eq!(index.lookup("shop", &WorkloadRef { kind: "DaemonSet".into(), name: "web".into() }), None);
+        assert_eq!(
+            index.lookup(
+                "shop",
+                &WorkloadRef {
+                    kind: "DaemonSet".into(),
+                    name: "web".into()
+                }
+            ),
+            None
+        );
     }
 }

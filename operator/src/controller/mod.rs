@@ -87,7 +87,10 @@ pub struct PolicyKey {
 
 impl PolicyKey {
     fn labels(&self) -> PolicyLabels {
-        PolicyLabels { namespace: self.namespace.clone(), policy: self.name.clone() }
+        PolicyLabels {
+            namespace: self.namespace.clone(),
+            policy: self.name.clone(),
+        }
     }
 }
 
@@ -106,12 +109,15 @@ pub struct StatusBook {
 impl StatusBook {
     /// The record of one policy, created empty (it loads the status at the next write).
     pub fn entry(&mut self, namespace: String, name: String) -> &mut PolicyRecord {
-        self.records.entry(PolicyKey { namespace, name }).or_default()
+        self.records
+            .entry(PolicyKey { namespace, name })
+            .or_default()
     }
 
     /// Forgets policies that no longer exist.
     pub fn retain(&mut self, exists: impl Fn(&PolicyKey) -> bool) {
-        self.records.retain(|key, record| exists(key) || record.has_pending());
+        self.records
+            .retain(|key, record| exists(key) || record.has_pending());
     }
 }
 
@@ -154,17 +160,41 @@ impl ControllerMetrics {
     /// Creates the metrics and registers them (prefix of the registry applies).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register("observations", "Observed pod shutdowns, per ShutdownPolicy", metrics.observations.clone());
-        registry.register("kills", "Pods SIGKILLed at their deadline, per ShutdownPolicy", metrics.kills.clone());
-        registry.register("unobserved", "Terminating pods that disappeared unobserved, per ShutdownPolicy", metrics.unobserved.clone());
+        registry.register(
+            "observations",
+            "Observed pod shutdowns, per ShutdownPolicy",
+            metrics.observations.clone(),
+        );
+        registry.register(
+            "kills",
+            "Pods SIGKILLed at their deadline, per ShutdownPolicy",
+            metrics.kills.clone(),
+        );
+        registry.register(
+            "unobserved",
+            "Terminating pods that disappeared unobserved, per ShutdownPolicy",
+            metrics.unobserved.clone(),
+        );
         registry.register(
             "recommended_grace_period_seconds",
             "Recommended terminationGracePeriodSeconds, per ShutdownPolicy",
             metrics.recommendation.clone(),
         );
-        registry.register("terminating_pods", "Terminating injected pods being followed", metrics.terminating.clone());
-        registry.register("controller_errors", "Reconcile and status-write errors", metrics.errors.clone());
-        registry.register("status_patches", "ShutdownPolicy status patches sent", metrics.status_patches.clone());
+        registry.register(
+            "terminating_pods",
+            "Terminating injected pods being followed",
+            metrics.terminating.clone(),
+        );
+        registry.register(
+            "controller_errors",
+            "Reconcile and status-write errors",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "status_patches",
+            "ShutdownPolicy status patches sent",
+            metrics.status_patches.clone(),
+        );
         metrics
     }
 }
@@ -190,7 +220,11 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     /// Defaults: Lease `lameduck-operator`, 15 s lease, status every 5 s.
-    pub fn new(policies: PolicyIndex, identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
+    pub fn new(
+        policies: PolicyIndex,
+        identity: impl Into<String>,
+        lease_namespace: impl Into<String>,
+    ) -> Self {
         Self {
             policies,
             identity: identity.into(),
@@ -225,8 +259,16 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, policies: PolicyIndex, metrics: ControllerMetrics, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+    pub fn new(
+        client: Client,
+        policies: PolicyIndex,
+        metrics: ControllerMetrics,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -256,7 +298,12 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
         }
     }
     tracing::info!(identity = %config.identity, "leading: starting the ShutdownPolicy controller");
-    let ctx = Arc::new(Context::new(client, config.policies.clone(), config.metrics.clone(), Some(config.identity.clone())));
+    let ctx = Arc::new(Context::new(
+        client,
+        config.policies.clone(),
+        config.metrics.clone(),
+        Some(config.identity.clone()),
+    ));
     let work = lead(ctx, config.status_interval);
     tokio::pin!(work);
     loop {
@@ -275,7 +322,9 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
     }
 }
 
-async fn lease_error(task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>) -> Error {
+async fn lease_error(
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) -> Error {
     match task.await {
         Ok(Err(error)) => Error::Lease(error),
         _ => Error::LostLease,
@@ -302,13 +351,25 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
                     ctx.metrics.status_patches.inc_by(patches as u64);
                 }
                 Err(error) => {
-                    ctx.metrics.errors.get_or_create(&ControllerLabels { controller: "status" }).inc();
+                    ctx.metrics
+                        .errors
+                        .get_or_create(&ControllerLabels {
+                            controller: "status",
+                        })
+                        .inc();
                     tracing::warn!(%error, "status write failed");
                 }
             }
             let store = ctx.policies.store().clone();
             if let Ok(mut book) = ctx.book.lock() {
-                book.retain(|key| store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace)).is_some());
+                book.retain(|key| {
+                    store
+                        .get(
+                            &kube::runtime::reflector::ObjectRef::new(&key.name)
+                                .within(&key.namespace),
+                        )
+                        .is_some()
+                });
             }
         }
     };
@@ -329,8 +390,17 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy<W: workloads::Workload>(_workload: Arc<W>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.get_or_create(&ControllerLabels { controller: "workloads" }).inc();
+fn error_policy<W: workloads::Workload>(
+    _workload: Arc<W>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ControllerLabels {
+            controller: "workloads",
+        })
+        .inc();
     tracing::warn!(%error, "workload reconcile failed");
     Action::requeue(Duration::from_secs(30))
 }

@@ -54,7 +54,10 @@ impl PodTracker {
         }
         let uid = pod.uid()?;
         let key = policy_key(pod)?;
-        let tracked = self.terminating.entry(uid).or_insert(Tracked { key, observed: false });
+        let tracked = self.terminating.entry(uid).or_insert(Tracked {
+            key,
+            observed: false,
+        });
         if tracked.observed {
             return None;
         }
@@ -80,7 +83,10 @@ impl PodTracker {
 
 fn policy_key(pod: &Pod) -> Option<PolicyKey> {
     let policy = pod.annotations().get(ANNOTATION_POLICY)?;
-    Some(PolicyKey { namespace: pod.namespace()?, name: policy.clone() })
+    Some(PolicyKey {
+        namespace: pod.namespace()?,
+        name: policy.clone(),
+    })
 }
 
 /// Watches injected pods until the stream ends, recording observations in the status book.
@@ -91,7 +97,9 @@ pub async fn observe_pods(ctx: Arc<Context>) {
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let seen = match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => tracker.apply(&pod).map(|s| (pod, s)),
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                tracker.apply(&pod).map(|s| (pod, s))
+            }
             Ok(watcher::Event::Delete(pod)) => tracker.delete(&pod).map(|s| (pod, s)),
             Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
             Err(error) => {
@@ -99,8 +107,12 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 None
             }
         };
-        let Some((pod, (key, seen))) = seen else { continue };
-        ctx.metrics.terminating.set(i64::try_from(tracker.len()).unwrap_or(i64::MAX));
+        let Some((pod, (key, seen))) = seen else {
+            continue;
+        };
+        ctx.metrics
+            .terminating
+            .set(i64::try_from(tracker.len()).unwrap_or(i64::MAX));
         let labels = key.labels();
         match seen {
             Seen::Observed(observation) => {
@@ -117,7 +129,8 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                     outcome = observation.outcome.map(|o| o.as_str()), "observed shutdown"
                 );
                 if let Ok(mut book) = ctx.book.lock() {
-                    book.entry(key.namespace, key.name).push(pod.name_any(), observation);
+                    book.entry(key.namespace, key.name)
+                        .push(pod.name_any(), observation);
                 }
             }
             Seen::Unobserved => {
@@ -135,7 +148,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Pod {
-        let path = format!("{}/tests/fixtures/pods/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/pods/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -145,7 +161,13 @@ mod tests {
         assert_eq!(tracker.apply(&fixture("terminating")), None);
         assert_eq!(tracker.len(), 1);
         let (key, seen) = tracker.apply(&fixture("acked")).unwrap();
-        assert_eq!(key, PolicyKey { namespace: "shop".into(), name: "deployment-web".into() });
+        assert_eq!(
+            key,
+            PolicyKey {
+                namespace: "shop".into(),
+                name: "deployment-web".into()
+            }
+        );
         assert!(matches!(seen, Seen::Observed(_)));
         // The same final state again (a resync, the DELETED event) is not a second observation.
         assert_eq!(tracker.apply(&fixture("acked")), None);

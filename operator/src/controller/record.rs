@@ -98,7 +98,11 @@ impl PolicyRecord {
 
     /// Folds the pending observations into the history (loading it from the policy's
     /// status first) and returns the status to write and the recommendation behind it.
-    pub fn status(&mut self, policy: &ShutdownPolicy, now: Timestamp) -> (ShutdownPolicyStatus, Recommendation) {
+    pub fn status(
+        &mut self,
+        policy: &ShutdownPolicy,
+        now: Timestamp,
+    ) -> (ShutdownPolicyStatus, Recommendation) {
         let current = policy.status.clone().unwrap_or_default();
         if !self.loaded {
             self.load(&current);
@@ -106,20 +110,29 @@ impl PolicyRecord {
         let settings = policy.spec.grace_period.settings();
         for PendingObservation { pod, observation } in std::mem::take(&mut self.pending) {
             self.history.record(&observation.sample(), &settings);
-            self.last_observation_ms = self.last_observation_ms.max(Some(observation.finished_unix_ms));
+            self.last_observation_ms = self
+                .last_observation_ms
+                .max(Some(observation.finished_unix_ms));
             if observation.timed_out() {
                 self.timeouts += 1;
             }
             if observation.killed() {
                 self.killed += 1;
-                self.notices.push(Notice::Killed { pod, grace_seconds: observation.grace_seconds });
+                self.notices.push(Notice::Killed {
+                    pod,
+                    grace_seconds: observation.grace_seconds,
+                });
             }
         }
         self.unobserved += std::mem::take(&mut self.pending_unobserved);
 
         let now_ms = now.as_millisecond();
-        let recommendation =
-            self.history.recommend(&settings, &policy.spec.drain.deregister_settings(), now_ms, self.applied);
+        let recommendation = self.history.recommend(
+            &settings,
+            &policy.spec.drain.deregister_settings(),
+            now_ms,
+            self.applied,
+        );
         if recommendation.grace_period_seconds != self.applied {
             self.notices.push(Notice::RecommendationChanged {
                 from: self.applied,
@@ -129,12 +142,25 @@ impl PolicyRecord {
         }
 
         let summary = self.history.duration_summary();
-        let [deregister, drain, cleanup, exit] =
-            self.history.phase_summaries().map(|p| p.map(|(p50, p99)| PhaseQuantile { p50: round(p50), p99: round(p99) }));
+        let [deregister, drain, cleanup, exit] = self.history.phase_summaries().map(|p| {
+            p.map(|(p50, p99)| PhaseQuantile {
+                p50: round(p50),
+                p99: round(p99),
+            })
+        });
         let pods = self.pods.or(current.pods);
         let generation = policy.metadata.generation;
         let status = ShutdownPolicyStatus {
-            conditions: conditions(&current.conditions, &recommendation, &settings, self.history.samples(), pods, policy, now, generation),
+            conditions: conditions(
+                &current.conditions,
+                &recommendation,
+                &settings,
+                self.history.samples(),
+                pods,
+                policy,
+                now,
+                generation,
+            ),
             observed_generation: generation,
             samples: self.history.samples(),
             last_observation_time: self
@@ -143,8 +169,18 @@ impl PolicyRecord {
                 .and_then(|ms| Timestamp::from_second(ms.div_euclid(1000)).ok())
                 .map(Time)
                 .or(current.last_observation_time),
-            durations: summary.map(|s| DurationQuantiles { p50: round(s.p50), p90: round(s.p90), p99: round(s.p99), max: round(s.max) }),
-            phases: summary.map(|_| PhaseQuantiles { deregister, drain, cleanup, exit }),
+            durations: summary.map(|s| DurationQuantiles {
+                p50: round(s.p50),
+                p90: round(s.p90),
+                p99: round(s.p99),
+                max: round(s.max),
+            }),
+            phases: summary.map(|_| PhaseQuantiles {
+                deregister,
+                drain,
+                cleanup,
+                exit,
+            }),
             killed: self.killed,
             timeouts: self.timeouts,
             unobserved: self.unobserved,
@@ -164,11 +200,18 @@ impl PolicyRecord {
 
     fn load(&mut self, status: &ShutdownPolicyStatus) {
         self.loaded = true;
-        self.history = status.histogram.as_ref().map(History::from_state).unwrap_or_default();
+        self.history = status
+            .histogram
+            .as_ref()
+            .map(History::from_state)
+            .unwrap_or_default();
         self.killed = status.killed;
         self.timeouts = status.timeouts;
         self.unobserved = status.unobserved;
-        self.last_observation_ms = status.last_observation_time.as_ref().map(|t| t.0.as_millisecond());
+        self.last_observation_ms = status
+            .last_observation_time
+            .as_ref()
+            .map(|t| t.0.as_millisecond());
         self.applied = status.recommendation.and_then(|r| r.grace_period_seconds);
     }
 }
@@ -195,20 +238,37 @@ fn conditions(
         Some(seconds) => wanted.push((
             CONDITION_RECOMMENDATION_PROVIDED,
             true,
-            if recommendation.low_confidence { "KilledPodObserved" } else { "Recommended" },
+            if recommendation.low_confidence {
+                "KilledPodObserved"
+            } else {
+                "Recommended"
+            },
             format!("new pods get terminationGracePeriodSeconds {seconds} (in updateMode Initial)"),
         )),
         None => wanted.push((
             CONDITION_RECOMMENDATION_PROVIDED,
             false,
             "NotEnoughSamples",
-            format!("{samples} of {} shutdowns observed; pods keep the workload's grace period", settings.min_samples),
+            format!(
+                "{samples} of {} shutdowns observed; pods keep the workload's grace period",
+                settings.min_samples
+            ),
         )),
     }
     wanted.push(if recommendation.low_confidence {
-        (CONDITION_LOW_CONFIDENCE, true, "NotEnoughSamples", format!("{samples} of {} shutdowns observed", settings.min_samples))
+        (
+            CONDITION_LOW_CONFIDENCE,
+            true,
+            "NotEnoughSamples",
+            format!("{samples} of {} shutdowns observed", settings.min_samples),
+        )
     } else {
-        (CONDITION_LOW_CONFIDENCE, false, "EnoughSamples", format!("{samples} shutdowns observed"))
+        (
+            CONDITION_LOW_CONFIDENCE,
+            false,
+            "EnoughSamples",
+            format!("{samples} shutdowns observed"),
+        )
     });
     let not_injected = pods.map_or(0, |p| p.not_injected);
     wanted.push(if not_injected > 0 {
@@ -292,7 +352,10 @@ mod tests {
             killed_containers: if killed { vec!["web".into()] } else { vec![] },
             oom_killed_containers: vec![],
             outcome: None,
-            phases: PhaseDurations { deregister: Some(2000), ..Default::default() },
+            phases: PhaseDurations {
+                deregister: Some(2000),
+                ..Default::default()
+            },
             deregister_lag_ms: Some(1500),
             warnings: vec![],
         }
@@ -305,20 +368,35 @@ mod tests {
         let mut policy = policy();
         let mut record = PolicyRecord::default();
         for i in 0..6 {
-            record.push(format!("web-{i}"), observation(NOW + i * 1000, 8_000, i == 5));
+            record.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 8_000, i == 5),
+            );
         }
         let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
         let (status, recommendation) = record.status(&policy, now);
         assert_eq!(status.samples, 6);
         assert_eq!(status.killed, 1);
         assert_eq!(recommendation.grace_period_seconds, Some(45)); // the kill bump
-        assert!(status.conditions.iter().any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True"));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True")
+        );
         let notices = record.take_notices();
-        assert!(notices.contains(&Notice::Killed { pod: "web-5".into(), grace_seconds: 30 }));
-        assert!(notices.contains(&Notice::RecommendationChanged { from: None, to: Some(45) }));
+        assert!(notices.contains(&Notice::Killed {
+            pod: "web-5".into(),
+            grace_seconds: 30
+        }));
+        assert!(notices.contains(&Notice::RecommendationChanged {
+            from: None,
+            to: Some(45)
+        }));
 
         // Through JSON, as the API server stores it, into a fresh record: nothing is lost.
-        let stored: ShutdownPolicyStatus = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        let stored: ShutdownPolicyStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         policy.status = Some(stored);
         let mut restarted = PolicyRecord::default();
         let (again, _) = restarted.status(&policy, now);
@@ -329,13 +407,30 @@ mod tests {
     #[test]
     fn pods_not_injected_says_how_to_fix_it() {
         let mut record = PolicyRecord::default();
-        record.set_pods(PodCounts { injected: 1, not_injected: 2 });
+        record.set_pods(PodCounts {
+            injected: 1,
+            not_injected: 2,
+        });
         let (status, _) = record.status(&policy(), Timestamp::from_millisecond(NOW).unwrap());
-        let condition = status.conditions.iter().find(|c| c.type_ == CONDITION_PODS_NOT_INJECTED).unwrap();
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_PODS_NOT_INJECTED)
+            .unwrap();
         assert_eq!(condition.status, "True");
-        assert!(condition.message.contains("kubectl rollout restart deployment/web -n shop"), "{}", condition.message);
+        assert!(
+            condition
+                .message
+                .contains("kubectl rollout restart deployment/web -n shop"),
+            "{}",
+            condition.message
+        );
         assert!(status.recommendation.is_none());
-        let low = status.conditions.iter().find(|c| c.type_ == CONDITION_LOW_CONFIDENCE).unwrap();
+        let low = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_LOW_CONFIDENCE)
+            .unwrap();
         assert_eq!(low.status, "True");
     }
 
@@ -345,7 +440,8 @@ mod tests {
         let mut record = PolicyRecord::default();
         let (first, _) = record.status(&policy, Timestamp::from_millisecond(NOW).unwrap());
         policy.status = Some(first.clone());
-        let (second, _) = record.status(&policy, Timestamp::from_millisecond(NOW + 60_000).unwrap());
+        let (second, _) =
+            record.status(&policy, Timestamp::from_millisecond(NOW + 60_000).unwrap());
         assert_eq!(first, second);
     }
 }

@@ -52,11 +52,25 @@ fn context(policies: Vec<ShutdownPolicy>) -> (Arc<Context>, ApiHandle) {
         writer.apply_watcher_event(&Event::Apply(policy));
     }
     let index = PolicyIndex::from_store(writer.as_reader());
-    (Arc::new(Context::new(client, index, ControllerMetrics::default(), Some("test".into()))), handle)
+    (
+        Arc::new(Context::new(
+            client,
+            index,
+            ControllerMetrics::default(),
+            Some("test".into()),
+        )),
+        handle,
+    )
 }
 
 /// One expected request: method, path (query included) and a check of its JSON body.
-async fn expect(handle: &mut ApiHandle, method: Method, path: &str, check: impl FnOnce(&Value), reply: Value) {
+async fn expect(
+    handle: &mut ApiHandle,
+    method: Method,
+    path: &str,
+    check: impl FnOnce(&Value),
+    reply: Value,
+) {
     let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
@@ -64,9 +78,17 @@ async fn expect(handle: &mut ApiHandle, method: Method, path: &str, check: impl 
     assert_eq!(request.method(), method, "{}", request.uri());
     assert_eq!(request.uri().to_string(), path);
     let bytes = request.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
     check(&body);
-    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
 }
 
 fn pod_list() -> Value {
@@ -103,13 +125,24 @@ async fn an_annotated_deployment_gets_an_owned_policy() {
         .await;
         expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
     });
-    let action = workloads::reconcile(Arc::new(deployment()), ctx.clone()).await.unwrap();
+    let action = workloads::reconcile(Arc::new(deployment()), ctx.clone())
+        .await
+        .unwrap();
     scenario.await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let mut book = ctx.book.lock().unwrap();
     let record = book.entry("shop".into(), "deployment-web".into());
-    let (status, _) = record.status(&user_policy("deployment-web"), Timestamp::from_millisecond(NOW).unwrap());
-    assert_eq!(status.pods, Some(PodCounts { injected: 1, not_injected: 1 }));
+    let (status, _) = record.status(
+        &user_policy("deployment-web"),
+        Timestamp::from_millisecond(NOW).unwrap(),
+    );
+    assert_eq!(
+        status.pods,
+        Some(PodCounts {
+            injected: 1,
+            not_injected: 1
+        })
+    );
 }
 
 #[tokio::test]
@@ -131,7 +164,9 @@ async fn a_user_policy_is_adopted_without_touching_its_spec() {
         .await;
         expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
     });
-    workloads::reconcile(Arc::new(deployment()), ctx.clone()).await.unwrap();
+    workloads::reconcile(Arc::new(deployment()), ctx.clone())
+        .await
+        .unwrap();
     scenario.await.unwrap();
 }
 
@@ -143,7 +178,9 @@ async fn an_owned_policy_needs_no_write() {
     let scenario = tokio::spawn(async move {
         expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
     });
-    workloads::reconcile(Arc::new(deployment()), ctx).await.unwrap();
+    workloads::reconcile(Arc::new(deployment()), ctx)
+        .await
+        .unwrap();
     scenario.await.unwrap();
 }
 
@@ -152,8 +189,18 @@ async fn unannotated_workloads_are_left_alone() {
     let (ctx, mut api) = context(vec![]);
     let mut plain = deployment();
     plain.metadata.annotations = None;
-    assert_eq!(workloads::reconcile(Arc::new(plain), ctx.clone()).await.unwrap(), Action::await_change());
-    assert!(tokio::time::timeout(Duration::from_millis(100), api.next_request()).await.is_err(), "no API call");
+    assert_eq!(
+        workloads::reconcile(Arc::new(plain), ctx.clone())
+            .await
+            .unwrap(),
+        Action::await_change()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), api.next_request())
+            .await
+            .is_err(),
+        "no API call"
+    );
 }
 
 fn observation(i: i64) -> Observation {
@@ -168,7 +215,12 @@ fn observation(i: i64) -> Observation {
         killed_containers: vec![],
         oom_killed_containers: vec![],
         outcome: Some(lameduck_proto::Outcome::Acked),
-        phases: PhaseDurations { deregister: Some(2_000), drain: Some(100), cleanup: Some(3_000), exit: Some(0) },
+        phases: PhaseDurations {
+            deregister: Some(2_000),
+            drain: Some(100),
+            cleanup: Some(3_000),
+            exit: Some(0),
+        },
         deregister_lag_ms: Some(1_200),
         warnings: vec![],
     }
@@ -181,7 +233,8 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
     {
         let mut book = ctx.book.lock().unwrap();
         for i in 0..4 {
-            book.entry("shop".into(), "deployment-web".into()).push(format!("web-{i}"), observation(i));
+            book.entry("shop".into(), "deployment-web".into())
+                .push(format!("web-{i}"), observation(i));
         }
     }
     let written = Arc::new(std::sync::Mutex::new(Value::Null));
@@ -213,7 +266,9 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
             }
         })
     };
-    let patches = writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap()).await.unwrap();
+    let patches = writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
     scenario.await.unwrap();
     assert_eq!(patches, 1);
     let body = written.lock().unwrap().clone();
@@ -221,16 +276,36 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
     assert_eq!(status.samples, 4);
     assert_eq!(status.observed_generation, Some(1));
     // 6 s → bucket edge ≤ 6.3 s × 1.2 + 2 = 9.6 → 10 s.
-    assert_eq!(status.recommendation.and_then(|r| r.grace_period_seconds), Some(10));
-    assert!(status.conditions.iter().any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True"));
+    assert_eq!(
+        status.recommendation.and_then(|r| r.grace_period_seconds),
+        Some(10)
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_RECOMMENDATION_PROVIDED && c.status == "True")
+    );
     assert!(status.histogram.is_some());
-    assert!(body["status"]["pods"].is_null(), "absent fields are nulled: {body}");
+    assert!(
+        body["status"]["pods"].is_null(),
+        "absent fields are nulled: {body}"
+    );
 
     // Once the API server holds that status, a tick with nothing new writes nothing.
     let mut stored = policy;
     stored.status = Some(status);
     let (ctx2, mut api2) = context(vec![stored.clone()]);
-    assert_eq!(writer::write_statuses(&ctx2, Timestamp::from_millisecond(NOW + 5_000).unwrap()).await.unwrap(), 0);
-    assert!(tokio::time::timeout(Duration::from_millis(100), api2.next_request()).await.is_err());
+    assert_eq!(
+        writer::write_statuses(&ctx2, Timestamp::from_millisecond(NOW + 5_000).unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), api2.next_request())
+            .await
+            .is_err()
+    );
     assert_eq!(stored.name_any(), "deployment-web");
 }

@@ -23,7 +23,15 @@ use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
 const RECHECK: Duration = Duration::from_secs(300);
 
 /// A workload kind lameduck adopts.
-pub trait Workload: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static {
+pub trait Workload:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + serde::de::DeserializeOwned
+    + 'static
+{
     /// Annotations of the pod template.
     fn template_annotations(&self) -> Option<&BTreeMap<String, String>>;
     /// The pod selector.
@@ -34,7 +42,13 @@ macro_rules! workload {
     ($kind:ty) => {
         impl Workload for $kind {
             fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
-                self.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()
+                self.spec
+                    .as_ref()?
+                    .template
+                    .metadata
+                    .as_ref()?
+                    .annotations
+                    .as_ref()
             }
             fn selector(&self) -> Option<&LabelSelector> {
                 self.spec.as_ref().map(|spec| &spec.selector)
@@ -49,8 +63,14 @@ workload!(DaemonSet);
 /// Whether the workload opted in: `lameduck.dev/inject: "true"` on the workload or its pod
 /// template, and not `"false"` on the template.
 pub fn opted_in<W: Workload>(workload: &W) -> bool {
-    let template = workload.template_annotations().and_then(|a| a.get(ANNOTATION_INJECT)).map(String::as_str);
-    let own = workload.annotations().get(ANNOTATION_INJECT).map(String::as_str);
+    let template = workload
+        .template_annotations()
+        .and_then(|a| a.get(ANNOTATION_INJECT))
+        .map(String::as_str);
+    let own = workload
+        .annotations()
+        .get(ANNOTATION_INJECT)
+        .map(String::as_str);
     template != Some("false") && (template == Some("true") || own == Some("true"))
 }
 
@@ -68,7 +88,11 @@ pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
     let mut policy = ShutdownPolicy::new(
         &format!("{kind}-{name}").to_lowercase(),
         ShutdownPolicySpec {
-            target_ref: TargetRef { api_version: W::api_version(&()).to_string(), kind, name },
+            target_ref: TargetRef {
+                api_version: W::api_version(&()).to_string(),
+                kind,
+                name,
+            },
             update_mode: Default::default(),
             grace_period: Default::default(),
             drain: Default::default(),
@@ -76,7 +100,10 @@ pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
     );
     policy.metadata.namespace = workload.meta().namespace.clone();
     policy.metadata.owner_references = Some(vec![owner_reference(workload)?]);
-    policy.metadata.labels = Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "lameduck".into())]));
+    policy.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/managed-by".into(),
+        "lameduck".into(),
+    )]));
     Some(policy)
 }
 
@@ -86,7 +113,9 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
     if !opted_in(workload.as_ref()) || workload.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let namespace = workload.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let namespace = workload
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = workload.name_any();
     let kind = W::kind(&()).to_string();
     let uid = workload.uid().ok_or(Error::MissingField("metadata.uid"))?;
@@ -101,26 +130,52 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
             existing.name_any()
         }
         None => {
-            let policy = new_policy(workload.as_ref()).ok_or(Error::MissingField("metadata.name"))?;
+            let policy =
+                new_policy(workload.as_ref()).ok_or(Error::MissingField("metadata.name"))?;
             let policy_name = policy.name_any();
-            match policies.create(&PostParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &policy).await {
+            match policies
+                .create(
+                    &PostParams {
+                        field_manager: Some(super::FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &policy,
+                )
+                .await
+            {
                 Ok(_) => tracing::info!(policy = %policy_name, "created ShutdownPolicy"),
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(error) => return Err(Error::Kube { action: "create ShutdownPolicy", object: format!("{namespace}/{policy_name}"), source: error }),
+                Err(error) => {
+                    return Err(Error::Kube {
+                        action: "create ShutdownPolicy",
+                        object: format!("{namespace}/{policy_name}"),
+                        source: error,
+                    });
+                }
             }
             policy_name
         }
     };
 
     if let Some(counts) = count_pods(&ctx.client, &namespace, workload.as_ref()).await? {
-        ctx.book.lock().map_err(|_| Error::Poisoned)?.entry(namespace.clone(), policy).set_pods(counts);
+        ctx.book
+            .lock()
+            .map_err(|_| Error::Poisoned)?
+            .entry(namespace.clone(), policy)
+            .set_pods(counts);
     }
     Ok(Action::requeue(RECHECK))
 }
 
 /// Adds the workload as controller owner of a user-created policy; the spec stays as it is.
-async fn adopt<W: Workload>(policies: &Api<ShutdownPolicy>, policy: &ShutdownPolicy, workload: &W) -> Result<()> {
-    let Some(owner) = owner_reference(workload) else { return Ok(()) };
+async fn adopt<W: Workload>(
+    policies: &Api<ShutdownPolicy>,
+    policy: &ShutdownPolicy,
+    workload: &W,
+) -> Result<()> {
+    let Some(owner) = owner_reference(workload) else {
+        return Ok(());
+    };
     let mut owners: Vec<OwnerReference> = policy.owner_references().to_vec();
     // Another controller owner would make the API server refuse a second one.
     if owners.iter().any(|o| o.controller == Some(true)) {
@@ -132,17 +187,36 @@ async fn adopt<W: Workload>(policies: &Api<ShutdownPolicy>, policy: &ShutdownPol
     });
     let name = policy.name_any();
     policies
-        .patch(&name, &PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
+        .patch(
+            &name,
+            &PatchParams {
+                field_manager: Some(super::FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
+        )
         .await
-        .map_err(|source| Error::Kube { action: "adopt ShutdownPolicy", object: name.clone(), source })?;
+        .map_err(|source| Error::Kube {
+            action: "adopt ShutdownPolicy",
+            object: name.clone(),
+            source,
+        })?;
     tracing::info!(policy = %name, "adopted ShutdownPolicy");
     Ok(())
 }
 
 /// Counts the workload's running pods with and without the sidecar.
-async fn count_pods<W: Workload>(client: &Client, namespace: &str, workload: &W) -> Result<Option<PodCounts>> {
-    let Some(selector) = workload.selector().cloned() else { return Ok(None) };
-    let Ok(selector) = Selector::try_from(selector) else { return Ok(None) };
+async fn count_pods<W: Workload>(
+    client: &Client,
+    namespace: &str,
+    workload: &W,
+) -> Result<Option<PodCounts>> {
+    let Some(selector) = workload.selector().cloned() else {
+        return Ok(None);
+    };
+    let Ok(selector) = Selector::try_from(selector) else {
+        return Ok(None);
+    };
     if selector.selects_all() {
         return Ok(None);
     }
@@ -150,10 +224,22 @@ async fn count_pods<W: Workload>(client: &Client, namespace: &str, workload: &W)
     let list = pods
         .list_metadata(&ListParams::default().labels_from(&selector))
         .await
-        .map_err(|source| Error::Kube { action: "list pods", object: format!("{namespace}/{}", workload.name_any()), source })?;
+        .map_err(|source| Error::Kube {
+            action: "list pods",
+            object: format!("{namespace}/{}", workload.name_any()),
+            source,
+        })?;
     let mut counts = PodCounts::default();
-    for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
-        if pod.labels().get(LABEL_INJECTED).is_some_and(|v| v == "true") {
+    for pod in list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        if pod
+            .labels()
+            .get(LABEL_INJECTED)
+            .is_some_and(|v| v == "true")
+        {
             counts.injected += 1;
         } else {
             counts.not_injected += 1;
@@ -181,7 +267,10 @@ mod tests {
     fn opt_in_is_read_from_the_workload_or_its_template() {
         assert!(opted_in(&deployment(&[(ANNOTATION_INJECT, "true")], &[])));
         assert!(opted_in(&deployment(&[], &[(ANNOTATION_INJECT, "true")])));
-        assert!(!opted_in(&deployment(&[(ANNOTATION_INJECT, "true")], &[(ANNOTATION_INJECT, "false")])));
+        assert!(!opted_in(&deployment(
+            &[(ANNOTATION_INJECT, "true")],
+            &[(ANNOTATION_INJECT, "false")]
+        )));
         assert!(!opted_in(&deployment(&[], &[])));
     }
 
@@ -190,8 +279,18 @@ mod tests {
         let policy = new_policy(&deployment(&[(ANNOTATION_INJECT, "true")], &[])).unwrap();
         assert_eq!(policy.name_any(), "deployment-web");
         assert_eq!(policy.namespace().as_deref(), Some("shop"));
-        assert_eq!(policy.spec.target_ref, TargetRef { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() });
+        assert_eq!(
+            policy.spec.target_ref,
+            TargetRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "web".into()
+            }
+        );
         let owner = &policy.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Deployment", "d-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Deployment", "d-1", Some(true))
+        );
     }
 }

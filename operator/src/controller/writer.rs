@@ -2,7 +2,6 @@
 //! into each policy's status and patches it — at most one status patch per policy per tick,
 //! and none when nothing changed. Kills and recommendation changes become Events.
 
-
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -30,16 +29,26 @@ const OPTIONAL_STATUS_FIELDS: [&str; 8] = [
 pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
     let mut patches = 0;
     for policy in ctx.policies.store().state() {
-        let (Some(namespace), Some(name)) = (policy.namespace(), policy.metadata.name.clone()) else { continue };
+        let (Some(namespace), Some(name)) = (policy.namespace(), policy.metadata.name.clone())
+        else {
+            continue;
+        };
         let key = PolicyKey { namespace, name };
         let (status, grace, notices) = {
             let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
             let record = book.entry(key.namespace.clone(), key.name.clone());
             let (status, recommendation) = record.status(&policy, now);
-            (status, recommendation.grace_period_seconds, record.take_notices())
+            (
+                status,
+                recommendation.grace_period_seconds,
+                record.take_notices(),
+            )
         };
         if let Some(seconds) = grace {
-            ctx.metrics.recommendation.get_or_create(&key.labels()).set(i64::from(seconds));
+            ctx.metrics
+                .recommendation
+                .get_or_create(&key.labels())
+                .set(i64::from(seconds));
         }
         if policy.status.as_ref() != Some(&status) {
             patch_status(ctx, &key, &status).await?;
@@ -65,16 +74,31 @@ pub fn status_patch(status: &ShutdownPolicyStatus) -> serde_json::Value {
 
 async fn patch_status(ctx: &Context, key: &PolicyKey, status: &ShutdownPolicyStatus) -> Result<()> {
     let api: Api<ShutdownPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let params = PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() };
-    match api.patch_status(&key.name, &params, &Patch::Merge(status_patch(status))).await {
+    let params = PatchParams {
+        field_manager: Some(super::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api
+        .patch_status(&key.name, &params, &Patch::Merge(status_patch(status)))
+        .await
+    {
         Ok(_) => Ok(()),
         // Deleted meanwhile: nothing to write.
         Err(kube::Error::Api(response)) if response.code == 404 => Ok(()),
-        Err(source) => Err(Error::Kube { action: "patch ShutdownPolicy status", object: key.to_string(), source }),
+        Err(source) => Err(Error::Kube {
+            action: "patch ShutdownPolicy status",
+            object: key.to_string(),
+            source,
+        }),
     }
 }
 
-async fn publish(ctx: &Context, policy: &ShutdownPolicy, status: &ShutdownPolicyStatus, notice: Notice) {
+async fn publish(
+    ctx: &Context,
+    policy: &ShutdownPolicy,
+    status: &ShutdownPolicyStatus,
+    notice: Notice,
+) {
     let target = &policy.spec.target_ref;
     let workload = ObjectReference {
         api_version: Some(target.api_version.clone()),
@@ -91,7 +115,10 @@ async fn publish(ctx: &Context, policy: &ShutdownPolicy, status: &ShutdownPolicy
             note: Some(format!(
                 "pod {pod} was SIGKILLed at its {grace_seconds}s deadline before its shutdown finished; \
                  new pods get at least {}s",
-                status.recommendation.and_then(|r| r.grace_period_seconds).unwrap_or(grace_seconds)
+                status
+                    .recommendation
+                    .and_then(|r| r.grace_period_seconds)
+                    .unwrap_or(grace_seconds)
             )),
             action: "ObserveShutdown".into(),
             secondary: None,
@@ -122,9 +149,17 @@ mod tests {
 
     #[test]
     fn absent_fields_are_nulled_in_the_patch() {
-        let patch = status_patch(&ShutdownPolicyStatus { samples: 3, ..Default::default() });
+        let patch = status_patch(&ShutdownPolicyStatus {
+            samples: 3,
+            ..Default::default()
+        });
         assert_eq!(patch["status"]["samples"], 3);
         assert!(patch["status"]["recommendation"].is_null());
-        assert!(patch["status"].as_object().unwrap().contains_key("recommendation"));
+        assert!(
+            patch["status"]
+                .as_object()
+                .unwrap()
+                .contains_key("recommendation")
+        );
     }
 }

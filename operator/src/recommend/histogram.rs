@@ -67,7 +67,11 @@ pub fn bucket_start_ms(index: usize) -> f64 {
 /// Upper edge of a bucket in milliseconds; the last, open-ended bucket reports its lower edge.
 pub fn bucket_end_ms(index: usize) -> f64 {
     let last = *BUCKET_COUNT - 1;
-    if index >= last { EDGES[last] } else { EDGES[index + 1] }
+    if index >= last {
+        EDGES[last]
+    } else {
+        EDGES[index + 1]
+    }
 }
 
 /// One non-empty bucket of a persisted histogram.
@@ -109,7 +113,11 @@ impl Default for DecayingHistogram {
 impl DecayingHistogram {
     /// An empty histogram.
     pub fn new() -> Self {
-        Self { reference_unix_ms: 0, weights: vec![0.0; *BUCKET_COUNT], span: None }
+        Self {
+            reference_unix_ms: 0,
+            weights: vec![0.0; *BUCKET_COUNT],
+            span: None,
+        }
     }
 
     /// Whether no sample with a non-zero weight was recorded.
@@ -133,7 +141,13 @@ impl DecayingHistogram {
     }
 
     /// Records a duration with `weight` (at its own time) observed at `at_unix_ms`.
-    pub fn add_weighted(&mut self, duration_ms: u64, weight: f64, at_unix_ms: i64, half_life_ms: i64) {
+    pub fn add_weighted(
+        &mut self,
+        duration_ms: u64,
+        weight: f64,
+        at_unix_ms: i64,
+        half_life_ms: i64,
+    ) {
         if !(weight.is_finite() && weight > 0.0) {
             return;
         }
@@ -141,7 +155,9 @@ impl DecayingHistogram {
         if self.is_empty() {
             // Whole half-lives since the epoch: deterministic, and scaling stays exact.
             self.reference_unix_ms = at_unix_ms.div_euclid(half_life_ms) * half_life_ms;
-        } else if at_unix_ms.saturating_sub(self.reference_unix_ms) > MAX_DECAY_EXPONENT * half_life_ms {
+        } else if at_unix_ms.saturating_sub(self.reference_unix_ms)
+            > MAX_DECAY_EXPONENT * half_life_ms
+        {
             let shift = (at_unix_ms - self.reference_unix_ms).div_euclid(half_life_ms);
             self.shift_reference(shift, half_life_ms);
         }
@@ -213,10 +229,16 @@ impl DecayingHistogram {
             None => Vec::new(),
             Some((low, high)) => (low..=high)
                 .filter(|&index| self.weights[index] > 0.0)
-                .map(|index| BucketWeight { index: index as u16, weight: self.weights[index] })
+                .map(|index| BucketWeight {
+                    index: index as u16,
+                    weight: self.weights[index],
+                })
                 .collect(),
         };
-        HistogramState { reference_unix_ms: self.reference_unix_ms, buckets }
+        HistogramState {
+            reference_unix_ms: self.reference_unix_ms,
+            buckets,
+        }
     }
 
     /// Restores a histogram from its persisted form; buckets out of range or with a weight
@@ -256,7 +278,10 @@ mod tests {
         assert!(bucket_start_ms(*BUCKET_COUNT - 1) >= LAST_BUCKET_MS);
         for ms in [100u64, 1_000, 2_345, 30_000, 599_999, 3_599_999] {
             let index = bucket_index(ms);
-            assert!(bucket_start_ms(index) <= ms as f64 && (ms as f64) < bucket_end_ms(index), "{ms}");
+            assert!(
+                bucket_start_ms(index) <= ms as f64 && (ms as f64) < bucket_end_ms(index),
+                "{ms}"
+            );
             assert!(bucket_end_ms(index) / bucket_start_ms(index) <= BUCKET_RATIO + 1e-9);
         }
     }
@@ -293,7 +318,10 @@ mod tests {
         histogram.add(2_000, 1_000_000, 1_000); // a thousand half-lives later
         assert!(histogram.reference_unix_ms() > 0);
         assert!(histogram.total_weight().is_finite());
-        assert_eq!(histogram.quantile_ms(0.01).unwrap(), bucket_end_ms(bucket_index(2_000)));
+        assert_eq!(
+            histogram.quantile_ms(0.01).unwrap(),
+            bucket_end_ms(bucket_index(2_000))
+        );
     }
 
     #[test]
@@ -301,14 +329,32 @@ mod tests {
         let state = HistogramState {
             reference_unix_ms: 5,
             buckets: vec![
-                BucketWeight { index: 9999, weight: 1.0 },
-                BucketWeight { index: 3, weight: f64::NAN },
-                BucketWeight { index: 4, weight: -1.0 },
-                BucketWeight { index: 5, weight: 2.0 },
+                BucketWeight {
+                    index: 9999,
+                    weight: 1.0,
+                },
+                BucketWeight {
+                    index: 3,
+                    weight: f64::NAN,
+                },
+                BucketWeight {
+                    index: 4,
+                    weight: -1.0,
+                },
+                BucketWeight {
+                    index: 5,
+                    weight: 2.0,
+                },
             ],
         };
         let histogram = DecayingHistogram::from_state(&state);
         assert_eq!(histogram.total_weight(), 2.0);
-        assert_eq!(histogram.to_state().buckets, vec![BucketWeight { index: 5, weight: 2.0 }]);
+        assert_eq!(
+            histogram.to_state().buckets,
+            vec![BucketWeight {
+                index: 5,
+                weight: 2.0
+            }]
+        );
     }
 }

@@ -81,7 +81,10 @@ pub struct DeregisterSettings {
 
 impl Default for DeregisterSettings {
     fn default() -> Self {
-        Self { min_delay_ms: 1_000, max_delay_ms: 15_000 }
+        Self {
+            min_delay_ms: 1_000,
+            max_delay_ms: 15_000,
+        }
     }
 }
 
@@ -253,7 +256,12 @@ impl History {
             self.deregister_lag.add(lag, sample.at_unix_ms, half_life);
             self.deregister_lag_samples += 1;
         }
-        let phases = [sample.phases.deregister, sample.phases.drain, sample.phases.cleanup, sample.phases.exit];
+        let phases = [
+            sample.phases.deregister,
+            sample.phases.drain,
+            sample.phases.cleanup,
+            sample.phases.exit,
+        ];
         for (histogram, value) in self.phases.iter_mut().zip(phases) {
             if let Some(value) = value {
                 histogram.add(value, sample.at_unix_ms, half_life);
@@ -262,13 +270,28 @@ impl History {
     }
 
     fn remember_kill(&mut self, sample: &Sample, half_life_ms: i64) {
-        let newest = self.recent_kills.iter().map(|k| k.at_unix_ms).chain([sample.at_unix_ms]).max();
-        let horizon = newest.unwrap_or(sample.at_unix_ms).saturating_sub(half_life_ms);
+        let newest = self
+            .recent_kills
+            .iter()
+            .map(|k| k.at_unix_ms)
+            .chain([sample.at_unix_ms])
+            .max();
+        let horizon = newest
+            .unwrap_or(sample.at_unix_ms)
+            .saturating_sub(half_life_ms);
         self.recent_kills.retain(|kill| kill.at_unix_ms > horizon);
-        self.recent_kills.push(RecentKill { at_unix_ms: sample.at_unix_ms, grace_period_seconds: sample.grace_seconds });
+        self.recent_kills.push(RecentKill {
+            at_unix_ms: sample.at_unix_ms,
+            grace_period_seconds: sample.grace_seconds,
+        });
         if self.recent_kills.len() > MAX_RECENT_KILLS {
             // Keep the kills that set the highest floor; the newest breaks ties.
-            self.recent_kills.sort_by_key(|kill| (std::cmp::Reverse(kill.grace_period_seconds), std::cmp::Reverse(kill.at_unix_ms)));
+            self.recent_kills.sort_by_key(|kill| {
+                (
+                    std::cmp::Reverse(kill.grace_period_seconds),
+                    std::cmp::Reverse(kill.at_unix_ms),
+                )
+            });
             self.recent_kills.truncate(MAX_RECENT_KILLS);
         }
         self.recent_kills.sort_by_key(|kill| kill.at_unix_ms);
@@ -281,7 +304,11 @@ impl History {
         self.recent_kills
             .iter()
             .filter(|kill| kill.at_unix_ms > horizon)
-            .map(|kill| ceil_seconds(f64::from(kill.grace_period_seconds) * settings.kill_bump_ratio.max(1.0)))
+            .map(|kill| {
+                ceil_seconds(
+                    f64::from(kill.grace_period_seconds) * settings.kill_bump_ratio.max(1.0),
+                )
+            })
             .max()
             .map(|floor| floor.min(settings.max_seconds))
     }
@@ -298,9 +325,14 @@ impl History {
         let from_quantile = if low_confidence {
             None
         } else {
-            self.duration.quantile_ms(settings.percentile).map(|quantile| {
-                ceil_seconds(quantile / SECOND_MS * (1.0 + settings.margin_fraction.max(0.0)) + settings.buffer_seconds.max(0.0))
-            })
+            self.duration
+                .quantile_ms(settings.percentile)
+                .map(|quantile| {
+                    ceil_seconds(
+                        quantile / SECOND_MS * (1.0 + settings.margin_fraction.max(0.0))
+                            + settings.buffer_seconds.max(0.0),
+                    )
+                })
         };
         let kill_floor = self.kill_floor(settings, now_unix_ms);
         let uncapped = match (from_quantile, kill_floor) {
@@ -312,7 +344,8 @@ impl History {
         let width = 1.0 / (self.samples.max(1) as f64).sqrt();
         let lower = uncapped.map(|u| clamp((f64::from(u) * (1.0 - width)).floor().max(0.0) as u32));
         let upper = uncapped.map(|u| clamp(ceil_seconds(f64::from(u) * (1.0 + width))));
-        let applied = target.map(|target| apply_hysteresis(applied_seconds.map(clamp), target, kill_floor));
+        let applied =
+            target.map(|target| apply_hysteresis(applied_seconds.map(clamp), target, kill_floor));
         Recommendation {
             grace_period_seconds: applied,
             target_seconds: target,
@@ -327,13 +360,21 @@ impl History {
 
     /// The learned deregister delay: the `percentile` of the deregister lags × (1 + margin),
     /// within the drain limits; `None` before `minSamples` lags were reported.
-    pub fn deregister_delay_ms(&self, settings: &GracePeriodSettings, limits: &DeregisterSettings) -> Option<u64> {
+    pub fn deregister_delay_ms(
+        &self,
+        settings: &GracePeriodSettings,
+        limits: &DeregisterSettings,
+    ) -> Option<u64> {
         if self.deregister_lag_samples < u64::from(settings.min_samples.max(1)) {
             return None;
         }
         let quantile = self.deregister_lag.quantile_ms(settings.percentile)?;
         let delay = (quantile * (1.0 + settings.margin_fraction.max(0.0))).ceil() as u64;
-        Some(delay.min(limits.max_delay_ms).max(limits.min_delay_ms.min(limits.max_delay_ms)))
+        Some(
+            delay
+                .min(limits.max_delay_ms)
+                .max(limits.min_delay_ms.min(limits.max_delay_ms)),
+        )
     }
 
     /// Quantiles of the total duration, `None` when nothing was recorded.
@@ -344,19 +385,28 @@ impl History {
     /// Median and 99th percentile of each phase (deregister, drain, cleanup, exit), in seconds.
     pub fn phase_summaries(&self) -> [Option<(f64, f64)>; 4] {
         self.phases.each_ref().map(|histogram| {
-            Some((histogram.quantile_ms(0.5)? / SECOND_MS, histogram.quantile_ms(0.99)? / SECOND_MS))
+            Some((
+                histogram.quantile_ms(0.5)? / SECOND_MS,
+                histogram.quantile_ms(0.99)? / SECOND_MS,
+            ))
         })
     }
 
     /// The persisted form.
     pub fn to_state(&self) -> HistoryState {
-        let [deregister, drain, cleanup, exit] = self.phases.each_ref().map(DecayingHistogram::to_state);
+        let [deregister, drain, cleanup, exit] =
+            self.phases.each_ref().map(DecayingHistogram::to_state);
         HistoryState {
             samples: self.samples,
             duration: self.duration.to_state(),
             deregister_lag_samples: self.deregister_lag_samples,
             deregister_lag: self.deregister_lag.to_state(),
-            phases: PhaseHistogramStates { deregister, drain, cleanup, exit },
+            phases: PhaseHistogramStates {
+                deregister,
+                drain,
+                cleanup,
+                exit,
+            },
             recent_kills: self.recent_kills.clone(),
         }
     }
@@ -372,7 +422,13 @@ impl History {
             duration: DecayingHistogram::from_state(&state.duration),
             deregister_lag_samples: state.deregister_lag_samples,
             deregister_lag: DecayingHistogram::from_state(&state.deregister_lag),
-            phases: [&phases.deregister, &phases.drain, &phases.cleanup, &phases.exit].map(DecayingHistogram::from_state),
+            phases: [
+                &phases.deregister,
+                &phases.drain,
+                &phases.cleanup,
+                &phases.exit,
+            ]
+            .map(DecayingHistogram::from_state),
             recent_kills,
         }
     }
@@ -388,16 +444,26 @@ fn summary(histogram: &DecayingHistogram) -> Option<DurationSummary> {
 }
 
 fn ceil_seconds(seconds: f64) -> u32 {
-    if seconds.is_nan() { 0 } else { seconds.ceil().clamp(0.0, f64::from(u32::MAX)) as u32 }
+    if seconds.is_nan() {
+        0
+    } else {
+        seconds.ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+    }
 }
 
 fn clamp_seconds(seconds: u32, settings: &GracePeriodSettings) -> u32 {
-    seconds.min(settings.max_seconds).max(settings.min_seconds.min(settings.max_seconds))
+    seconds
+        .min(settings.max_seconds)
+        .max(settings.min_seconds.min(settings.max_seconds))
 }
 
 /// Hysteresis: the applied value follows `target` only when it moved by at least
 /// `max(2 s, 10 % of the applied value)`, or when the applied value is below a kill floor.
-pub fn apply_hysteresis(applied_seconds: Option<u32>, target_seconds: u32, kill_floor_seconds: Option<u32>) -> u32 {
+pub fn apply_hysteresis(
+    applied_seconds: Option<u32>,
+    target_seconds: u32,
+    kill_floor_seconds: Option<u32>,
+) -> u32 {
     let Some(applied) = applied_seconds else {
         return target_seconds;
     };

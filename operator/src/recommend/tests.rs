@@ -18,7 +18,11 @@ fn sample(at_unix_ms: i64, duration_ms: u64) -> Sample {
 }
 
 fn killed(at_unix_ms: i64, grace_seconds: u32) -> Sample {
-    Sample { grace_seconds, killed: true, ..sample(at_unix_ms, u64::from(grace_seconds) * 1000 + 1500) }
+    Sample {
+        grace_seconds,
+        killed: true,
+        ..sample(at_unix_ms, u64::from(grace_seconds) * 1000 + 1500)
+    }
 }
 
 fn history(samples: &[Sample], settings: &GracePeriodSettings) -> History {
@@ -33,7 +37,12 @@ fn history(samples: &[Sample], settings: &GracePeriodSettings) -> History {
 fn no_recommendation_below_min_samples() {
     let settings = GracePeriodSettings::default();
     let samples: Vec<_> = (0..4).map(|i| sample(i * SECOND, 10_000)).collect();
-    let r = history(&samples, &settings).recommend(&settings, &DeregisterSettings::default(), 4 * SECOND, None);
+    let r = history(&samples, &settings).recommend(
+        &settings,
+        &DeregisterSettings::default(),
+        4 * SECOND,
+        None,
+    );
     assert!(r.low_confidence);
     assert_eq!(r.grace_period_seconds, None);
     assert_eq!(r.target_seconds, None);
@@ -43,7 +52,12 @@ fn no_recommendation_below_min_samples() {
 fn recommendation_is_quantile_with_margin_and_buffer() {
     let settings = GracePeriodSettings::default();
     let samples: Vec<_> = (0..100).map(|i| sample(i * SECOND, 10_000)).collect();
-    let r = history(&samples, &settings).recommend(&settings, &DeregisterSettings::default(), 100 * SECOND, None);
+    let r = history(&samples, &settings).recommend(
+        &settings,
+        &DeregisterSettings::default(),
+        100 * SECOND,
+        None,
+    );
     // q = upper edge of the bucket holding 10 s (≤ 10.5 s); × 1.2 + 2 → 14.x → 15.
     assert!(!r.low_confidence);
     assert_eq!(r.target_seconds, Some(15));
@@ -55,21 +69,29 @@ fn recommendation_is_quantile_with_margin_and_buffer() {
 
 #[test]
 fn bounds_narrow_as_history_grows() {
-    let settings = GracePeriodSettings { min_samples: 1, ..GracePeriodSettings::default() };
+    let settings = GracePeriodSettings {
+        min_samples: 1,
+        ..GracePeriodSettings::default()
+    };
     let dereg = DeregisterSettings::default();
     let few = history(&[sample(0, 60_000)], &settings).recommend(&settings, &dereg, 0, None);
     let many: Vec<_> = (0..400).map(|i| sample(i, 60_000)).collect();
     let many = history(&many, &settings).recommend(&settings, &dereg, 400, None);
     assert_eq!(few.target_seconds, many.target_seconds);
-    let spread = |r: &Recommendation| r.upper_bound_seconds.unwrap() - r.lower_bound_seconds.unwrap();
+    let spread =
+        |r: &Recommendation| r.upper_bound_seconds.unwrap() - r.lower_bound_seconds.unwrap();
     assert!(spread(&few) > 4 * spread(&many), "{few:?} {many:?}");
 }
 
 #[test]
 fn long_shutdowns_are_capped_and_say_so() {
-    let settings = GracePeriodSettings { max_seconds: 60, ..GracePeriodSettings::default() };
+    let settings = GracePeriodSettings {
+        max_seconds: 60,
+        ..GracePeriodSettings::default()
+    };
     let samples: Vec<_> = (0..10).map(|i| sample(i, 120_000)).collect();
-    let r = history(&samples, &settings).recommend(&settings, &DeregisterSettings::default(), 10, None);
+    let r =
+        history(&samples, &settings).recommend(&settings, &DeregisterSettings::default(), 10, None);
     assert_eq!(r.target_seconds, Some(60));
     assert!(r.uncapped_seconds.unwrap() > 140);
     assert!(r.capped());
@@ -93,37 +115,64 @@ fn a_recent_kill_lifts_the_recommendation() {
 #[test]
 fn a_kill_recommends_even_with_little_history() {
     let settings = GracePeriodSettings::default();
-    let r = history(&[killed(0, 30)], &settings).recommend(&settings, &DeregisterSettings::default(), 1, None);
+    let r = history(&[killed(0, 30)], &settings).recommend(
+        &settings,
+        &DeregisterSettings::default(),
+        1,
+        None,
+    );
     assert!(r.low_confidence);
     assert_eq!(r.grace_period_seconds, Some(45));
 }
 
 #[test]
 fn the_kill_floor_is_capped_at_max() {
-    let settings = GracePeriodSettings { max_seconds: 40, ..GracePeriodSettings::default() };
-    let r = history(&[killed(0, 30)], &settings).recommend(&settings, &DeregisterSettings::default(), 1, None);
+    let settings = GracePeriodSettings {
+        max_seconds: 40,
+        ..GracePeriodSettings::default()
+    };
+    let r = history(&[killed(0, 30)], &settings).recommend(
+        &settings,
+        &DeregisterSettings::default(),
+        1,
+        None,
+    );
     assert_eq!(r.grace_period_seconds, Some(40));
 }
 
 #[test]
 fn deregister_delay_is_learned_within_limits() {
     let settings = GracePeriodSettings::default();
-    let limits = DeregisterSettings { min_delay_ms: 1_000, max_delay_ms: 15_000 };
+    let limits = DeregisterSettings {
+        min_delay_ms: 1_000,
+        max_delay_ms: 15_000,
+    };
     let mut samples: Vec<_> = (0..50).map(|i| sample(i, 8_000)).collect();
-    assert_eq!(history(&samples, &settings).deregister_delay_ms(&settings, &limits), None);
+    assert_eq!(
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        None
+    );
     for (i, s) in samples.iter_mut().enumerate() {
         s.deregister_lag_ms = Some(2_000 + i as u64 * 10); // 2.0 … 2.49 s
     }
-    let delay = history(&samples, &settings).deregister_delay_ms(&settings, &limits).unwrap();
+    let delay = history(&samples, &settings)
+        .deregister_delay_ms(&settings, &limits)
+        .unwrap();
     assert!((2_940..=3_100).contains(&delay), "{delay}"); // ≈ 2.5 s × 1.2
     for s in &mut samples {
         s.deregister_lag_ms = Some(100);
     }
-    assert_eq!(history(&samples, &settings).deregister_delay_ms(&settings, &limits), Some(1_000));
+    assert_eq!(
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        Some(1_000)
+    );
     for s in &mut samples {
         s.deregister_lag_ms = Some(60_000);
     }
-    assert_eq!(history(&samples, &settings).deregister_delay_ms(&settings, &limits), Some(15_000));
+    assert_eq!(
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        Some(15_000)
+    );
 }
 
 #[test]
@@ -131,7 +180,12 @@ fn phases_are_summarised() {
     let settings = GracePeriodSettings::default();
     let samples: Vec<_> = (0..10)
         .map(|i| Sample {
-            phases: PhaseDurations { deregister: Some(3_000), drain: Some(200), cleanup: None, exit: Some(0) },
+            phases: PhaseDurations {
+                deregister: Some(3_000),
+                drain: Some(200),
+                cleanup: None,
+                exit: Some(0),
+            },
             ..sample(i, 4_000)
         })
         .collect();
@@ -167,28 +221,50 @@ fn state_json_is_camel_case_and_sparse() {
 }
 
 fn settings_strategy() -> impl Strategy<Value = GracePeriodSettings> {
-    (1u32..120, 0u32..900, 1u32..=100, 0.0f64..1.0, 0.0f64..10.0, 0u32..20, 1.0f64..3.0, 1i64..=72)
-        .prop_map(|(min, extra, pct, margin, buffer, min_samples, bump, hl_hours)| GracePeriodSettings {
-            min_seconds: min,
-            max_seconds: min + extra,
-            percentile: f64::from(pct) / 100.0,
-            margin_fraction: margin,
-            buffer_seconds: buffer,
-            min_samples,
-            kill_bump_ratio: bump,
-            half_life_ms: hl_hours * HOUR,
-        })
+    (
+        1u32..120,
+        0u32..900,
+        1u32..=100,
+        0.0f64..1.0,
+        0.0f64..10.0,
+        0u32..20,
+        1.0f64..3.0,
+        1i64..=72,
+    )
+        .prop_map(
+            |(min, extra, pct, margin, buffer, min_samples, bump, hl_hours)| GracePeriodSettings {
+                min_seconds: min,
+                max_seconds: min + extra,
+                percentile: f64::from(pct) / 100.0,
+                margin_fraction: margin,
+                buffer_seconds: buffer,
+                min_samples,
+                kill_bump_ratio: bump,
+                half_life_ms: hl_hours * HOUR,
+            },
+        )
 }
 
 fn sample_strategy() -> impl Strategy<Value = Sample> {
-    (0i64..30 * DAY, 0u64..4_000_000, 1u32..600, prop::bool::weighted(0.1), prop::option::of(0u64..20_000))
+    (
+        0i64..30 * DAY,
+        0u64..4_000_000,
+        1u32..600,
+        prop::bool::weighted(0.1),
+        prop::option::of(0u64..20_000),
+    )
         .prop_map(|(at, duration, grace, killed, lag)| Sample {
             at_unix_ms: at,
             duration_ms: duration,
             grace_seconds: grace,
             killed,
             deregister_lag_ms: lag,
-            phases: PhaseDurations { deregister: lag, drain: Some(duration / 4), cleanup: Some(duration / 2), exit: None },
+            phases: PhaseDurations {
+                deregister: lag,
+                drain: Some(duration / 4),
+                cleanup: Some(duration / 2),
+                exit: None,
+            },
         })
 }
 
