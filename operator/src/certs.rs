@@ -600,3 +600,81 @@ impl CertFiles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    fn policy() -> CertPolicy {
+        CertPolicy {
+            names: vec!["lameduck-webhook.lameduck.svc".into(), "127.0.0.1".into()],
+            ca_validity: Duration::from_secs(3650 * DAY),
+            serving_validity: Duration::from_secs(90 * DAY),
+            renew_fraction: 1.0 / 3.0,
+        }
+    }
+
+    #[test]
+    fn create_then_nothing_then_serving_then_ca() {
+        let policy = policy();
+        let now = 1_700_000_000;
+        assert_eq!(plan_renewal(None, &policy, now), Renewal::Create);
+        let certs = renew(None, Renewal::Create, &policy, now).expect("create");
+        assert!(certs.previous_ca.is_none());
+        assert_eq!(plan_renewal(Some(&certs), &policy, now), Renewal::Nothing);
+        // Two thirds of the serving lifetime later: renew the serving certificate only.
+        let later = now + 61 * DAY as i64;
+        assert_eq!(plan_renewal(Some(&certs), &policy, later), Renewal::Serving);
+        let renewed = renew(Some(&certs), Renewal::Serving, &policy, later).expect("serving");
+        assert_eq!(renewed.ca_crt, certs.ca_crt);
+        assert_ne!(renewed.tls_crt, certs.tls_crt);
+        // Near the CA's end: new CA, the old one stays in the bundle until it expires.
+        let late = certs.ca_not_after - DAY as i64;
+        assert_eq!(
+            plan_renewal(Some(&renewed), &policy, late),
+            Renewal::CaAndServing
+        );
+        let rotated = renew(Some(&renewed), Renewal::CaAndServing, &policy, late).expect("ca");
+        assert_ne!(rotated.ca_crt, certs.ca_crt);
+        assert!(rotated.ca_bundle(late).contains(certs.ca_crt.trim()));
+        assert!(
+            !rotated
+                .ca_bundle(certs.ca_not_after + 1)
+                .contains(certs.ca_crt.trim())
+        );
+        // The served pair is usable by rustls.
+        CertResolver::default()
+            .set_pem(rotated.tls_crt.as_bytes(), rotated.tls_key.as_bytes())
+            .expect("usable");
+    }
+
+    #[test]
+    fn changed_names_reissue_the_serving_certificate() {
+        let mut policy = policy();
+        let certs = renew(None, Renewal::Create, &policy, 1_700_000_000).expect("create");
+        policy.names.push("extra.example".into());
+        assert_eq!(
+            plan_renewal(Some(&certs), &policy, 1_700_000_000),
+            Renewal::Serving
+        );
+    }
+
+    #[test]
+    fn secret_round_trip() {
+        let now = 1_700_000_000;
+        let certs = renew(None, Renewal::Create, &policy(), now).expect("create");
+        let rotated = renew(Some(&certs), Renewal::CaAndServing, &policy(), now).expect("ca");
+        let secret = to_secret("tls", &rotated, None, now);
+        assert_eq!(from_secret(&secret), rotated);
+    }
+
+    #[test]
+    fn garbage_pem_is_an_error() {
+        let err = CertResolver::default()
+            .set_pem(b"nope", b"nope")
+            .expect_err("garbage");
+        assert!(err.to_string().contains("invalid"), "{err}");
+    }
+}

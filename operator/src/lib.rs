@@ -6,9 +6,9 @@
 // (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
 
 pub mod api;
-pub mod controller;
 pub mod certs;
 pub mod cli;
+pub mod controller;
 pub mod inject;
 pub mod metrics;
 pub mod observe;

@@ -8,6 +8,8 @@
 pub mod admission;
 pub mod cache;
 pub mod decide;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod patch;
 pub mod policy;
 pub mod server;
