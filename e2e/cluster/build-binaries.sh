@@ -15,7 +15,7 @@ source "$HERE/versions.sh"
 CACHE_DIR="${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lameduck}"
 
 # Two cores: one package build at a time per core; static binaries, no debug info.
-export GOFLAGS="-p=2 -buildvcs=false -mod=mod"
+export GOFLAGS="-p=2 -buildvcs=false -mod=readonly"
 export CGO_ENABLED=0
 GO_BUILD=(go build -trimpath)
 

@@ -206,7 +206,11 @@ async fn sigterm_ignored_is_sigkilled_at_grace_period() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let deleted_at = Timestamp::now();
         pods.delete("stubborn", &DeleteParams::default()).await?;
+        let delete_clock = Instant::now();
         let lines = logs.await??;
+        // The log stream ends when the container's process is gone: a wall-clock view of
+        // the kill, finer than finishedAt's one-second resolution.
+        let stream_closed = delete_clock.elapsed().as_secs_f64();
         let pod = wait_pod(&pods, "stubborn", "terminated", Duration::from_secs(60), all_containers_terminated).await?;
         let t = terminated_state(&pod, "app").context("app terminated")?;
         eprintln!("log:\n{}\nterminated: {t:?}", lines.join("\n"));
@@ -218,13 +222,16 @@ async fn sigterm_ignored_is_sigkilled_at_grace_period() {
         // finishedAt has one-second resolution; the budget is ±2 s.
         let killed_after = secs_between(deleted_at, finished);
         eprintln!(
-            "SIGTERM {:.3}s after delete, SIGKILL (finishedAt) {killed_after:.1}s after delete, grace {GRACE}s",
+            "SIGTERM {:.3}s after delete; SIGKILL: finishedAt {killed_after:.1}s, log stream closed \
+             {stream_closed:.3}s after delete; grace {GRACE}s",
             secs_between(deleted_at, sigterm)
         );
-        ensure!(
-            (killed_after - GRACE as f64).abs() <= 2.0,
-            "killed {killed_after:.1}s after delete, want {GRACE}s ± 2s"
-        );
+        for (what, secs) in [("finishedAt", killed_after), ("log stream end", stream_closed)] {
+            ensure!(
+                (secs - GRACE as f64).abs() <= 2.0,
+                "killed ({what}) {secs:.1}s after delete, want {GRACE}s ± 2s"
+            );
+        }
         Ok(())
     })
     .await;
@@ -433,9 +440,13 @@ async fn termination_message_seen_before_pod_disappears() {
              in the DELETED object for {in_deleted}/{PODS}; {gone}/{PODS} pods gone after {last_gone:?}"
         );
         ensure!(gone == PODS, "only {gone}/{PODS} DELETED events within 200 s");
+        // The kubelet's status manager writes the terminal status (every container
+        // terminated, messages included) and only then deletes the pod with grace 0, so a
+        // watch that stays connected sees it in a MODIFIED event and in the DELETED
+        // object, every time. See docs/local-cluster.md for what can still lose it.
         ensure!(
-            before + in_deleted > 0,
-            "the final status (terminated + message) was never visible through the watch"
+            before == PODS && in_deleted == PODS,
+            "final status seen before DELETED for {before}/{PODS}, in the DELETED object for {in_deleted}/{PODS}"
         );
         Ok(())
     })
