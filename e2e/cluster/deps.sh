@@ -16,6 +16,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# A packaged containerd may try to start a system-wide instance; the cluster runs its own.
+# Debian's containerd package may start a system-wide instance where systemd runs; the
+# cluster runs its own with separate config, root, state and socket, so both can coexist.
 
 "$HERE/build-binaries.sh" k8s etcd helm

@@ -207,11 +207,11 @@ async fn sigterm_ignored_is_sigkilled_at_grace_period() {
         let deleted_at = Timestamp::now();
         pods.delete("stubborn", &DeleteParams::default()).await?;
         let delete_clock = Instant::now();
-        let lines = logs.await??;
-        // The log stream ends when the container's process is gone: a wall-clock view of
-        // the kill, finer than finishedAt's one-second resolution.
-        let stream_closed = delete_clock.elapsed().as_secs_f64();
         let pod = wait_pod(&pods, "stubborn", "terminated", Duration::from_secs(60), all_containers_terminated).await?;
+        // When this test saw the terminated status: the kill plus the kubelet's reporting
+        // delay (PLEG relist, status update), a wall-clock upper bound finer than finishedAt.
+        let observed = delete_clock.elapsed().as_secs_f64();
+        let lines = logs.await??;
         let t = terminated_state(&pod, "app").context("app terminated")?;
         eprintln!("log:\n{}\nterminated: {t:?}", lines.join("\n"));
         ensure!(t.exit_code == 137, "exit code {}, want 137 (SIGKILL)", t.exit_code);
@@ -222,16 +222,18 @@ async fn sigterm_ignored_is_sigkilled_at_grace_period() {
         // finishedAt has one-second resolution; the budget is ±2 s.
         let killed_after = secs_between(deleted_at, finished);
         eprintln!(
-            "SIGTERM {:.3}s after delete; SIGKILL: finishedAt {killed_after:.1}s, log stream closed \
-             {stream_closed:.3}s after delete; grace {GRACE}s",
+            "SIGTERM {:.3}s after delete; SIGKILL: finishedAt {killed_after:.1}s after delete \
+             (1 s resolution), terminated status observed {observed:.3}s after delete; grace {GRACE}s",
             secs_between(deleted_at, sigterm)
         );
-        for (what, secs) in [("finishedAt", killed_after), ("log stream end", stream_closed)] {
-            ensure!(
-                (secs - GRACE as f64).abs() <= 2.0,
-                "killed ({what}) {secs:.1}s after delete, want {GRACE}s ± 2s"
-            );
-        }
+        ensure!(
+            (killed_after - GRACE as f64).abs() <= 2.0,
+            "killed (finishedAt) {killed_after:.1}s after delete, want {GRACE}s ± 2s"
+        );
+        ensure!(
+            observed >= GRACE as f64 - 1.0,
+            "terminated status seen {observed:.3}s after delete: killed before the grace period"
+        );
         Ok(())
     })
     .await;
