@@ -9,7 +9,7 @@ PKGS=(containerd runc containernetworking-plugins iptables conntrack umoci opens
   iproute2 file)
 missing=()
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "[cluster-deps] apt-get install ${missing[*]}" >&2

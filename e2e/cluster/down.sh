@@ -113,7 +113,7 @@ for ctl in /sys/fs/cgroup/*/; do
   [[ -d "$root" ]] || continue
   while read -r procs; do
     while read -r pid; do
-      [[ -n "$pid" ]] && kill -KILL "$pid" 2>/dev/null || true
+      if [[ -n "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
     done <"$procs"
   done < <(find "$root" -name cgroup.procs 2>/dev/null)
 done

@@ -24,7 +24,7 @@ if [[ "$name" != */* || ( "$first" != *.* && "$first" != *:* && "$first" != loca
   name="docker.io/$name"
 fi
 [[ -f "$binary" && -x "$binary" ]] || die "not an executable file: $binary"
-if file -b "$binary" | grep -q 'dynamically linked'; then
+if file -b "$binary" | grep 'dynamically linked' >/dev/null; then
   die "$binary is dynamically linked; images are FROM scratch and need a static binary"
 fi
 command -v umoci >/dev/null || die "umoci missing: run make cluster-deps"
@@ -61,5 +61,5 @@ fi
 [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running: run make cluster-up"
 # The OCI index names the image by its tag only; --base-name turns that into name:tag.
 ctr_k8s images import --base-name "$name" "$work/image.tar" >/dev/null
-ctr_k8s images ls -q | grep -qx "$name:$tag" || die "import of $name:$tag did not register the image"
+ctr_k8s images ls -q | grep -x "$name:$tag" >/dev/null || die "import of $name:$tag did not register the image"
 log "image $name:$tag imported ($(du -h "$work/image.tar" | cut -f1))"

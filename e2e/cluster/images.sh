@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if_missing=0
 [[ "${1:-}" == --if-missing ]] && if_missing=1
-have() { ((if_missing)) && ctr_k8s images ls -q 2>/dev/null | grep -qx "$1"; }
+have() { ((if_missing)) && ctr_k8s images ls -q 2>/dev/null | grep -x "$1" >/dev/null; }
 
 bin="$STATE_DIR/bin"
 mkdir -p "$bin"

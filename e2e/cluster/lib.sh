@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings and helpers of the local cluster scripts (sourced, not executed).
 #
 # Everything the running cluster owns lives under fixed, machine-wide paths, so that a
@@ -61,6 +62,10 @@ TESTAPP_IMAGE=docker.io/lameduck/testapp:dev
 
 # The daemons in start order; cluster-down stops them in reverse.
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+
+# Note for these scripts: never end a pipeline with `grep -q`. With pipefail, grep -q
+# exits at the first match, the writer gets SIGPIPE and the whole pipeline "fails".
+# Use `grep ... >/dev/null` instead.
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }

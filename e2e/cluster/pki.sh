@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Certificates, keys and kubeconfigs of the local cluster, made with openssl (sourced by
 # up.sh). Generated once into $PKI and kept across cluster-down/up; delete $PKI (or run
 # `down.sh --purge`) to start over. One CA signs everything; client certificates carry

@@ -18,7 +18,7 @@ if [[ "$(kubectl_admin get --raw=/readyz 2>/dev/null)" == ok ]]; then
   echo "  api server: ready at https://127.0.0.1:$APISERVER_PORT ($K8S_VERSION)"
   kubectl_admin get nodes -o wide || ok=0
   kubectl_admin get node "$NODE_NAME" \
-    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True || ok=0
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -x True >/dev/null || ok=0
   kubectl_admin get pods -A -o wide
 else
   echo "  api server: not reachable"

@@ -32,7 +32,7 @@ healthy() {
   for d in "${DAEMONS[@]}"; do pid_alive "$d" || return 1; done
   [[ "$(kubectl_admin get --raw=/readyz 2>/dev/null)" == ok ]] || return 1
   kubectl_admin get node "$NODE_NAME" \
-    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -x True >/dev/null
 }
 
 if healthy; then
@@ -267,7 +267,7 @@ EOF_PROXY
 start_daemon kube-proxy "$K8S_BIN/kube-proxy" --config "$CONF/kube-proxy.yaml" --v=1
 
 log "waiting for node $NODE_NAME to be Ready"
-if ! wait_for 120 "node Ready" bash -c "'$K8S_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"; then
+if ! wait_for 120 "node Ready" bash -c "'$K8S_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' get node '$NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -x True"; then
   for d in "${DAEMONS[@]}"; do check_alive "$d"; done
   tail -n 30 "$LOGS/kubelet.log" >&2
   die "node $NODE_NAME did not become Ready"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts
 # Pinned versions of everything the local cluster builds from source. Sourced by the
 # cluster scripts. Changing a version here changes the cache key, so the next
 # `make cluster-deps` rebuilds just that component.
