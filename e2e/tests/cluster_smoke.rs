@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use lameduck_e2e::*;
 use serde_json::json;
 
@@ -345,6 +346,89 @@ async fn endpoint_conditions(
         }
     }
     Ok(None)
+}
+
+/// The API server calls a mutating admission webhook served by a pod behind a Service
+/// (through the Service's ClusterIP, from the host), as lameduck's injector needs.
+#[tokio::test]
+async fn mutating_webhook_in_a_pod_is_called() {
+    with_namespace("webhook", |client, ns| async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let dns = format!("webhook.{ns}.svc");
+        let mut server = testapp_container("webhook", &["webhook", "-dns", &dns]);
+        server["readinessProbe"] = json!({"tcpSocket": {"port": 8443}, "periodSeconds": 1});
+        let mut m = pod_manifest("webhook", 5, json!({"containers": [server]}));
+        m["metadata"]["finalizers"] = json!([]);
+        create_pod(&pods, m).await?;
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "webhook"},
+            "spec": {"selector": {"app": "webhook"}, "ports": [{"port": 443, "targetPort": 8443}]},
+        }))?;
+        services.create(&PostParams::default(), &svc).await?;
+        wait_pod(&pods, "webhook", "Running and Ready", Duration::from_secs(60), is_running_and_ready).await?;
+        let log = pods.logs("webhook", &LogParams::default()).await?;
+        let ca = log
+            .lines()
+            .find_map(|l| l.split_once(" webhook-ca pem=").map(|(_, b64)| b64.trim().to_string()))
+            .context("webhook logged its certificate")?;
+
+        let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let name = format!("e2e-{ns}");
+        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "mutate.e2e.lameduck.dev",
+                "clientConfig": {
+                    "service": {"namespace": ns, "name": "webhook", "path": "/mutate", "port": 443},
+                    "caBundle": ca,
+                },
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "objectSelector": {"matchLabels": {"e2e.lameduck.dev/mutate": "yes"}},
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 5,
+            }],
+        }))?;
+        configs.create(&PostParams::default(), &config).await?;
+        let result = async {
+            let mut m = pod_manifest("target", 1, json!({"containers": [testapp_container("app", &["serve"])]}));
+            m["metadata"]["labels"]["e2e.lameduck.dev/mutate"] = json!("yes");
+            m["metadata"]["finalizers"] = json!([]);
+            // The API server picks up the new configuration and kube-proxy the new Service
+            // within a moment; until then a pod is admitted unmutated or refused, so retry
+            // with fresh pods.
+            let started = Instant::now();
+            for attempt in 0.. {
+                let mut m = m.clone();
+                m["metadata"]["name"] = json!(format!("target-{attempt}"));
+                let pod = match create_pod(&pods, m).await {
+                    Ok(pod) => pod,
+                    // kube-proxy has not programmed the new Service yet: refused.
+                    Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                        eprintln!("{e:#} (retrying)");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let annotations = pod.metadata.annotations.unwrap_or_default();
+                if annotations.get("e2e.lameduck.dev/mutated").map(String::as_str) == Some("true") {
+                    eprintln!("pod mutated by the webhook after {:?} ({} attempts)", started.elapsed(), attempt + 1);
+                    return Ok(());
+                }
+                ensure!(started.elapsed() < Duration::from_secs(20), "webhook never mutated a pod: {annotations:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            unreachable!()
+        }
+        .await;
+        configs.delete(&name, &DeleteParams::default()).await?;
+        result
+    })
+    .await;
 }
 
 async fn poll<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>

@@ -12,11 +12,25 @@
 //	testapp sidecar [-message M] [-name N]
 //	    Runs until SIGTERM; then logs "sigterm", writes "M at <time>" to
 //	    /dev/termination-log (the container's terminationMessagePath) and exits 0.
+//	testapp webhook -dns NAME [-listen :8443]
+//	    A mutating admission webhook over TLS with a self-signed certificate for NAME; it
+//	    logs the certificate ("webhook-ca pem=<base64>", the caBundle to configure) and
+//	    adds the annotation e2e.lameduck.dev/mutated=true to every object it admits.
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
+	"math/big"
 	"net/http"
 	"os"
 	"os/signal"
@@ -115,9 +129,97 @@ func sidecar(args []string) {
 	os.Exit(0)
 }
 
+func webhook(args []string) {
+	fs := flag.NewFlagSet("webhook", flag.ExitOnError)
+	listen := fs.String("listen", ":8443", "listen address")
+	dns := fs.String("dns", "", "DNS name of the certificate (service.namespace.svc)")
+	_ = fs.Parse(args)
+	if *dns == "" {
+		fmt.Fprintln(os.Stderr, "webhook needs -dns")
+		os.Exit(2)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: *dns},
+		DNSNames:              []string{*dns},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(err)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	must(err)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	must(err)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/mutate", func(w http.ResponseWriter, r *http.Request) {
+		var review struct {
+			Request struct {
+				UID    string `json:"uid"`
+				Object struct {
+					Metadata struct {
+						Name        string            `json:"name"`
+						Annotations map[string]string `json:"annotations"`
+					} `json:"metadata"`
+				} `json:"object"`
+			} `json:"request"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&review); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var patch []map[string]any
+		if review.Request.Object.Metadata.Annotations == nil {
+			patch = append(patch, map[string]any{"op": "add", "path": "/metadata/annotations", "value": map[string]string{}})
+		}
+		patch = append(patch, map[string]any{"op": "add", "path": "/metadata/annotations/e2e.lameduck.dev~1mutated", "value": "true"})
+		patchJSON, _ := json.Marshal(patch)
+		resp := map[string]any{
+			"apiVersion": "admission.k8s.io/v1",
+			"kind":       "AdmissionReview",
+			"response": map[string]any{
+				"uid":       review.Request.UID,
+				"allowed":   true,
+				"patchType": "JSONPatch",
+				"patch":     base64.StdEncoding.EncodeToString(patchJSON),
+			},
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(resp)
+		logf("admitted", "name", review.Request.Object.Metadata.Name)
+	})
+	srv := &http.Server{Addr: *listen, Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	logf("webhook-ca", "pem", base64.StdEncoding.EncodeToString(certPEM))
+	go func() {
+		sig := <-termSignals()
+		logf("sigterm", "name", "webhook", "signal", sig.String())
+		os.Exit(0)
+	}()
+	if err := srv.ListenAndServeTLS("", ""); err != nil {
+		logf("listen-error", "err", err.Error())
+		os.Exit(1)
+	}
+}
+
+func must(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: testapp serve|hook|sidecar [flags]")
+		fmt.Fprintln(os.Stderr, "usage: testapp serve|hook|sidecar|webhook [flags]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -127,6 +229,8 @@ func main() {
 		hook(os.Args[2:])
 	case "sidecar":
 		sidecar(os.Args[2:])
+	case "webhook":
+		webhook(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", os.Args[1])
 		os.Exit(2)
