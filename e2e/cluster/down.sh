@@ -10,6 +10,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
+lock_cluster
 
 quiet=0 purge=0
 for a in "$@"; do

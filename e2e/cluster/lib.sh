@@ -38,6 +38,7 @@ CONTAINERD_STATE="$RUN/containerd"
 CONTAINERD_SOCK="$RUN/containerd/containerd.sock"
 KUBECONFIG_ADMIN="$BASE/admin.kubeconfig"
 KUBECONFIG_OUT="$STATE_DIR/kubeconfig"
+LOCK_FILE=/run/lameduck-cluster.lock
 
 # Network. Everything is private to this machine: the pod subnet lives on the cni0 bridge
 # that cluster-up creates, the node's address is the bridge's gateway address, and the
@@ -92,6 +93,18 @@ wait_for() {
     fi
     sleep 0.5
   done
+}
+
+# lock_cluster: one cluster-up/cluster-down at a time on this machine (e.g. `make -j`, or
+# two checkouts). The lock is inherited by the scripts this one runs (up.sh runs down.sh).
+lock_cluster() {
+  [[ "${LAMEDUCK_CLUSTER_LOCKED:-}" == 1 ]] && return 0
+  mkdir -p "$(dirname "$LOCK_FILE")"
+  exec 9>"$LOCK_FILE"
+  if ! flock -w 300 9; then
+    die "another cluster-up/cluster-down holds $LOCK_FILE for over 5 minutes"
+  fi
+  export LAMEDUCK_CLUSTER_LOCKED=1
 }
 
 require_root() { [[ $EUID -eq 0 ]] || die "the local cluster needs root (containers, mounts, iptables)"; }

@@ -12,6 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=pki.sh
 source "$CLUSTER_HERE/pki.sh"
 require_root
+lock_cluster
 
 start=$SECONDS
 
@@ -101,7 +102,8 @@ EOF_CNI
 start_daemon() {
   local name="$1"; shift
   echo "=== $(date -u +%FT%TZ) starting $name" >>"$LOGS/$name.log"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # 9>&-: the daemon must not inherit the cluster lock (lock_cluster).
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
 }
 
