@@ -1,4 +1,5 @@
-//! `run`: wires the webhook together — certificates, metadata caches, servers, Events —
+//! `run`: wires the operator together — certificates, metadata caches, the webhook and
+//! admin servers, Events, the policy index and the leader-only controller —
 //! and shuts it down gracefully on SIGTERM (a second signal exits at once).
 
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertFiles, CertManager, CertPolicy, CertResolver};
 use crate::cli::RunArgs;
+use crate::controller::{self, ControllerConfig, ControllerMetrics, PolicyIndex};
 use crate::metrics::Metrics;
 use crate::webhook::admission::Admitter;
-use crate::webhook::policy::{NoPolicies, PolicyLookup};
+use crate::webhook::policy::PolicyLookup;
 use crate::webhook::{cache, server};
 
 /// Runs the operator until SIGTERM/SIGINT.
@@ -109,8 +111,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    // The grace-period seam: the ShutdownPolicy side replaces this with its reflector.
-    let policies: Arc<dyn PolicyLookup> = Arc::new(NoPolicies);
+    // The grace-period seam: every replica keeps a ShutdownPolicy index for the webhook;
+    // the controller (adoption, observations, status) runs on the Lease holder only.
+    let (policy_index, policy_reflector) = PolicyIndex::new(client.clone());
+    tokio::spawn(policy_reflector);
+    let policies: Arc<dyn PolicyLookup> = Arc::new(policy_index.clone());
+    let controller_metrics = metrics
+        .with_registry(ControllerMetrics::register)
+        .unwrap_or_default();
+    let identity = pod_name
+        .clone()
+        .unwrap_or_else(|| format!("lameduck-operator-{}", std::process::id()));
+    let mut controller = tokio::spawn(controller::run(
+        client.clone(),
+        ControllerConfig::new(policy_index, identity, namespace.clone())
+            .with_metrics(controller_metrics),
+    ));
 
     let (events_tx, events_rx) = mpsc::channel(256);
     tokio::spawn(server::publish_events(client.clone(), pod_name, events_rx));
@@ -142,7 +158,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         token.clone(),
     ));
 
-    shutdown_signal().await;
+    // Losing the lease ends the process: it restarts as a follower (the webhook keeps
+    // serving on the other replica meanwhile).
+    let controller_failure = tokio::select! {
+        () = shutdown_signal() => None,
+        result = &mut controller => Some(match result {
+            Ok(Ok(())) => anyhow::anyhow!("the controller stopped"),
+            Ok(Err(error)) => anyhow::Error::new(error).context("the ShutdownPolicy controller stopped"),
+            Err(error) => anyhow::anyhow!("the controller task failed: {error}"),
+        }),
+    };
+    controller.abort();
     tracing::info!("shutting down: draining the webhook server");
     token.cancel();
     tokio::select! {
@@ -150,7 +176,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = shutdown_signal() => tracing::warn!("second signal: exiting now"),
     }
     caches_task.abort();
-    Ok(())
+    match controller_failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
