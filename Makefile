@@ -18,6 +18,7 @@ CARGO_STATIC := RUSTFLAGS="-C target-feature=+crt-static" cargo build --release 
 export CACHE_DIR STATE_DIR
 
 include $(ROOT)/sdk/go/go.mk
+include $(ROOT)/e2e/cluster/cluster.mk
 
 .PHONY: help
 help: ## list the targets
@@ -36,6 +37,7 @@ fmt: ## format Rust and Go code
 lint: deps ## cargo fmt --check, clippy -D warnings, go vet
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked -p lameduck-e2e --features cluster --all-targets -- -D warnings
 
 .PHONY: build
 build: ## debug build of every workspace binary (the process-level tests exec them)
@@ -52,6 +54,12 @@ unit: build ## Rust unit and process-level tests (no cluster needed)
 
 .PHONY: test
 test: lint unit go-test ## everything: lint, unit, process-level, SDK and cluster tests
+	$(MAKE) --no-print-directory cluster-test
+
+.PHONY: cluster-test
+cluster-test: ## the suites that need the local cluster (brings it up if needed)
+	$(MAKE) --no-print-directory images
+	$(MAKE) --no-print-directory cluster-smoke
 
 .PHONY: bench
 bench: static ## benchmarks; figures go to README.md / docs/
