@@ -7,7 +7,7 @@ GO_MODULES := $(ROOT)/sdk/go $(ROOT)/examples/go-web $(ROOT)/examples/go-naive
 GO_EXAMPLES := go-web go-naive
 GO_BIN_DIR := $(ROOT)/target/go
 # The process-level tests run the real sidecar (debug build).
-GO_SIDECAR_BIN := $(ROOT)/target/debug/lameduck-sidecar
+GO_SIDECAR_BIN := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/debug/lameduck-sidecar
 
 .PHONY: go-test
 go-test: ## Go SDK and examples: go vet, go test -race (process tests run the real sidecar)
