@@ -38,6 +38,7 @@ lint: deps ## cargo fmt --check, clippy -D warnings, go vet
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked -p lameduck-e2e --features cluster --all-targets -- -D warnings
+	cargo clippy --locked -p lameduck-operator --features cluster-tests --all-targets -- -D warnings
 
 .PHONY: build
 build: ## debug build of every workspace binary (the process-level tests exec them)
@@ -60,6 +61,16 @@ test: lint unit go-test ## everything: lint, unit, process-level, SDK and cluste
 cluster-test: ## the suites that need the local cluster (brings it up if needed)
 	$(MAKE) --no-print-directory images
 	$(MAKE) --no-print-directory cluster-smoke
+	$(MAKE) --no-print-directory webhook-cluster-test
+
+.PHONY: webhook-cluster-test
+webhook-cluster-test: ## the webhook against the local cluster's API server (needs make cluster-up)
+	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-operator \
+	  --features cluster-tests --test apiserver
+
+.PHONY: bench-webhook
+bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
+	$(ROOT)/operator/bench/webhook.sh
 
 .PHONY: bench
 bench: static ## benchmarks; figures go to README.md / docs/
