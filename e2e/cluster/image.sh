@@ -7,9 +7,13 @@
 # NAME is a short name ("lameduck/testapp") or a full reference; the image is imported as
 # docker.io/NAME:TAG unless NAME has a registry part, so a manifest can say
 # `image: lameduck/testapp:dev` with `imagePullPolicy: Never` (or IfNotPresent).
-# The binary goes to /usr/local/bin/<basename>; ENTRYPOINT defaults to that path. The
-# image runs as the non-root user 65532:65532 and has a world-writable /tmp.
+# The binary goes to /usr/local/bin/<basename>, or to IMAGE_BINARY_PATH when set (e.g.
+# /lameduck-sidecar, where the injected startupProbe execs it, as in the Dockerfiles);
+# ENTRYPOINT defaults to that path. The image runs as the non-root user 65532:65532 and has
+# a world-writable /tmp.
 # Set IMAGE_NO_IMPORT=1 to only build the OCI archive (printed on stdout).
+# Set IMAGE_SKIP_UNCHANGED=1 to do nothing when containerd already has NAME:TAG built from
+# the same binary (sha256), path and entrypoint (keeps warm runs fast).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,18 +34,27 @@ fi
 command -v umoci >/dev/null || die "umoci missing: run make cluster-deps"
 
 base="$(basename "$binary")"
+dest="${IMAGE_BINARY_PATH:-/usr/local/bin/$base}"
+[[ "$dest" == /* ]] || die "IMAGE_BINARY_PATH must be absolute: $dest"
 entry=("$@")
-[[ ${#entry[@]} -gt 0 ]] || entry=("/usr/local/bin/$base")
+[[ ${#entry[@]} -gt 0 ]] || entry=("$dest")
 
 work="$STATE_DIR/images/$(tr '/:' '__' <<<"$name:$tag")"
-rm -rf "$work"; mkdir -p "$work"
+stamp="$(sha256sum "$binary" | cut -d' ' -f1) $dest ${entry[*]}"
+if [[ "${IMAGE_SKIP_UNCHANGED:-0}" == 1 && "${IMAGE_NO_IMPORT:-0}" != 1 && -f "$work.stamp" ]] &&
+  [[ "$(cat "$work.stamp")" == "$stamp" ]] &&
+  ctr_k8s images ls -q 2>/dev/null | grep -x "$name:$tag" >/dev/null; then
+  log "image $name:$tag unchanged (binary sha256 ${stamp:0:12}), not re-imported"
+  exit 0
+fi
+rm -rf "$work" "$work.stamp"; mkdir -p "$work"
 oci="$work/oci" bundle="$work/bundle"
 
 umoci init --layout "$oci"
 umoci new --image "$oci:$tag"
 umoci unpack --image "$oci:$tag" "$bundle" >/dev/null
 rootfs="$bundle/rootfs"
-install -D -m 0755 "$binary" "$rootfs/usr/local/bin/$base"
+install -D -m 0755 "$binary" "$rootfs$dest"
 install -d -m 1777 "$rootfs/tmp"
 install -d -m 0755 "$rootfs/etc"
 printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$rootfs/etc/passwd"
@@ -62,4 +75,5 @@ fi
 # The OCI index names the image by its tag only; --base-name turns that into name:tag.
 ctr_k8s images import --base-name "$name" "$work/image.tar" >/dev/null
 ctr_k8s images ls -q | grep -x "$name:$tag" >/dev/null || die "import of $name:$tag did not register the image"
+echo "$stamp" >"$work.stamp"
 log "image $name:$tag imported ($(du -h "$work/image.tar" | cut -f1))"

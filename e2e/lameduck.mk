@@ -1,0 +1,43 @@
+# lameduck on the local cluster: images, the chart's lint, and the end-to-end suite
+# (e2e/tests/lameduck.rs). Include from the top-level Makefile, after cluster.mk:
+#   include $(ROOT)/e2e/lameduck.mk
+# Uses ROOT, CACHE_DIR, STATE_DIR, TARGET, STATIC_DIR, CARGO_STATIC, CLUSTER_DIR and the
+# go-build target (sdk/go/go.mk) from the including Makefile.
+
+VEGETA_VERSION ?= v12.12.0
+VEGETA := $(CACHE_DIR)/bin/vegeta
+E2E_THREADS ?= 1
+E2E_CHART := $(ROOT)/charts/lameduck
+
+.PHONY: lameduck-static lameduck-images vegeta chart-lint e2e-test
+
+lameduck-static: ## static release binaries of the sidecar, the operator and the Rust example
+	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+
+# Each image is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED).
+lameduck-images: lameduck-static go-build ## build and import the lameduck images (…:dev)
+	@export IMAGE_SKIP_UNCHANGED=1; \
+	IMAGE_BINARY_PATH=/lameduck-sidecar $(CLUSTER_DIR)/image.sh lameduck/sidecar:dev $(STATIC_DIR)/lameduck-sidecar; \
+	IMAGE_BINARY_PATH=/lameduck-operator $(CLUSTER_DIR)/image.sh lameduck/operator:dev $(STATIC_DIR)/lameduck-operator; \
+	IMAGE_BINARY_PATH=/lameduck-example-web $(CLUSTER_DIR)/image.sh lameduck/example-rust-web:dev $(STATIC_DIR)/lameduck-example-web; \
+	IMAGE_BINARY_PATH=/lameduck-example-go-web $(CLUSTER_DIR)/image.sh lameduck/example-go-web:dev $(ROOT)/target/go/go-web; \
+	IMAGE_BINARY_PATH=/lameduck-example-go-naive $(CLUSTER_DIR)/image.sh lameduck/example-go-naive:dev $(ROOT)/target/go/go-naive
+
+vegeta: $(VEGETA) ## the load tool of the e2e suite, into $(CACHE_DIR)/bin (idempotent)
+$(VEGETA):
+	@mkdir -p $(CACHE_DIR)/bin
+	GOBIN=$(CACHE_DIR)/bin go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+
+# The dry-run renders into `default`, which exists on every cluster.
+chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the cluster)
+	@source <($(CLUSTER_DIR)/env.sh) && \
+	helm lint $(E2E_CHART) && \
+	helm template lameduck $(E2E_CHART) -n default --validate --include-crds | \
+	  kubectl apply --dry-run=server -n default -f - >/dev/null && \
+	echo "chart-lint: helm lint and server-side dry-run clean"
+
+e2e-test: lameduck-images vegeta ## the end-to-end suite: helm install + scenarios (needs make cluster-up)
+	@source <($(CLUSTER_DIR)/env.sh) && \
+	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
+	  cargo test --locked -p lameduck-e2e --features cluster --test lameduck -- \
+	  --test-threads=$(E2E_THREADS) --nocapture
