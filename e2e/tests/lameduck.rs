@@ -204,7 +204,10 @@ async fn install() -> Result<()> {
         "--timeout",
         "180s",
     ])?;
-    eprintln!("{}", out.trim());
+    // The release status, without the NOTES.
+    for line in out.lines().take_while(|l| !l.starts_with("NOTES")) {
+        eprintln!("{line}");
+    }
     // The operator writes the caBundle after start; until then the API server cannot call
     // the webhook (failurePolicy Ignore: pods are created uninjected).
     let probe = json!({
