@@ -19,6 +19,7 @@ export CACHE_DIR STATE_DIR
 
 include $(ROOT)/sdk/go/go.mk
 include $(ROOT)/e2e/cluster/cluster.mk
+include $(ROOT)/e2e/lameduck.mk
 
 .PHONY: help
 help: ## list the targets
@@ -64,9 +65,9 @@ cluster-test: ## the suites that need the local cluster (brings it up if needed)
 	$(MAKE) --no-print-directory webhook-cluster-test
 
 .PHONY: webhook-cluster-test
-webhook-cluster-test: ## the webhook against the local cluster's API server (needs make cluster-up)
+webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the local cluster's API server (needs make cluster-up)
 	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-operator \
-	  --features cluster-tests --test apiserver
+	  --features cluster-tests --test apiserver --test cluster
 
 .PHONY: bench-webhook
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
