@@ -908,7 +908,16 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
             eprintln!("round {round}: recommendations {recs:?}");
         }
         let rec = recs["fast"].context("no recommendation for fast")?;
-        ensure!(rec <= 8, "recommended grace {rec}s for a 2 s cleanup, want <= 8");
+        let fast_policy = policy(&ns, "deployment-fast")?;
+        let phases = &fast_policy["status"]["phases"];
+        summary(
+            "5 fast cleanup (convergence)",
+            &format!("recommended {rec}s after 2 rollouts; phases {phases}"),
+        );
+        ensure!(
+            rec <= 8,
+            "recommended grace {rec}s for a 2 s cleanup, want <= 8 (phases: {phases})"
+        );
         // Pods created after the recommendation carry it (Initial) or not (Off).
         let fast = live_pods(&ns, "fast")?;
         let graces: Vec<u64> = fast.iter().map(grace_of).collect();
