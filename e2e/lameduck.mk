@@ -11,8 +11,9 @@ E2E_CHART := $(ROOT)/charts/lameduck
 
 .PHONY: lameduck-static lameduck-images vegeta chart-lint e2e-test
 
+# Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses.
 lameduck-static: ## static release binaries of the sidecar, the operator and the Rust example
-	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+	CARGO_TARGET_DIR=$(ROOT)/target $(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
 
 # Each image is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED).
 lameduck-images: lameduck-static go-build ## build and import the lameduck images (…:dev)
