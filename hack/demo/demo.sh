@@ -201,8 +201,9 @@ for v in "${VARIANTS[@]}"; do
 done
 for v in "${VARIANTS[@]}"; do
 	injected "$v" || continue
-	inits=$(kubectl get pods -n "$NS" -l "app=$v" -o jsonpath='{.items[*].spec.initContainers[*].name}')
-	info "$v pods' init containers: ${inits:-none} (expected: lameduck on each)"
+	n=$(kubectl get pods -n "$NS" -l "app=$v" -o jsonpath='{range .items[*]}{.spec.initContainers[*].name}{"\n"}{end}' | grep -cw lameduck || true)
+	info "$v: $n/$REPLICAS pods carry the lameduck sidecar"
+	((n == REPLICAS)) || die "pods of $v were created without the sidecar: was the $RELEASE release uninstalled meanwhile (helm list -A)?"
 done
 
 # Every pod update of the namespace, for SIGKILLs (exit 137) and per-pod shutdown durations.
