@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 )
 
 // Listener wraps ln so that the connections it accepts are counted and reported to the
@@ -36,6 +37,8 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // once the pod is deregistering, responses carry "Connection: close" (HTTP/2: GOAWAY)
 // so that clients reconnect to another pod. Without a wrapped [Shutdown.Listener],
 // requests stand in for accepted connections in the activity reported to the sidecar.
+// With Handler in use, the activity counts requests other than the kubelet's probes
+// (see [IsKubeletProbe]); a bare [Shutdown.Listener] cannot tell them apart.
 func (s *Shutdown) Handler(h http.Handler) http.Handler {
 	if m, ok := h.(*middleware); ok && m.shutdown == s {
 		return h
@@ -50,7 +53,12 @@ type middleware struct {
 
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := m.shutdown
-	s.requests.Add(1)
+	s.middlewareSeen.Store(true)
+	// The kubelet's probes keep arriving while the pod deregisters; counting them as
+	// traffic would keep the sidecar waiting for a quiet period that never comes.
+	if !IsKubeletProbe(r) {
+		s.requests.Add(1)
+	}
 	s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	select {
@@ -122,4 +130,10 @@ func (s *Shutdown) Serve(ctx context.Context, srv *http.Server, ln net.Listener)
 		}
 	}
 	return errors.Join(serveErr, err)
+}
+
+// IsKubeletProbe reports whether r is a kubelet liveness, readiness or startup probe
+// (User-Agent "kube-probe/<version>"). Such requests are not counted as traffic.
+func IsKubeletProbe(r *http.Request) bool {
+	return strings.HasPrefix(r.UserAgent(), "kube-probe/")
 }

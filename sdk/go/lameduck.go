@@ -86,8 +86,11 @@ type Shutdown struct {
 	// Counters reported in activity and drained.
 	connections atomic.Uint64
 	requests    atomic.Uint64
-	inflight    atomic.Int64
-	listeners   atomic.Int32
+	// middlewareSeen: the Handler middleware served a request, so requests (probes
+	// excluded) measure traffic better than connections (which include probes).
+	middlewareSeen atomic.Bool
+	inflight       atomic.Int64
+	listeners      atomic.Int32
 
 	writeMu sync.Mutex // serializes writes on the connection
 
@@ -479,13 +482,14 @@ func (s *Shutdown) reportActivity() {
 	}
 }
 
-// acceptedTotal counts accepted connections when a wrapped listener is in use, and
-// requests otherwise: either grows as long as traffic keeps arriving.
+// acceptedTotal is the traffic measure reported to the sidecar: requests other than the
+// kubelet's probes once the Handler middleware is in use, else accepted connections of a
+// wrapped listener; either grows as long as traffic keeps arriving.
 func (s *Shutdown) acceptedTotal() uint64 {
-	if s.listeners.Load() > 0 {
-		return s.connections.Load()
+	if s.middlewareSeen.Load() || s.listeners.Load() == 0 {
+		return s.requests.Load()
 	}
-	return s.requests.Load()
+	return s.connections.Load()
 }
 
 // fallbackDeadlineLocked is the deadline of a shutdown the sidecar did not time: the

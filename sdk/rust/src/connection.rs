@@ -205,10 +205,7 @@ fn start_activity_reporter(shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let mut last = None;
         loop {
-            let current = (
-                shared.accepted_total.load(Ordering::SeqCst),
-                shared.inflight.load(Ordering::SeqCst),
-            );
+            let current = (shared.arrivals(), shared.inflight.load(Ordering::SeqCst));
             if last != Some(current) {
                 let (accepted_total, inflight) = current;
                 // The first report is sent at once: it is the sidecar's baseline.

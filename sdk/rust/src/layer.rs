@@ -80,7 +80,7 @@ where
         // `Connection` is an HTTP/1 header; HTTP/2 connections are closed by the server's
         // GOAWAY once the drain starts.
         let http1 = request.version() <= Version::HTTP_11;
-        let guard = InflightGuard::new(Arc::clone(&self.shared));
+        let guard = InflightGuard::new(Arc::clone(&self.shared), is_kubelet_probe(&request));
         ResponseFuture {
             inner: self.inner.call(request),
             guard: Some(guard),
@@ -137,10 +137,20 @@ struct InflightGuard {
 }
 
 impl InflightGuard {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.request_started();
+    fn new(shared: Arc<Shared>, kubelet_probe: bool) -> Self {
+        shared.request_started(kubelet_probe);
         Self { shared }
     }
+}
+
+/// Whether a request is a kubelet liveness, readiness or startup probe
+/// (`User-Agent: kube-probe/<version>`); those are not counted as traffic.
+pub fn is_kubelet_probe<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|agent| agent.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("kube-probe/"))
 }
 
 impl Drop for InflightGuard {
@@ -203,13 +213,16 @@ mod tests {
             response.headers().get(CONNECTION).is_none(),
             "not an HTTP/2 header"
         );
-        // Without a counting listener every request counts as an accepted connection.
-        assert_eq!(
-            shared
-                .accepted_total
-                .load(std::sync::atomic::Ordering::SeqCst),
-            3
-        );
+        // Every request but the kubelet's probes counts as traffic.
+        assert_eq!(shared.arrivals(), 3);
+        let probe = Request::builder()
+            .uri("/healthz")
+            .header(http::header::USER_AGENT, "kube-probe/1.34")
+            .body(())
+            .unwrap();
+        assert!(is_kubelet_probe(&probe));
+        let _ = service(&shared).oneshot(probe).await.unwrap();
+        assert_eq!(shared.arrivals(), 3, "a kubelet probe counted as traffic");
     }
 
     #[tokio::test]

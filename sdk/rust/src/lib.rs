@@ -69,7 +69,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use cleanup::{BoxError, CleanupFailure};
-pub use layer::{ResponseFuture, ShutdownLayer, ShutdownService};
+pub use layer::{ResponseFuture, ShutdownLayer, ShutdownService, is_kubelet_probe};
 pub use listener::Listener;
 
 use cleanup::Cleanup;
@@ -427,9 +427,11 @@ impl Lameduck {
         ShutdownLayer::new(Arc::clone(&self.shared))
     }
 
-    /// Connections accepted so far (or requests, without a [`Listener`]).
+    /// The traffic measure reported to the sidecar: requests seen by [`ShutdownLayer`]
+    /// other than kubelet probes once the layer is in use, else connections accepted by
+    /// the [`Listener`].
     pub fn accepted_total(&self) -> u64 {
-        self.shared.accepted_total.load(Ordering::SeqCst)
+        self.shared.arrivals()
     }
 
     /// Requests in flight right now, as counted by [`ShutdownLayer`].

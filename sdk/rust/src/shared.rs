@@ -42,6 +42,10 @@ pub(crate) struct Shared {
     pub(crate) activity_stop: CancellationToken,
     pub(crate) activity_reporter_started: AtomicBool,
     pub(crate) accepted_total: AtomicU64,
+    /// Requests seen by the layer, kubelet probes excluded.
+    pub(crate) requests_total: AtomicU64,
+    /// Whether the layer has served a request.
+    pub(crate) layer_in_use: std::sync::atomic::AtomicBool,
     /// Set once a counting listener exists: connections, not requests, are counted then.
     pub(crate) listener_in_use: AtomicBool,
     pub(crate) inflight: AtomicU64,
@@ -71,6 +75,8 @@ impl Shared {
             activity_stop: CancellationToken::new(),
             activity_reporter_started: AtomicBool::new(false),
             accepted_total: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            layer_in_use: std::sync::atomic::AtomicBool::new(false),
             listener_in_use: AtomicBool::new(false),
             inflight: AtomicU64::new(0),
             activity_changed: Notify::new(),
@@ -140,12 +146,26 @@ impl Shared {
         self.activity_changed.notify_one();
     }
 
-    pub(crate) fn request_started(&self) {
-        if !self.listener_in_use.load(Ordering::Relaxed) {
-            self.accepted_total.fetch_add(1, Ordering::SeqCst);
+    /// A request reached the layer. Kubelet probes keep arriving while the pod
+    /// deregisters; counting them as traffic would keep the sidecar waiting for a quiet
+    /// period that never comes, so they are left out of the traffic measure.
+    pub(crate) fn request_started(&self, kubelet_probe: bool) {
+        self.layer_in_use.store(true, Ordering::Relaxed);
+        if !kubelet_probe {
+            self.requests_total.fetch_add(1, Ordering::SeqCst);
         }
         self.inflight.fetch_add(1, Ordering::SeqCst);
         self.activity_changed.notify_one();
+    }
+
+    /// The traffic measure reported as `accepted_total`: requests other than kubelet
+    /// probes once the layer is in use, else connections counted by the listener.
+    pub(crate) fn arrivals(&self) -> u64 {
+        if self.layer_in_use.load(Ordering::Relaxed) {
+            self.requests_total.load(Ordering::SeqCst)
+        } else {
+            self.accepted_total.load(Ordering::SeqCst)
+        }
     }
 
     pub(crate) fn request_finished(&self) {
