@@ -78,5 +78,5 @@ bench: static ## benchmarks; figures go to README.md / docs/
 	$(ROOT)/hack/bench.sh
 
 .PHONY: demo
-demo: ## the main job (see README)
-	@echo "make demo is not built yet: see README.md" >&2; exit 1
+demo: ## the main job: local cluster, lameduck, rollouts under load side by side (out/demo/)
+	@MAKE="$(MAKE)" $(ROOT)/hack/demo/demo.sh
