@@ -33,7 +33,8 @@ $(VEGETA):
 chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the cluster)
 	@source <($(CLUSTER_DIR)/env.sh) && \
 	helm lint $(E2E_CHART) && \
-	helm template lameduck $(E2E_CHART) -n default --validate --include-crds | \
+	kube_version="$$(kubectl version -o json | sed -n 's/.*"gitVersion": *"\(v[^"]*\)".*/\1/p' | tail -1)" && \
+	helm template lameduck $(E2E_CHART) -n default --kube-version "$$kube_version" --include-crds | \
 	  kubectl apply --dry-run=server -n default -f - >/dev/null && \
 	echo "chart-lint: helm lint and server-side dry-run clean"
 
