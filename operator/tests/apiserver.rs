@@ -181,7 +181,12 @@ async fn webhook_through_a_real_api_server() {
     let mwc_name = format!("lameduck-webhook-test-{suffix}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": ns_name, "labels": {names::NAMESPACE_LABEL_INJECT: names::NAMESPACE_INJECT_ENABLED}}
+        // `lameduck.dev/webhook: disabled` keeps an installed lameduck release's webhook
+        // out of this namespace, so only the webhook under test injects here.
+        "metadata": {"name": ns_name, "labels": {
+            names::NAMESPACE_LABEL_INJECT: names::NAMESPACE_INJECT_ENABLED,
+            "lameduck.dev/webhook": "disabled",
+        }}
     }))
     .expect("ns");
     namespaces
