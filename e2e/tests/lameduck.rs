@@ -950,6 +950,104 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
     .await;
 }
 
+fn killed(ns: &str, name: &str) -> Result<u64> {
+    Ok(policy(ns, name)?["status"]["killed"].as_u64().unwrap_or(0))
+}
+
+/// One rolling restart of `name`, waiting until its old pods are gone.
+async fn restart_and_settle(ns: &str, name: &str, replicas: usize) -> Result<()> {
+    kubectl(&[
+        "rollout",
+        "restart",
+        "-n",
+        ns,
+        &format!("deployment/{name}"),
+    ])?;
+    rollout_status(ns, name)?;
+    wait_pod_count(ns, name, replicas, Duration::from_secs(240)).await
+}
+
+#[tokio::test]
+async fn t6_slow_cleanup_kills_are_recorded_then_avoided() {
+    installed().await;
+    with_namespace("slow", |_client, ns| async move {
+        const POLICY: &str = "deployment-slow";
+        apply(&ns, &sdp_manifest("slow", "Initial", 2))?;
+        Web {
+            name: "slow",
+            image: RUST_WEB,
+            replicas: 2,
+            inject: true,
+            grace: 30,
+            cleanup_millis: 40_000,
+        }
+        .create(&ns)
+        .await?;
+        let started = Instant::now();
+        // Round 1: 40 s of cleanup in a 30 s grace period: the old pods are SIGKILLed.
+        restart_and_settle(&ns, "slow", 2).await?;
+        let k1 = wait_for("a recorded kill", Duration::from_secs(90), || {
+            let k = killed(&ns, POLICY)?;
+            Ok((k > 0).then_some(k))
+        })
+        .await?;
+        let rec1 = policy(&ns, POLICY)?["status"]["recommendation"]["gracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(0);
+        ensure!(rec1 >= 45, "recommendation {rec1}s after a kill at 30 s, want >= ceil(30 x 1.5)");
+        let events = kubectl_json(&["get", "events", "-n", &ns])?;
+        let on_workload = events["items"].as_array().into_iter().flatten().any(|e| {
+            e["reason"] == "PodKilled"
+                && e["involvedObject"]["kind"] == "Deployment"
+                && e["involvedObject"]["name"] == "slow"
+        });
+        ensure!(on_workload, "no PodKilled Event on Deployment slow");
+        // Round 2 replaces the pods of round 1 (created before the bump: they may be killed).
+        restart_and_settle(&ns, "slow", 2).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let k2 = killed(&ns, POLICY)?;
+        // Round 3 under load: its old pods carry the bumped grace period.
+        let ip = kubectl_json(&["get", "service", "-n", &ns, "slow"])?["spec"]["clusterIP"]
+            .as_str()
+            .context("ClusterIP")?
+            .to_string();
+        let dir = repo_root().join(".state/e2e-load");
+        std::fs::create_dir_all(&dir)?;
+        let before = records(&ns, "slow")?;
+        let load = start_load(&ip, 20, dir.join(format!("{ns}-slow.bin")))?;
+        restart_and_settle(&ns, "slow", 2).await?;
+        let report = load.stop()?;
+        kubectl(&["scale", "-n", &ns, "deployment/slow", "--replicas=0"])?;
+        wait_pod_count(&ns, "slow", 0, Duration::from_secs(240)).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let k3 = killed(&ns, POLICY)?;
+        let flushed = records(&ns, "slow")? - before;
+        let p = policy(&ns, POLICY)?;
+        let rec = &p["status"]["recommendation"]["gracePeriodSeconds"];
+        summary(
+            "4 slow cleanup",
+            &format!(
+                "killed after rounds 1/2/3+scale-down: {k1}/{k2}/{k3}; recommended {rec1}s after round 1, {rec}s at the end; round 3 load {} with {flushed} records flushed; {:.0}s",
+                load_summary(&report),
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        ensure!(
+            k3 == k2,
+            "pods were still killed after two more rollouts: killed {k2} -> {k3} (phases {})",
+            p["status"]["phases"]
+        );
+        ensure!(report.failed == 0, "round 3 failed requests: {:?}", report.codes);
+        ensure!(
+            flushed >= report.ok,
+            "{} acknowledged requests but only {flushed} records flushed",
+            report.ok
+        );
+        Ok(())
+    })
+    .await;
+}
+
 fn scale_operator(replicas: u32) -> Result<()> {
     kubectl(&[
         "scale",
