@@ -63,6 +63,7 @@ cluster-test: ## the suites that need the local cluster (brings it up if needed)
 	$(MAKE) --no-print-directory images
 	$(MAKE) --no-print-directory cluster-smoke
 	$(MAKE) --no-print-directory webhook-cluster-test
+	$(MAKE) --no-print-directory chart-lint
 	$(MAKE) --no-print-directory e2e-test
 
 .PHONY: webhook-cluster-test
