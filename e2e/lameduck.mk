@@ -9,7 +9,7 @@ VEGETA := $(CACHE_DIR)/bin/vegeta
 E2E_THREADS ?= 1
 E2E_CHART := $(ROOT)/charts/lameduck
 
-.PHONY: lameduck-static lameduck-images vegeta chart-lint e2e-test
+.PHONY: lameduck-static lameduck-images lameduck-install vegeta chart-lint e2e-test e2e-drills
 
 # Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses.
 lameduck-static: ## static release binaries of the sidecar, the operator and the Rust example
@@ -43,3 +43,12 @@ e2e-test: lameduck-images vegeta ## the end-to-end suite: helm install + scenari
 	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
 	  cargo test --locked -p lameduck-e2e --features cluster --test lameduck -- \
 	  --test-threads=$(E2E_THREADS) --nocapture
+
+lameduck-install: lameduck-images ## helm upgrade --install lameduck on the local cluster with the local images
+	$(ROOT)/hack/install-local.sh
+
+e2e-drills: lameduck-images vegeta ## reliability drills: leader failover, cert rotation, sidecar kill, 200-pod burst, node view (needs make cluster-up)
+	@source <($(CLUSTER_DIR)/env.sh) && \
+	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
+	  cargo test --locked -p lameduck-e2e --features cluster --test drills -- \
+	  --test-threads=1 --nocapture

@@ -102,27 +102,7 @@ fi
 
 # ---------------------------------------------------------------------------------------
 phase "helm upgrade --install lameduck (the e2e suite's values)"
-OP_HASH=$(sha256sum target/x86_64-unknown-linux-gnu/release/lameduck-operator | cut -c1-16)
-helm upgrade --install "$RELEASE" charts/lameduck -n "$SYSTEM_NS" --create-namespace \
-	--set operator.image.repository=lameduck/operator \
-	--set operator.image.tag=dev \
-	--set operator.image.pullPolicy=Never \
-	--set sidecar.image.repository=lameduck/sidecar \
-	--set sidecar.image.tag=dev \
-	--set sidecar.image.pullPolicy=Never \
-	--set-string "operator.podAnnotations.e2e\.lameduck\.dev/binary=$OP_HASH" \
-	--wait --timeout 180s | sed -n '/^NOTES/q;s/^/    /p'
-# The operator writes the webhook's caBundle after it starts; until then pods are created
-# uninjected (failurePolicy Ignore). A server-side dry-run shows when it injects.
-webhook_injects() {
-	kubectl create --dry-run=server -o jsonpath='{.spec.initContainers[*].name}' -f - <<EOF | grep -qw lameduck
-{"apiVersion": "v1", "kind": "Pod",
- "metadata": {"name": "probe", "namespace": "default",
-              "annotations": {"lameduck.dev/inject": "true"}},
- "spec": {"containers": [{"name": "app", "image": "lameduck/example-rust-web:dev"}]}}
-EOF
-}
-wait_until "webhook injecting" 120 webhook_injects || die "the webhook does not inject"
+hack/install-local.sh || die "helm install of charts/lameduck failed"
 
 # ---------------------------------------------------------------------------------------
 phase "deploy ${VARIANTS[*]} into namespace $NS ($REPLICAS replicas each)"

@@ -74,6 +74,18 @@ impl CertResolver {
         Ok(())
     }
 
+    /// Whether the installed certificate is the first one of `chain_pem`.
+    pub fn serves(&self, chain_pem: &[u8]) -> bool {
+        let Ok(leaf) = CertificateDer::from_pem_slice(chain_pem) else {
+            return false;
+        };
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(|k| k.cert.first() == Some(&leaf)))
+            .unwrap_or(false)
+    }
+
     /// Whether a certificate is installed.
     pub fn is_loaded(&self) -> bool {
         self.current.read().map(|c| c.is_some()).unwrap_or(false)
@@ -135,6 +147,14 @@ const ANN_PREVIOUS_CA_NOT_AFTER: &str = "lameduck.dev/previous-ca-not-after";
 const ANN_SERVING_NOT_AFTER: &str = "lameduck.dev/serving-not-after";
 const ANN_SERVING_NAMES: &str = "lameduck.dev/serving-names";
 const ANN_SERVING_CA: &str = "lameduck.dev/serving-ca-not-after";
+/// Annotate the Secret with this (any value) to rotate the CA and the serving certificate
+/// at the next check: `kubectl annotate secret lameduck-webhook-tls lameduck.dev/rotate=now`.
+/// The operator removes it when it writes the new certificates.
+pub const ANN_ROTATE: &str = "lameduck.dev/rotate";
+/// How long a replica keeps serving its old certificate after a new CA was generated: the
+/// new CA must reach the API server's copy of the `caBundle` (an informer, usually well
+/// under a second) before any replica presents a certificate signed by it.
+pub const CA_PROPAGATION: Duration = Duration::from_secs(5);
 const CA_COMMON_NAME: &str = "lameduck-webhook-ca";
 
 /// Lifetimes and renewal margins of the self-managed certificates.
@@ -171,6 +191,8 @@ pub struct StoredCerts {
     pub serving_names: String,
     /// Expiry of the CA that signed it (identifies the CA generation).
     pub serving_ca_not_after: i64,
+    /// Someone asked for a rotation ([`ANN_ROTATE`] on the Secret).
+    pub rotate_requested: bool,
 }
 
 impl StoredCerts {
@@ -204,6 +226,9 @@ pub fn plan_renewal(stored: Option<&StoredCerts>, policy: &CertPolicy, now: i64)
     let Some(stored) = stored else {
         return Renewal::Create;
     };
+    if stored.rotate_requested {
+        return Renewal::CaAndServing;
+    }
     let due = |not_after: i64, validity: Duration| {
         let margin = (validity.as_secs_f64() * policy.renew_fraction) as i64;
         not_after - now <= margin
@@ -221,6 +246,14 @@ pub fn plan_renewal(stored: Option<&StoredCerts>, policy: &CertPolicy, now: i64)
         return Renewal::Serving;
     }
     Renewal::Nothing
+}
+
+/// How long to keep serving the old certificate before switching to one signed by a CA
+/// generated at `ca_not_after - ca_validity`: until [`CA_PROPAGATION`] has passed. Pure.
+pub fn ca_propagation_wait(certs: &StoredCerts, policy: &CertPolicy, now: i64) -> Duration {
+    let generated = certs.ca_not_after - policy.ca_validity.as_secs() as i64;
+    let ready = generated + CA_PROPAGATION.as_secs() as i64;
+    Duration::from_secs(u64::try_from(ready - now).unwrap_or(0)).min(CA_PROPAGATION)
 }
 
 /// Applies a renewal: generates what `renewal` says. Pure apart from randomness.
@@ -251,6 +284,7 @@ pub fn renew(
         next.serving_names = policy.names.join(",");
         next.serving_ca_not_after = next.ca_not_after;
     }
+    next.rotate_requested = false;
     Ok(next)
 }
 
@@ -399,12 +433,24 @@ impl CertManager {
         self.install(current, now).await
     }
 
+    /// Publishes the `caBundle` first, then serves the certificate: the API server must
+    /// trust a new CA before any replica presents a certificate signed by it.
     async fn install(&self, certs: StoredCerts, now: i64) -> Result<StoredCerts, CertError> {
-        self.resolver
-            .set_pem(certs.tls_crt.as_bytes(), certs.tls_key.as_bytes())?;
         if let Some(name) = &self.webhook_config {
             write_ca_bundle(&self.client, name, certs.ca_bundle(now).as_bytes()).await?;
         }
+        if self.resolver.is_loaded() && !self.resolver.serves(certs.tls_crt.as_bytes()) {
+            let wait = ca_propagation_wait(&certs, &self.policy, now);
+            if !wait.is_zero() {
+                tracing::info!(
+                    ?wait,
+                    "new webhook CA: serving its certificate once the API server trusts it"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.resolver
+            .set_pem(certs.tls_crt.as_bytes(), certs.tls_key.as_bytes())?;
         Ok(certs)
     }
 
@@ -493,6 +539,11 @@ fn from_secret(secret: &Secret) -> StoredCerts {
         serving_not_after: num(ANN_SERVING_NOT_AFTER),
         serving_names: ann(ANN_SERVING_NAMES),
         serving_ca_not_after: num(ANN_SERVING_CA),
+        rotate_requested: secret
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANN_ROTATE)),
     }
 }
 
@@ -500,6 +551,9 @@ fn to_secret(name: &str, certs: &StoredCerts, existing: Option<&Secret>, now: i6
     let mut annotations: BTreeMap<String, String> = existing
         .and_then(|s| s.metadata.annotations.clone())
         .unwrap_or_default();
+    if !certs.rotate_requested {
+        annotations.remove(ANN_ROTATE);
+    }
     annotations.insert(ANN_CA_NOT_AFTER.into(), certs.ca_not_after.to_string());
     annotations.insert(
         ANN_SERVING_NOT_AFTER.into(),
@@ -648,6 +702,55 @@ mod tests {
         CertResolver::default()
             .set_pem(rotated.tls_crt.as_bytes(), rotated.tls_key.as_bytes())
             .expect("usable");
+    }
+
+    #[test]
+    fn the_rotate_annotation_renews_the_ca_and_is_removed() {
+        let policy = policy();
+        let now = 1_700_000_000;
+        let certs = renew(None, Renewal::Create, &policy, now).expect("create");
+        let mut secret = to_secret("tls", &certs, None, now);
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANN_ROTATE.into(), "now".into());
+        let stored = from_secret(&secret);
+        assert!(stored.rotate_requested);
+        assert_eq!(
+            plan_renewal(Some(&stored), &policy, now + 10),
+            Renewal::CaAndServing
+        );
+        let rotated = renew(Some(&stored), Renewal::CaAndServing, &policy, now + 10).expect("ca");
+        assert!(rotated.ca_bundle(now + 10).contains(certs.ca_crt.trim()));
+        let written = to_secret("tls", &rotated, Some(&secret), now + 10);
+        let annotations = written.metadata.annotations.as_ref().expect("annotations");
+        assert!(!annotations.contains_key(ANN_ROTATE), "{annotations:?}");
+        assert_eq!(
+            plan_renewal(Some(&from_secret(&written)), &policy, now + 10),
+            Renewal::Nothing
+        );
+    }
+
+    #[test]
+    fn a_new_ca_is_served_only_after_it_propagated() {
+        let policy = policy();
+        let now = 1_700_000_000;
+        let certs = renew(None, Renewal::Create, &policy, now).expect("create");
+        assert_eq!(ca_propagation_wait(&certs, &policy, now), CA_PROPAGATION);
+        assert_eq!(
+            ca_propagation_wait(&certs, &policy, now + 2),
+            CA_PROPAGATION - Duration::from_secs(2)
+        );
+        assert!(ca_propagation_wait(&certs, &policy, now + 60).is_zero());
+        let resolver = CertResolver::default();
+        assert!(!resolver.serves(certs.tls_crt.as_bytes()));
+        resolver
+            .set_pem(certs.tls_crt.as_bytes(), certs.tls_key.as_bytes())
+            .expect("usable");
+        assert!(resolver.serves(certs.tls_crt.as_bytes()));
+        let next = renew(Some(&certs), Renewal::Serving, &policy, now).expect("serving");
+        assert!(!resolver.serves(next.tls_crt.as_bytes()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::record::Notice;
 use super::{Context, Error, PolicyKey, Result};
-use crate::api::{ShutdownPolicy, ShutdownPolicyStatus};
+use crate::api::{RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus};
 
 /// Top-level status fields that are omitted when empty; a merge patch must null them so
 /// that a value that went away is removed.
@@ -112,13 +112,11 @@ async fn publish(
         Notice::Killed { pod, grace_seconds } => Event {
             type_: EventType::Warning,
             reason: "PodKilled".into(),
-            note: Some(format!(
-                "pod {pod} was SIGKILLed at its {grace_seconds}s deadline before its shutdown finished; \
-                 new pods get at least {}s",
-                status
-                    .recommendation
-                    .and_then(|r| r.grace_period_seconds)
-                    .unwrap_or(grace_seconds)
+            note: Some(killed_note(
+                &pod,
+                grace_seconds,
+                policy.spec.grace_period.max_seconds,
+                status.recommendation.as_ref(),
             )),
             action: "ObserveShutdown".into(),
             secondary: None,
@@ -143,6 +141,37 @@ async fn publish(
     }
 }
 
+/// The note of a `PodKilled` Event. When the grace period is already at the policy's
+/// `gracePeriod.maxSeconds`, a longer one will not come: the note says so, because only
+/// the user can fix that (raise the maximum or make the shutdown faster).
+fn killed_note(
+    pod: &str,
+    grace_seconds: u32,
+    max_seconds: u32,
+    recommendation: Option<&RecommendationStatus>,
+) -> String {
+    let recommended = recommendation.and_then(|r| r.grace_period_seconds);
+    let at_max = grace_seconds >= max_seconds || recommended.is_some_and(|r| r >= max_seconds);
+    if at_max {
+        let need = recommendation
+            .and_then(|r| r.uncapped)
+            .filter(|u| *u > max_seconds)
+            .map_or(String::new(), |u| {
+                format!(" (the shutdowns need about {u}s)")
+            });
+        format!(
+            "pod {pod} was SIGKILLed at its {grace_seconds}s deadline before its shutdown finished; \
+             the policy's gracePeriod.maxSeconds ({max_seconds}s) is reached{need}: raise it or make the shutdown faster"
+        )
+    } else {
+        format!(
+            "pod {pod} was SIGKILLed at its {grace_seconds}s deadline before its shutdown finished; \
+             new pods get at least {}s",
+            recommended.unwrap_or(grace_seconds)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +190,27 @@ mod tests {
                 .unwrap()
                 .contains_key("recommendation")
         );
+    }
+
+    #[test]
+    fn a_kill_at_the_maximum_says_so() {
+        let at_max = RecommendationStatus {
+            grace_period_seconds: Some(10),
+            uncapped: Some(16),
+            ..Default::default()
+        };
+        let note = killed_note("web-1", 10, 10, Some(&at_max));
+        assert!(
+            note.contains("gracePeriod.maxSeconds (10s) is reached"),
+            "{note}"
+        );
+        assert!(note.contains("about 16s"), "{note}");
+        let below = RecommendationStatus {
+            grace_period_seconds: Some(45),
+            ..Default::default()
+        };
+        let note = killed_note("web-1", 30, 600, Some(&below));
+        assert!(note.contains("new pods get at least 45s"), "{note}");
+        assert!(!note.contains("maxSeconds"), "{note}");
     }
 }
