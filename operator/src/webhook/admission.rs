@@ -98,6 +98,22 @@ pub struct Admitter {
 impl Admitter {
     /// Decodes `body` and answers it. Only an undecodable body is an error.
     pub fn review(&self, body: &[u8]) -> Result<Reviewed, InvalidReview> {
+        // The common case, a pod CREATE, decodes straight into a typed Pod: one pass over
+        // the body instead of three (generic value, then its re-encoding into a Pod).
+        // Anything else (other kinds, pods that do not decode) takes the generic path,
+        // which tells the cases apart.
+        if let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(body)
+            && let Ok(request) = TryInto::<AdmissionRequest<Pod>>::try_into(review)
+            && is_pod_create(&request)
+            && let Some(pod) = request.object.as_ref()
+        {
+            let (response, outcome, notice) = self.admit_pod(&request, pod);
+            return Ok(Reviewed {
+                review: response.into_review(),
+                outcome,
+                notice,
+            });
+        }
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(body).map_err(InvalidReview::Json)?;
         let request: AdmissionRequest<DynamicObject> =
@@ -115,22 +131,30 @@ impl Admitter {
         &self,
         request: &AdmissionRequest<DynamicObject>,
     ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
-        let response = AdmissionResponse::from(request);
-        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-        if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
-            return (response, Outcome::Ignored, None);
+        if !is_pod_create(request) {
+            return (AdmissionResponse::from(request), Outcome::Ignored, None);
         }
         let pod = match request.object.as_ref().map(pod_from_dynamic) {
             Some(Ok(pod)) => pod,
             Some(Err(error)) => {
                 tracing::warn!(uid = %request.uid, %error, "pod in AdmissionReview does not decode; admitted without injection");
-                return (response, Outcome::Error, None);
+                return (AdmissionResponse::from(request), Outcome::Error, None);
             }
             None => {
                 tracing::warn!(uid = %request.uid, "pod CREATE without object; admitted without injection");
-                return (response, Outcome::Error, None);
+                return (AdmissionResponse::from(request), Outcome::Error, None);
             }
         };
+        self.admit_pod(request, &pod)
+    }
+
+    /// Answers a pod CREATE whose pod decoded.
+    fn admit_pod<T: kube::Resource>(
+        &self,
+        request: &AdmissionRequest<T>,
+        pod: &Pod,
+    ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
+        let response = AdmissionResponse::from(request);
         let namespace = request
             .namespace
             .as_deref()
@@ -160,7 +184,7 @@ impl Admitter {
                 .unwrap_or(&self.config.default_drain),
             grace_override: policy.as_ref().and_then(|p| p.grace_override()),
         };
-        let injection = match build_patch(&pod, &plan) {
+        let injection = match build_patch(pod, &plan) {
             PatchOutcome::Injected(injection) => injection,
             PatchOutcome::AlreadyInjected => return (response, Outcome::AlreadyInjected, None),
             PatchOutcome::NotApplicable(reason) => {
@@ -186,7 +210,7 @@ impl Admitter {
             ));
             SkippedNotice {
                 namespace: namespace.to_owned(),
-                pod: workload_pod_name(&pod),
+                pod: workload_pod_name(pod),
                 workload: workload.clone(),
                 workload_uid,
                 containers: injection.skipped.clone(),
@@ -200,6 +224,14 @@ impl Admitter {
             }
         }
     }
+}
+
+/// A CREATE of a core/v1 Pod (not of a subresource): the only request that is looked at.
+fn is_pod_create<T: kube::Resource>(request: &AdmissionRequest<T>) -> bool {
+    request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.operation == Operation::Create
+        && request.sub_resource.is_none()
 }
 
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
