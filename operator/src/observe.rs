@@ -290,12 +290,24 @@ mod tests {
         let observation = observe(&fixture("timeout")).unwrap();
         assert!(observation.timed_out());
         assert!(!observation.killed(), "{observation:?}");
+        // The sidecar gave up at G − 2 s (no cleanup phase: the app never sent `done`); the
+        // app finished its cleanup and exited after that, before the deadline.
+        assert_eq!(observation.grace_seconds, 30);
+        assert!(observation.phases.deregister.is_some() && observation.phases.cleanup.is_none());
+        assert!(
+            observation.duration_ms >= 27_000 && observation.duration_ms < 30_000,
+            "{observation:?}"
+        );
     }
 
     #[test]
     fn killed_at_the_deadline_is_a_censored_sample() {
         let observation = observe(&fixture("killed")).unwrap();
         assert!(observation.killed(), "{observation:?}");
+        assert_eq!(observation.killed_containers, ["web"]);
+        // The sidecar released the preStop hook at its own deadline first.
+        assert!(observation.timed_out());
+        assert_eq!(observation.grace_seconds, 5);
         let sample = observation.sample();
         assert!(sample.killed);
         assert!(
@@ -309,6 +321,9 @@ mod tests {
         let observation = observe(&fixture("oom-killed")).unwrap();
         assert!(!observation.killed(), "{observation:?}");
         assert_eq!(observation.oom_killed_containers, ["web"]);
+        // The allocating app has no SDK: the sidecar waited its fixed delay, then released.
+        assert_eq!(observation.outcome, Some(Outcome::NoApp));
+        assert!(observation.duration_ms < u64::from(observation.grace_seconds) * 1000);
     }
 
     #[test]

@@ -164,8 +164,8 @@ mod tests {
         assert_eq!(
             key,
             PolicyKey {
-                namespace: "shop".into(),
-                name: "deployment-web".into()
+                namespace: "fixture-pods".into(),
+                name: "pod-acked".into()
             }
         );
         assert!(matches!(seen, Seen::Observed(_)));
