@@ -75,6 +75,10 @@ webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the loca
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
 	$(ROOT)/operator/bench/webhook.sh
 
+.PHONY: bench-operator-scale
+bench-operator-scale: ## operator RSS (leader, follower) with 5,000 injected pods in 500 workloads (local cluster)
+	$(ROOT)/hack/bench-operator-scale.sh
+
 .PHONY: bench
 bench: static ## benchmarks; figures go to README.md / docs/
 	$(ROOT)/hack/bench.sh
