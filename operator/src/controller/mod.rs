@@ -114,6 +114,20 @@ impl StatusBook {
             .or_default()
     }
 
+    /// Drops queued observations of pods that finished before `unix_ms` (followers).
+    pub fn prune_before(&mut self, unix_ms: i64) {
+        for record in self.records.values_mut() {
+            record.prune_before(unix_ms);
+        }
+    }
+
+    /// Forgets the queued counts of unobserved pods (on taking the lease).
+    pub fn forget_unobserved(&mut self) {
+        for record in self.records.values_mut() {
+            record.forget_unobserved();
+        }
+    }
+
     /// Forgets policies that no longer exist.
     pub fn retain(&mut self, exists: impl Fn(&PolicyKey) -> bool) {
         self.records
@@ -291,24 +305,54 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
         .build()
         .await?;
     let (mut leader, lease_task) = manager.watch().await;
-    tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
-    while !*leader.borrow_and_update() {
-        if leader.changed().await.is_err() {
-            return Err(lease_error(lease_task).await);
-        }
-    }
-    tracing::info!(identity = %config.identity, "leading: starting the ShutdownPolicy controller");
     let ctx = Arc::new(Context::new(
         client,
         config.policies.clone(),
         config.metrics.clone(),
         Some(config.identity.clone()),
     ));
+    // Every replica observes pods, the followers too: pods that finish while the lease
+    // changes hands (up to a lease duration) are gone from the API by the time a new
+    // leader lists them. The new leader folds what it saw after the last observation the
+    // old leader recorded (PolicyRecord::status); followers keep only recent observations.
+    let observer = pods::observe_pods(ctx.clone());
+    tokio::pin!(observer);
+    let follower_pruning = async {
+        let mut ticks = tokio::time::interval(FOLLOWER_RETENTION / 4);
+        loop {
+            ticks.tick().await;
+            let cutoff = Timestamp::now().as_millisecond() - FOLLOWER_RETENTION.as_millis() as i64;
+            if let Ok(mut book) = ctx.book.lock() {
+                book.prune_before(cutoff);
+            }
+        }
+    };
+    tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
+    {
+        tokio::pin!(follower_pruning);
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return Err(lease_error(lease_task).await);
+                    }
+                }
+                () = &mut observer => return Err(Error::LostLease),
+                () = &mut follower_pruning => {}
+            }
+        }
+    }
+    tracing::info!(identity = %config.identity, "leading: starting the ShutdownPolicy controller");
+    if let Ok(mut book) = ctx.book.lock() {
+        // The old leader counted those it saw; the followers' counts would double them.
+        book.forget_unobserved();
+    }
     let work = lead(ctx, config.status_interval);
     tokio::pin!(work);
     loop {
         tokio::select! {
             () = &mut work => return Err(Error::LostLease),
+            () = &mut observer => return Err(Error::LostLease),
             changed = leader.changed() => {
                 if changed.is_err() {
                     return Err(lease_error(lease_task).await);
@@ -340,7 +384,6 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
     let deployments = adopt::<Deployment>(ctx.clone());
     let statefulsets = adopt::<StatefulSet>(ctx.clone());
     let daemonsets = adopt::<DaemonSet>(ctx.clone());
-    let observer = pods::observe_pods(ctx.clone());
     let writer = async {
         let mut ticks = tokio::time::interval(status_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -373,14 +416,27 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
             }
         }
     };
-    tokio::join!(deployments, statefulsets, daemonsets, observer, writer);
+    tokio::join!(deployments, statefulsets, daemonsets, writer);
 }
+
+/// How long a follower keeps an observation: the leader records observations every few
+/// seconds, so anything older was recorded by it (or its successor saw it as a follower).
+const FOLLOWER_RETENTION: Duration = Duration::from_secs(120);
+
+/// Reconciles of one workload kind that may run at once.
+const RECONCILE_CONCURRENCY: u16 = 4;
 
 async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
     let workloads = Api::<W>::all(ctx.client.clone());
     let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
     Controller::new(workloads, watcher::Config::default().any_semantic())
         .owns(policies, watcher::Config::default().any_semantic())
+        // Each reconcile may create a policy and list pods: at start-up with hundreds of
+        // workloads, unbounded concurrency holds hundreds of responses in memory at once
+        // (a peak the allocator keeps).
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .run(workloads::reconcile::<W>, error_policy::<W>, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {

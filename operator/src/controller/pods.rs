@@ -70,7 +70,9 @@ impl PodTracker {
     pub fn delete(&mut self, pod: &Pod) -> Option<(PolicyKey, Seen)> {
         let uid = pod.uid()?;
         let tracked = self.terminating.remove(&uid);
-        if tracked.as_ref().is_some_and(|t| t.observed) {
+        // A pod whose containers never started (Pending, gated, image missing) had no
+        // shutdown to observe: counting it as unobserved would blame the observer.
+        if tracked.as_ref().is_some_and(|t| t.observed) || !ever_ran(pod) {
             return None;
         }
         let key = tracked.map(|t| t.key).or_else(|| policy_key(pod))?;
@@ -79,6 +81,25 @@ impl PodTracker {
             None => (key, Seen::Unobserved),
         })
     }
+}
+
+/// Whether any container of the pod ever started.
+fn ever_ran(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .any(|c| {
+            let state = |s: &Option<k8s_openapi::api::core::v1::ContainerState>| {
+                s.as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            };
+            state(&c.state) || state(&c.last_state)
+        })
 }
 
 fn policy_key(pod: &Pod) -> Option<PolicyKey> {
@@ -107,12 +128,13 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 None
             }
         };
-        let Some((pod, (key, seen))) = seen else {
-            continue;
-        };
+        // After every event: a delete without an observation also shrinks the set.
         ctx.metrics
             .terminating
             .set(i64::try_from(tracker.len()).unwrap_or(i64::MAX));
+        let Some((pod, (key, seen))) = seen else {
+            continue;
+        };
         let labels = key.labels();
         match seen {
             Seen::Observed(observation) => {
@@ -181,5 +203,18 @@ mod tests {
         assert_eq!(tracker.apply(&fixture("terminating")), None);
         let (_, seen) = tracker.delete(&fixture("terminating")).unwrap();
         assert_eq!(seen, Seen::Unobserved);
+    }
+
+    #[test]
+    fn a_pod_that_never_ran_is_not_an_unobserved_shutdown() {
+        let mut tracker = PodTracker::default();
+        let mut pending = fixture("terminating");
+        if let Some(status) = pending.status.as_mut() {
+            status.container_statuses = None;
+            status.init_container_statuses = None;
+        }
+        assert_eq!(tracker.apply(&pending), None);
+        assert_eq!(tracker.delete(&pending), None);
+        assert!(tracker.is_empty());
     }
 }

@@ -53,6 +53,9 @@ pub struct PolicyRecord {
     timeouts: u64,
     unobserved: u64,
     last_observation_ms: Option<i64>,
+    /// `lastObservationTime` of the status when it was loaded: observations that finished
+    /// by then were recorded by an earlier leader.
+    recorded_until_ms: Option<i64>,
     applied: Option<u32>,
     pods: Option<PodCounts>,
     pending: Vec<PendingObservation>,
@@ -69,6 +72,17 @@ impl PolicyRecord {
             return;
         }
         self.pending.push(PendingObservation { pod, observation });
+    }
+
+    /// Drops queued observations of pods that finished before `unix_ms`.
+    pub fn prune_before(&mut self, unix_ms: i64) {
+        self.pending
+            .retain(|p| p.observation.finished_unix_ms >= unix_ms);
+    }
+
+    /// Forgets the queued count of unobserved pods.
+    pub fn forget_unobserved(&mut self) {
+        self.pending_unobserved = 0;
     }
 
     /// Counts a terminating pod that disappeared before it could be observed.
@@ -109,6 +123,12 @@ impl PolicyRecord {
         }
         let settings = policy.spec.grace_period.settings();
         for PendingObservation { pod, observation } in std::mem::take(&mut self.pending) {
+            if self
+                .recorded_until_ms
+                .is_some_and(|until| observation.finished_unix_ms <= until)
+            {
+                continue;
+            }
             self.history.record(&observation.sample(), &settings);
             self.last_observation_ms = self
                 .last_observation_ms
@@ -212,6 +232,7 @@ impl PolicyRecord {
             .last_observation_time
             .as_ref()
             .map(|t| t.0.as_millisecond());
+        self.recorded_until_ms = self.last_observation_ms;
         self.applied = status.recommendation.and_then(|r| r.grace_period_seconds);
     }
 }
@@ -402,6 +423,39 @@ mod tests {
         let (again, _) = restarted.status(&policy, now);
         assert_eq!(again, status);
         assert!(restarted.take_notices().is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_folds_only_what_the_old_one_had_not_recorded() {
+        let mut policy = policy();
+        let mut old_leader = PolicyRecord::default();
+        for i in 0..3 {
+            old_leader.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 4_000, false),
+            );
+        }
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        let (status, _) = old_leader.status(&policy, now);
+        assert_eq!(status.samples, 3);
+        policy.status = Some(status);
+
+        // A follower saw the same three pods, then two more while nobody led.
+        let mut follower = PolicyRecord::default();
+        for i in 0..5 {
+            follower.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 4_000, false),
+            );
+        }
+        follower.push_unobserved();
+        follower.forget_unobserved();
+        // Long-finished observations go while following.
+        follower.push("old".into(), observation(NOW - 600_000, 4_000, false));
+        follower.prune_before(NOW - 120_000);
+        let (status, _) = follower.status(&policy, now);
+        assert_eq!(status.samples, 5, "3 recorded before + 2 from the gap");
+        assert_eq!(status.unobserved, 0);
     }
 
     #[test]
