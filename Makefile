@@ -65,6 +65,7 @@ cluster-test: ## the suites that need the local cluster (brings it up if needed)
 	$(MAKE) --no-print-directory webhook-cluster-test
 	$(MAKE) --no-print-directory chart-lint
 	$(MAKE) --no-print-directory e2e-test
+	$(MAKE) --no-print-directory e2e-drills
 
 .PHONY: webhook-cluster-test
 webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the local cluster's API server (needs make cluster-up)

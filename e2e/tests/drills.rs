@@ -271,8 +271,8 @@ async fn d1_leader_failover_during_a_rollout_under_load() {
             ),
         );
         ensure!(
-            takeover <= Duration::from_millis(15_500),
-            "takeover took {takeover:?} (lease 15 s; polled every 0.5 s)"
+            takeover <= Duration::from_secs(15),
+            "takeover took {takeover:?}, want within 15 s (12 s lease)"
         );
         ensure!(shrunk.is_empty(), "histogram weights recorded before the kill shrank: {shrunk:?}");
         ensure!(
