@@ -142,3 +142,17 @@ proptest! {
         let _ = check_review(&body);
     }
 }
+
+/// Inputs the fuzzer (operator/fuzz) found, kept as regressions.
+#[test]
+fn fuzzer_findings_hold_the_property() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/fixtures/fuzz") {
+        let path = entry.expect("entry").path();
+        let body = std::fs::read(&path).expect("readable");
+        check_review(&body);
+        n += 1;
+    }
+    assert!(n > 0, "no findings in {}", dir.display());
+}
