@@ -29,7 +29,7 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = "$body"
 LUA
-for conns in 8 32; do
+for conns in 4 8 32; do
   echo "-- wrk -t1 -c$conns -d20s (keep-alive connections, like the API server's)"
   taskset -c 1 wrk -t1 -c"$conns" -d20s --latency -s "$work/post.lua" "https://127.0.0.1:$port/mutate" \
     | grep -E 'Requests/sec|Latency|50%|75%|90%|99%|Non-2xx|errors'
@@ -37,7 +37,7 @@ done
 echo "RSS of the webhook server after load: $(awk '/VmRSS/ {print $2, $3}' /proc/$server_pid/status)"
 
 kubeconfig=${KUBECONFIG:-$root/.state/kubeconfig}
-if [ -f "$kubeconfig" ]; then
+if [ -f "$kubeconfig" ] && (eval "$(e2e/cluster/env.sh)" && KUBECONFIG=$kubeconfig kubectl get --raw /readyz >/dev/null 2>&1); then
   echo "== idle RSS of the real operator (run, caches synced against the local cluster)"
   cargo build --locked --release -p lameduck-operator
   op=target/release/lameduck-operator
