@@ -223,7 +223,9 @@ fn prestop_without_a_sidecar_waits_the_bounded_fallback_and_succeeds() {
     let took = hook
         .wait(Instant::now() + Duration::from_secs(5))
         .expect("hook hung");
-    assert!(took >= 600 * MS && took < 1500 * MS, "{took:?}");
+    // `took` starts once spawn() returned; on a busy machine the hook may already have
+    // begun its 600 ms wait by then, hence the 50 ms of slack below the fallback.
+    assert!(took >= 550 * MS && took < 1500 * MS, "{took:?}");
     assert!(hook.log().contains("fallback"), "{}", hook.log());
 }
 
