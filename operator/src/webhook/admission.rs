@@ -155,6 +155,13 @@ impl Admitter {
         pod: &Pod,
     ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
         let response = AdmissionResponse::from(request);
+        // The API server always sends a name or a generateName; without either the
+        // object may lack `metadata` entirely, where the patch's `add /metadata/labels`
+        // would not apply. Such a pod cannot be created anyway: leave it alone.
+        let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+        if !named(&pod.metadata.name) && !named(&pod.metadata.generate_name) {
+            return (response, Outcome::NotApplicable, None);
+        }
         let namespace = request
             .namespace
             .as_deref()
