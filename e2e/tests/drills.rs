@@ -280,14 +280,7 @@ async fn d1_leader_failover_during_a_rollout_under_load() {
             "the rollout replaced 3 pods, the policy went from {samples_before} to {samples_after} samples"
         );
         ensure!(report.requests > 0, "no load was sent");
-        ensure!(
-            report.failed == 0,
-            "{} of {} requests failed: {:?} {:?}",
-            report.failed,
-            report.requests,
-            report.codes,
-            &report.errors[..report.errors.len().min(5)]
-        );
+        report.ensure_none_failed("rollout during the leader failover")?;
         Ok(())
     })
     .await;

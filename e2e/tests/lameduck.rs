@@ -159,14 +159,7 @@ async fn t2_rolling_restart_under_load_loses_nothing() {
             ),
         );
         ensure!(ld.requests > 0, "no load was sent to the injected app");
-        ensure!(
-            ld.failed == 0,
-            "the injected app failed {} of {} requests during its rolling restart: {:?} {:?}",
-            ld.failed,
-            ld.requests,
-            ld.codes,
-            &ld.errors[..ld.errors.len().min(5)]
-        );
+        ld.ensure_none_failed("the injected app during its rolling restart")?;
         ensure!(
             ld_lost == 0,
             "the injected app acknowledged {} requests but flushed {ld_records} records",
@@ -386,7 +379,7 @@ async fn t6_slow_cleanup_kills_are_recorded_then_avoided() {
             "pods were still killed after two more rollouts: killed {k2} -> {k3} (phases {})",
             p["status"]["phases"]
         );
-        ensure!(report.failed == 0, "round 3 failed requests: {:?}", report.codes);
+        report.ensure_none_failed("round 3")?;
         ensure!(
             flushed >= report.ok,
             "{} acknowledged requests but only {flushed} records flushed",

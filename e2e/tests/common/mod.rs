@@ -406,6 +406,21 @@ pub struct LoadReport {
     pub errors: Vec<String>,
 }
 
+impl LoadReport {
+    /// Fails when any request failed, with the status codes and the first errors.
+    pub fn ensure_none_failed(&self, what: &str) -> Result<()> {
+        ensure!(
+            self.failed == 0,
+            "{what}: {} of {} requests failed: {:?} {:?}",
+            self.failed,
+            self.requests,
+            self.codes,
+            &self.errors[..self.errors.len().min(5)]
+        );
+        Ok(())
+    }
+}
+
 impl Load {
     pub fn stop(mut self) -> Result<LoadReport> {
         // SIGINT: vegeta stops attacking and closes its results file.
