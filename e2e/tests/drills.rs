@@ -358,8 +358,8 @@ async fn d2_certificate_rotation_under_pod_creation() {
             .filter_map(|p| p["metadata"]["name"].as_str())
             .collect();
         let filter = [("name", WEBHOOK)];
-        let delta = |name: &str| {
-            metric_sum(&metrics_after, name, &filter) - metric_sum(&metrics_before, name, &filter)
+        let delta = |name: &str, filter: &[(&str, &str)]| {
+            metric_sum(&metrics_after, name, filter) - metric_sum(&metrics_before, name, filter)
         };
         let duration = "apiserver_admission_webhook_admission_duration_seconds";
         let admit = [("name", WEBHOOK), ("operation", "CREATE"), ("type", "admit")];
@@ -368,15 +368,10 @@ async fn d2_certificate_rotation_under_pod_creation() {
             &buckets(&metrics_after, duration, &admit),
             0.99,
         );
-        let fail_open = delta("apiserver_admission_webhook_fail_open_count");
-        let rejected = delta("apiserver_admission_webhook_rejection_count");
-        let calls = delta("apiserver_admission_webhook_request_total");
-        let ok_calls = metric_sum(
-            &metrics_after,
-            "apiserver_admission_webhook_request_total",
-            &[("name", WEBHOOK), ("code", "200")],
-        ) - metric_sum(
-            &metrics_before,
+        let fail_open = delta("apiserver_admission_webhook_fail_open_count", &filter);
+        let rejected = delta("apiserver_admission_webhook_rejection_count", &filter);
+        let calls = delta("apiserver_admission_webhook_request_total", &filter);
+        let ok_calls = delta(
             "apiserver_admission_webhook_request_total",
             &[("name", WEBHOOK), ("code", "200")],
         );
