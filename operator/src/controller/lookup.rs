@@ -25,8 +25,10 @@ impl PolicyIndex {
     pub fn new(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (store, writer) = reflector::store();
         let api = Api::<ShutdownPolicy>::all(client);
-        let driver = watcher(api, watcher::Config::default().any_semantic())
+        let driver = watcher(api, super::list_config())
             .default_backoff()
+            // Nothing reads them; a policy's managed fields are as large as its spec.
+            .modify(|policy| policy.metadata.managed_fields = None)
             .reflect(writer)
             .for_each(|event| async move {
                 if let Err(error) = event {

@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -424,14 +424,32 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
 /// seconds, so anything older was recorded by it (or its successor saw it as a follower).
 const FOLLOWER_RETENTION: Duration = Duration::from_secs(120);
 
+/// Objects per page of a watch's initial list. The default (500) holds a few MiB of JSON and
+/// its decoded objects at once, a peak the allocator keeps long after the list.
+pub(crate) const LIST_PAGE_SIZE: u32 = 100;
+
+/// The configuration of the controller's watches: any cached version, small pages.
+pub(crate) fn list_config() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE)
+}
+
 /// Reconciles of one workload kind that may run at once.
 const RECONCILE_CONCURRENCY: u16 = 4;
 
 async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
     let workloads = Api::<W>::all(ctx.client.clone());
     let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
-    Controller::new(workloads, watcher::Config::default().any_semantic())
-        .owns(policies, watcher::Config::default().any_semantic())
+    // The controller's cache of every workload keeps only what reconciling reads.
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(workloads, list_config())
+        .default_backoff()
+        .modify(W::slim)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(trigger, reader)
+        .owns(policies, list_config())
         // Each reconcile may create a policy and list pods: at start-up with hundreds of
         // workloads, unbounded concurrency holds hundreds of responses in memory at once
         // (a peak the allocator keeps).

@@ -113,7 +113,9 @@ fn policy_key(pod: &Pod) -> Option<PolicyKey> {
 /// Watches injected pods until the stream ends, recording observations in the status book.
 pub async fn observe_pods(ctx: Arc<Context>) {
     let api = Api::<Pod>::all(ctx.client.clone());
-    let config = watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true"));
+    let config = watcher::Config::default()
+        .labels(&format!("{LABEL_INJECTED}=true"))
+        .page_size(super::LIST_PAGE_SIZE);
     let mut tracker = PodTracker::default();
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
