@@ -220,16 +220,18 @@ async fn sigterm_ignored_is_sigkilled_at_grace_period() {
         let sigterm = event_time(&events, "sigterm")?;
         event_time(&events, "sigterm-ignored")?;
         let finished = t.finished_at.context("finishedAt")?.0;
-        // finishedAt has one-second resolution; the budget is ±2 s.
-        let killed_after = secs_between(deleted_at, finished);
+        // The kubelet counts the grace period from when it starts killing the container
+        // (here: sends SIGTERM, there is no preStop), which on a busy node can be seconds
+        // after the delete. finishedAt has one-second resolution; the budget is ±2 s.
+        let killed_after = secs_between(sigterm, finished);
         eprintln!(
-            "SIGTERM {:.3}s after delete; SIGKILL: finishedAt {killed_after:.1}s after delete \
+            "SIGTERM {:.3}s after delete; SIGKILL: finishedAt {killed_after:.1}s after SIGTERM \
              (1 s resolution), terminated status observed {observed:.3}s after delete; grace {GRACE}s",
             secs_between(deleted_at, sigterm)
         );
         ensure!(
             (killed_after - GRACE as f64).abs() <= 2.0,
-            "killed (finishedAt) {killed_after:.1}s after delete, want {GRACE}s ± 2s"
+            "killed (finishedAt) {killed_after:.1}s after SIGTERM, want {GRACE}s ± 2s"
         );
         ensure!(
             observed >= GRACE as f64 - 1.0,
