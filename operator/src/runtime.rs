@@ -113,12 +113,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The grace-period seam: every replica keeps a ShutdownPolicy index for the webhook;
     // the controller (adoption, observations, status) runs on the Lease holder only.
-    let (policy_index, policy_reflector) = PolicyIndex::new(client.clone());
-    tokio::spawn(policy_reflector);
-    let policies: Arc<dyn PolicyLookup> = Arc::new(policy_index.clone());
     let controller_metrics = metrics
         .with_registry(ControllerMetrics::register)
         .unwrap_or_default();
+    let (policy_index, policy_reflector) = {
+        let metrics = controller_metrics.clone();
+        PolicyIndex::with_deletions(client.clone(), move |policy| {
+            metrics.forget_policy(
+                policy.metadata.namespace.as_deref().unwrap_or_default(),
+                policy.metadata.name.as_deref().unwrap_or_default(),
+            );
+        })
+    };
+    tokio::spawn(policy_reflector);
+    let policies: Arc<dyn PolicyLookup> = Arc::new(policy_index.clone());
     let identity = pod_name
         .clone()
         .unwrap_or_else(|| format!("lameduck-operator-{}", std::process::id()));

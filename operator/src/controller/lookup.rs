@@ -23,6 +23,15 @@ impl PolicyIndex {
     /// The index and the future that keeps it current (run it on every replica: the webhook
     /// reads it; it ends only when the watch stream ends).
     pub fn new(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        Self::with_deletions(client, |_| {})
+    }
+
+    /// Like [`PolicyIndex::new`], calling `on_delete` for every policy the watch reports
+    /// deleted (the controller drops the policy's metric series there).
+    pub fn with_deletions(
+        client: Client,
+        on_delete: impl Fn(&ShutdownPolicy) + Send + 'static,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (store, writer) = reflector::store();
         let api = Api::<ShutdownPolicy>::all(client);
         let driver = watcher(api, super::list_config())
@@ -30,10 +39,15 @@ impl PolicyIndex {
             // Nothing reads them; a policy's managed fields are as large as its spec.
             .modify(|policy| policy.metadata.managed_fields = None)
             .reflect(writer)
-            .for_each(|event| async move {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "ShutdownPolicy watch failed; retrying");
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::Delete(policy)) => on_delete(&policy),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "ShutdownPolicy watch failed; retrying");
+                    }
                 }
+                std::future::ready(())
             });
         (Self { store }, driver)
     }

@@ -213,6 +213,21 @@ impl ControllerMetrics {
     }
 }
 
+impl ControllerMetrics {
+    /// Drops the per-policy series of a deleted policy, so that a cluster with changing
+    /// workloads does not accumulate series of policies long gone.
+    pub fn forget_policy(&self, namespace: &str, policy: &str) {
+        let labels = PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        };
+        self.observations.remove(&labels);
+        self.kills.remove(&labels);
+        self.unobserved.remove(&labels);
+        self.recommendation.remove(&labels);
+    }
+}
+
 /// How the controller runs.
 #[derive(Clone)]
 pub struct ControllerConfig {

@@ -309,3 +309,28 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
     );
     assert_eq!(stored.name_any(), "deployment-web");
 }
+
+#[test]
+fn a_deleted_policy_leaves_no_metric_series() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    for policy in ["deployment-web", "deployment-api"] {
+        let labels = PolicyLabels {
+            namespace: "shop".into(),
+            policy: policy.into(),
+        };
+        metrics.observations.get_or_create(&labels).inc();
+        metrics.kills.get_or_create(&labels).inc();
+        metrics.unobserved.get_or_create(&labels).inc();
+        metrics.recommendation.get_or_create(&labels).set(7);
+    }
+    metrics.forget_policy("shop", "deployment-web");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(!text.contains("deployment-web"), "{text}");
+    assert_eq!(
+        text.matches("policy=\"deployment-api\"").count(),
+        4,
+        "{text}"
+    );
+}
