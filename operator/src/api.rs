@@ -5,8 +5,8 @@
 //! (quantiles, kills, the decaying histograms themselves) and the recommendation.
 //!
 //! The CRD is generated from these types: [`crd_yaml`] prints it (the CLI's `crd`
-//! subcommand calls it) and `crds/shutdownpolicies.lameduck.dev.yaml` is its committed copy,
-//! checked by a test. Regenerate it with
+//! subcommand calls it) and `crds/shutdownpolicies.lameduck.dev.yaml` is its committed copy
+//! (and the chart's `crds/` another), checked by a test. Regenerate it with
 //! `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -21,6 +21,8 @@ use crate::recommend::{DeregisterSettings, GracePeriodSettings, HistoryState};
 pub const GROUP: &str = "lameduck.dev";
 /// The committed CRD file, relative to the repository root.
 pub const CRD_PATH: &str = "crds/shutdownpolicies.lameduck.dev.yaml";
+/// The chart's copy of the CRD, relative to the repository root.
+pub const CHART_CRD_PATH: &str = "charts/lameduck/crds/shutdownpolicies.lameduck.dev.yaml";
 
 /// Condition type: a recommendation exists (status `True`) or not yet (`False`).
 pub const CONDITION_RECOMMENDATION_PROVIDED: &str = "RecommendationProvided";
@@ -476,7 +478,8 @@ pub struct RecommendationStatus {
 pub struct PodCounts {
     /// Pods with the lameduck sidecar.
     pub injected: u32,
-    /// Pods created before injection was enabled; `kubectl rollout restart` replaces them.
+    /// Running pods without the sidecar (created before injection was enabled, or while the
+    /// webhook was unavailable); `kubectl rollout restart` replaces them.
     pub not_injected: u32,
 }
 
@@ -514,20 +517,20 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_code() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/shutdownpolicies.lameduck.dev.yaml"
-        );
-        if std::env::var_os("LAMEDUCK_UPDATE_CRDS").is_some() {
-            std::fs::write(path, crd_yaml()).unwrap();
+        // The chart carries its own copy: Helm installs CRDs only from the chart's `crds/`.
+        for path in [CRD_PATH, CHART_CRD_PATH] {
+            let file = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+            if std::env::var_os("LAMEDUCK_UPDATE_CRDS").is_some() {
+                std::fs::write(&file, crd_yaml()).unwrap();
+            }
+            let committed = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                committed == crd_yaml(),
+                "{path} differs from the ShutdownPolicy types in operator/src/api.rs; regenerate it with \
+                 `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd` (or \
+                 `cargo run -p lameduck-operator -- crd > {path}`) and commit it"
+            );
         }
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == crd_yaml(),
-            "{CRD_PATH} differs from the ShutdownPolicy types in operator/src/api.rs; regenerate it with \
-             `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd` (or \
-             `cargo run -p lameduck-operator -- crd > {CRD_PATH}`) and commit it"
-        );
     }
 
     #[test]

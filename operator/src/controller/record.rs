@@ -296,10 +296,10 @@ fn conditions(
         (
             CONDITION_PODS_NOT_INJECTED,
             true,
-            "PodsPredateInjection",
+            "PodsWithoutSidecar",
             format!(
-                "{not_injected} running pod(s) of {} {} lack the lameduck sidecar (created before injection was enabled); \
-                 run `kubectl rollout restart {}/{} -n {}` to replace them",
+                "{not_injected} running pod(s) of {} {} lack the lameduck sidecar (created before injection was enabled, or while the webhook \
+                 was unavailable: it fails open); run `kubectl rollout restart {}/{} -n {}` to replace them",
                 target.kind,
                 target.name,
                 target.kind.to_lowercase(),
