@@ -483,7 +483,15 @@ async fn t9_helm_uninstall_keeps_crds_and_injected_pods() {
         ensure!(before.len() == 1, "{} pods", before.len());
         check_injected(&before[0], "keep", "deployment-keep")?;
         let uid = before[0]["metadata"]["uid"].clone();
-        helm(&["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout", "120s"])?;
+        helm(&[
+            "uninstall",
+            RELEASE,
+            "-n",
+            SYSTEM_NS,
+            "--wait",
+            "--timeout",
+            "120s",
+        ])?;
         let selector = format!("app.kubernetes.io/instance={RELEASE}");
         let left = kubectl(&[
             "get",
@@ -526,12 +534,31 @@ async fn t9_helm_uninstall_keeps_crds_and_injected_pods() {
             policy(&ns, "deployment-keep").is_ok(),
             "ShutdownPolicy gone with the release"
         );
-        let rest = kubectl(&["get", "secrets,leases", "-n", SYSTEM_NS, "-o", "name"])?;
+        // The post-delete hook removed what the operator created at run time, and its own
+        // Job, ServiceAccount and RBAC (hook-succeeded).
+        let rest = kubectl(&[
+            "get",
+            "secrets,leases,jobs,serviceaccounts,roles",
+            "-n",
+            SYSTEM_NS,
+            "-o",
+            "name",
+        ])?;
+        let rest: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|name| name.contains("lameduck"))
+            .collect();
+        ensure!(
+            rest.is_empty(),
+            "left in {SYSTEM_NS} after helm uninstall: {} (the cleanup hook deletes the Secret \
+             lameduck-webhook-tls and the Lease lameduck-operator)",
+            rest.join(" ")
+        );
         summary(
             "7 helm uninstall",
             &format!(
-                "release objects gone, CRD and policy kept, injected pod running; operator-created objects left in {SYSTEM_NS}: {}",
-                rest.split_whitespace().collect::<Vec<_>>().join(" ")
+                "release objects gone, CRD and policy kept, injected pod running; the cleanup hook \
+                 deleted the Secret and the Lease, nothing named lameduck left in {SYSTEM_NS}"
             ),
         );
         let table = std::fs::read_to_string(repo_root().join(".state/e2e-summary.tsv"))?;

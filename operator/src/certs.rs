@@ -143,6 +143,16 @@ pub const KEY_CA_KEY: &str = "ca.key";
 /// The `caBundle`: the current CA, plus the previous one until it expires.
 pub const KEY_CA_BUNDLE: &str = "ca-bundle.crt";
 const ANN_CA_NOT_AFTER: &str = "lameduck.dev/ca-not-after";
+
+/// Whether `secret` holds self-managed certificates (written by the operator), as opposed
+/// to a Secret provided from outside.
+pub fn is_self_managed(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANN_CA_NOT_AFTER))
+}
 const ANN_PREVIOUS_CA_NOT_AFTER: &str = "lameduck.dev/previous-ca-not-after";
 const ANN_SERVING_NOT_AFTER: &str = "lameduck.dev/serving-not-after";
 const ANN_SERVING_NAMES: &str = "lameduck.dev/serving-names";

@@ -1,4 +1,4 @@
-//! The command line: `run`, `crd`, `inject`. Every flag can also be set by environment.
+//! The command line: `run`, `crd`, `inject`, `cleanup`. Every flag can also be set by environment.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -41,6 +41,27 @@ pub enum Command {
     Crd,
     /// Inject the sidecar into the pod templates of Kubernetes YAML, offline.
     Inject(InjectArgs),
+    /// Delete what the operator created in its namespace (the self-managed certificate
+    /// Secret, the leader Lease); the chart runs it after `helm uninstall`.
+    Cleanup(CleanupArgs),
+}
+
+/// `cleanup` arguments.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The operator's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lameduck-system")]
+    pub namespace: String,
+    /// The certificate Secret; deleted only if the operator wrote it.
+    #[arg(
+        long,
+        env = "LAMEDUCK_CERT_SECRET",
+        default_value = "lameduck-webhook-tls"
+    )]
+    pub cert_secret: String,
+    /// The leader-election Lease.
+    #[arg(long, env = "LAMEDUCK_LEASE", default_value = crate::controller::LEASE_NAME)]
+    pub lease: String,
 }
 
 /// `inject` arguments.
@@ -245,6 +266,19 @@ pub fn inject(args: &InjectArgs) -> anyhow::Result<()> {
     print!("{output}");
     for report in reports {
         eprintln!("{}: {}", report.object, report.result);
+    }
+    Ok(())
+}
+
+/// `cleanup`: deletes the operator's run-time objects and prints one line per object.
+pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let results =
+        crate::cleanup::cleanup(client, &args.namespace, &args.cert_secret, &args.lease).await?;
+    for (object, result) in results {
+        println!("{object}: {result}");
     }
     Ok(())
 }

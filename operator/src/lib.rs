@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod certs;
+pub mod cleanup;
 pub mod cli;
 pub mod controller;
 pub mod inject;

@@ -14,6 +14,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inject(args) => cli::inject(&args),
+        Command::Cleanup(args) => {
+            cli::init_tracing(log_format);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(cli::cleanup(&args))
+        }
         Command::Run(args) => {
             cli::init_tracing(log_format);
             tokio::runtime::Builder::new_multi_thread()

@@ -44,6 +44,8 @@ use crate::api::ShutdownPolicy;
 
 /// Field manager of the operator's writes.
 pub const FIELD_MANAGER: &str = "lameduck-operator";
+/// Name of the leader-election Lease (in the operator's namespace).
+pub const LEASE_NAME: &str = "lameduck-operator";
 
 /// Errors of the controller; each names the object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +261,7 @@ impl ControllerConfig {
             policies,
             identity: identity.into(),
             lease_namespace: lease_namespace.into(),
-            lease_name: "lameduck-operator".into(),
+            lease_name: LEASE_NAME.into(),
             lease_seconds: 12,
             status_interval: Duration::from_secs(5),
             metrics: ControllerMetrics::default(),
