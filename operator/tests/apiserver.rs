@@ -296,3 +296,86 @@ async fn webhook_through_a_real_api_server() {
     let _ = configs.delete(&mwc_name, &DeleteParams::default()).await;
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
 }
+
+/// `lameduck-operator cleanup` (the chart's post-delete hook) against the real API server:
+/// deletes the Secret the operator wrote and the Lease, leaves a Secret provided from
+/// outside, and finds nothing to do the second time.
+#[tokio::test]
+async fn cleanup_deletes_only_what_the_operator_created() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use lameduck_operator::cleanup::{Cleaned, cleanup};
+
+    let client = client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_name = format!("lameduck-cleanup-{}", std::process::id());
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": ns_name, "labels": {"lameduck.dev/webhook": "disabled"}}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_name);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns_name);
+    let secret = |name: &str, annotations: serde_json::Value| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "stringData": {"tls.crt": "x"}
+        }))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    secrets
+        .create(
+            &pp,
+            &secret("own", json!({"lameduck.dev/ca-not-after": "1"})),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &pp,
+            &secret("external", json!({"cert-manager.io/issuer-name": "ca"})),
+        )
+        .await
+        .unwrap();
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "lameduck-operator"}})).unwrap();
+    leases.create(&pp, &lease).await.unwrap();
+
+    let first = cleanup(client.clone(), &ns_name, "own", "lameduck-operator")
+        .await
+        .unwrap();
+    let external = cleanup(client.clone(), &ns_name, "external", "lameduck-operator")
+        .await
+        .unwrap();
+    let again = cleanup(client.clone(), &ns_name, "own", "lameduck-operator")
+        .await
+        .unwrap();
+    let own_left = secrets.get_opt("own").await.unwrap();
+    let external_left = secrets.get_opt("external").await.unwrap();
+    let lease_left = leases.get_opt("lameduck-operator").await.unwrap();
+    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+
+    let results = |r: &[(String, Cleaned)]| r.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        results(&first),
+        [Cleaned::Deleted, Cleaned::Deleted],
+        "{first:?}"
+    );
+    assert!(
+        matches!(results(&external)[..], [Cleaned::Kept(_), Cleaned::Absent]),
+        "{external:?}"
+    );
+    assert_eq!(
+        results(&again),
+        [Cleaned::Absent, Cleaned::Absent],
+        "{again:?}"
+    );
+    assert!(own_left.is_none() && lease_left.is_none());
+    assert!(
+        external_left.is_some(),
+        "a Secret provided from outside must stay"
+    );
+}
