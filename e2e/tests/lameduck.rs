@@ -95,6 +95,53 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
 }
 
 #[tokio::test]
+async fn t10_namespace_label_opts_in_its_workloads() {
+    installed().await;
+    with_namespace("nslabel", |_client, ns| async move {
+        Web {
+            name: "plain",
+            image: RUST_WEB,
+            replicas: 1,
+            inject: false,
+            grace: 30,
+            cleanup_millis: 200,
+        }
+        .create(&ns)
+        .await?;
+        ensure!(
+            policy(&ns, "deployment-plain").is_err(),
+            "a policy exists before anything opted in"
+        );
+        // Labelling the namespace alone (no change to the Deployment) makes the operator
+        // adopt its workloads; new pods are injected and point at that policy.
+        kubectl(&["label", "namespace", &ns, "lameduck.dev/inject=enabled"])?;
+        let sdp = wait_for(
+            "ShutdownPolicy deployment-plain after the namespace label",
+            Duration::from_secs(60),
+            || Ok(policy(&ns, "deployment-plain").ok()),
+        )
+        .await?;
+        ensure!(
+            sdp["spec"]["targetRef"]["name"] == "plain",
+            "targetRef: {}",
+            sdp["spec"]["targetRef"]
+        );
+        kubectl(&["rollout", "restart", "-n", &ns, "deployment/plain"])?;
+        rollout_status(&ns, "plain")?;
+        wait_pod_count(&ns, "plain", 1, Duration::from_secs(120)).await?;
+        let pods = live_pods(&ns, "plain")?;
+        ensure!(pods.len() == 1, "{} pods after the rollout", pods.len());
+        check_injected(&pods[0], "plain", "deployment-plain")?;
+        summary(
+            "8 namespace opt-in",
+            "lameduck.dev/inject=enabled on the namespace: policy deployment-plain created without touching the Deployment; the restarted pod is injected",
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn t2_rolling_restart_under_load_loses_nothing() {
     installed().await;
     with_namespace("load", |_client, ns| async move {

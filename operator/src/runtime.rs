@@ -133,7 +133,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut controller = tokio::spawn(controller::run(
         client.clone(),
         ControllerConfig::new(policy_index, identity, namespace.clone())
-            .with_metrics(controller_metrics),
+            .with_metrics(controller_metrics)
+            .with_namespaces(caches.namespaces()),
     ));
 
     let (events_tx, events_rx) = mpsc::channel(256);

@@ -25,12 +25,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
+use lameduck_proto::names::{NAMESPACE_INJECT_ENABLED, NAMESPACE_LABEL_INJECT};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -247,6 +252,10 @@ pub struct ControllerConfig {
     pub status_interval: Duration,
     /// Metrics.
     pub metrics: ControllerMetrics,
+    /// The Namespace cache (the webhook's): its `lameduck.dev/inject=enabled` label opts
+    /// in every workload of the namespace that does not say otherwise. Without it, only
+    /// annotations opt workloads in.
+    pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl ControllerConfig {
@@ -265,7 +274,14 @@ impl ControllerConfig {
             lease_seconds: 12,
             status_interval: Duration::from_secs(5),
             metrics: ControllerMetrics::default(),
+            namespaces: None,
         }
+    }
+
+    /// Reads the namespace opt-in label from `namespaces` (a running reflector's store).
+    pub fn with_namespaces(mut self, namespaces: Store<PartialObjectMeta<Namespace>>) -> Self {
+        self.namespaces = Some(namespaces);
+        self
     }
 
     /// Uses registered metrics.
@@ -287,9 +303,23 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: ControllerMetrics,
+    /// The Namespace cache, when namespaces can opt in.
+    pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl Context {
+    /// Whether `namespace` carries `lameduck.dev/inject=enabled`.
+    pub fn namespace_opted_in(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_some_and(|store| {
+            store
+                .get(&reflector::ObjectRef::new(namespace))
+                .is_some_and(|ns| {
+                    ns.labels().get(NAMESPACE_LABEL_INJECT).map(String::as_str)
+                        == Some(NAMESPACE_INJECT_ENABLED)
+                })
+        })
+    }
+
     /// A context for `client`.
     pub fn new(
         client: Client,
@@ -307,6 +337,7 @@ impl Context {
             policies,
             book: Mutex::new(StatusBook::default()),
             metrics,
+            namespaces: None,
         }
     }
 }
@@ -323,12 +354,14 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
         .build()
         .await?;
     let (mut leader, lease_task) = manager.watch().await;
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client,
         config.policies.clone(),
         config.metrics.clone(),
         Some(config.identity.clone()),
-    ));
+    );
+    ctx.namespaces = config.namespaces.clone();
+    let ctx = Arc::new(ctx);
     // Every replica observes pods, the followers too: pods that finish while the lease
     // changes hands (up to a lease duration) are gone from the API by the time a new
     // leader lists them. The new leader folds what it saw after the last observation the
@@ -399,6 +432,13 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
     if ctx.policies.store().wait_until_ready().await.is_err() {
         return;
     }
+    // Adoption reads the namespace label: without the listed namespaces, workloads opted
+    // in by their namespace would wait for their next change.
+    if let Some(namespaces) = &ctx.namespaces
+        && namespaces.wait_until_ready().await.is_err()
+    {
+        return;
+    }
     let deployments = adopt::<Deployment>(ctx.clone());
     let statefulsets = adopt::<StatefulSet>(ctx.clone());
     let daemonsets = adopt::<DaemonSet>(ctx.clone());
@@ -465,8 +505,23 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
         .modify(W::slim)
         .reflect(writer)
         .applied_objects();
+    // A namespace's opt-in label changed: look at its workloads again.
+    let in_namespace = {
+        let reader = reader.clone();
+        move |namespace: PartialObjectMeta<Namespace>| {
+            let name = namespace.name_any();
+            reader
+                .state()
+                .into_iter()
+                .filter(|workload| workload.namespace().as_deref() == Some(name.as_str()))
+                .map(|workload| reflector::ObjectRef::from_obj(workload.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let namespaces = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
     Controller::for_stream(trigger, reader)
         .owns(policies, list_config())
+        .watches(namespaces, list_config(), in_namespace)
         // Each reconcile may create a policy and list pods: at start-up with hundreds of
         // workloads, unbounded concurrency holds hundreds of responses in memory at once
         // (a peak the allocator keeps).

@@ -145,6 +145,66 @@ async fn an_annotated_deployment_gets_an_owned_policy() {
     );
 }
 
+/// A context whose Namespace cache holds `shop` with the given labels.
+fn context_with_namespace(labels: Value) -> (Arc<Context>, ApiHandle) {
+    let (ctx, api) = context(vec![]);
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    let mut writer = reflector::store::Writer::default();
+    let namespace: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> =
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": labels}
+        }))
+        .unwrap();
+    writer.apply_watcher_event(&Event::Apply(namespace));
+    ctx.namespaces = Some(writer.as_reader());
+    (Arc::new(ctx), api)
+}
+
+fn unannotated_deployment() -> Deployment {
+    let mut deployment = deployment();
+    deployment.metadata.annotations = None;
+    deployment
+}
+
+#[tokio::test]
+async fn a_deployment_in_an_opted_in_namespace_gets_a_policy() {
+    let (ctx, mut api) = context_with_namespace(json!({"lameduck.dev/inject": "enabled"}));
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::POST,
+            "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies?&fieldManager=lameduck-operator",
+            |body| assert_eq!(body["metadata"]["name"], "deployment-web"),
+            serde_json::to_value(user_policy("deployment-web")).unwrap(),
+        )
+        .await;
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+    });
+    workloads::reconcile(Arc::new(unannotated_deployment()), ctx)
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deployment_without_opt_in_gets_nothing() {
+    for labels in [json!({}), json!({"lameduck.dev/inject": "disabled"})] {
+        let (ctx, mut api) = context_with_namespace(labels);
+        // The context (and its client) stays alive: a dropped client would end the stream.
+        let action = workloads::reconcile(Arc::new(unannotated_deployment()), ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), api.next_request())
+                .await
+                .is_err(),
+            "no API request for a workload that did not opt in"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_user_policy_is_adopted_without_touching_its_spec() {
     let (ctx, mut api) = context(vec![user_policy("web-bounds")]);

@@ -72,18 +72,23 @@ workload!(Deployment);
 workload!(StatefulSet);
 workload!(DaemonSet);
 
-/// Whether the workload opted in: `lameduck.dev/inject: "true"` on the workload or its pod
-/// template, and not `"false"` on the template.
-pub fn opted_in<W: Workload>(workload: &W) -> bool {
-    let template = workload
-        .template_annotations()
-        .and_then(|a| a.get(ANNOTATION_INJECT))
-        .map(String::as_str);
-    let own = workload
-        .annotations()
-        .get(ANNOTATION_INJECT)
-        .map(String::as_str);
-    template != Some("false") && (template == Some("true") || own == Some("true"))
+/// Whether the workload's pods are injected, in the webhook's order (DESIGN.md "Opting
+/// in"): `lameduck.dev/inject` on the pod template, then on the workload (`"true"` or
+/// `"false"`, case and surrounding blanks ignored), then the namespace's
+/// `lameduck.dev/inject=enabled` label (`namespace_enabled`).
+pub fn opted_in<W: Workload>(workload: &W, namespace_enabled: bool) -> bool {
+    let flag = |value: Option<&String>| match value.map(|v| v.trim().to_ascii_lowercase()) {
+        Some(v) if v == "true" => Some(true),
+        Some(v) if v == "false" => Some(false),
+        _ => None,
+    };
+    let template = flag(
+        workload
+            .template_annotations()
+            .and_then(|a| a.get(ANNOTATION_INJECT)),
+    );
+    let own = flag(workload.annotations().get(ANNOTATION_INJECT));
+    template.or(own).unwrap_or(namespace_enabled)
 }
 
 /// The owner reference a policy gets to its workload (garbage-collected with it).
@@ -122,12 +127,15 @@ pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
 /// Ensures the workload's policy exists (creating or adopting it) and reports its pod counts.
 #[tracing::instrument(skip(workload, ctx), fields(kind = %W::kind(&()), name = %workload.name_any(), namespace = workload.namespace().unwrap_or_default()))]
 pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Result<Action> {
-    if !opted_in(workload.as_ref()) || workload.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let namespace = workload
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    // A change of the namespace label triggers a reconcile too (a watch on Namespaces).
+    if !opted_in(workload.as_ref(), ctx.namespace_opted_in(&namespace))
+        || workload.meta().deletion_timestamp.is_some()
+    {
+        return Ok(Action::await_change());
+    }
     let name = workload.name_any();
     let kind = W::kind(&()).to_string();
     let uid = workload.uid().ok_or(Error::MissingField("metadata.uid"))?;
@@ -276,14 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn opt_in_is_read_from_the_workload_or_its_template() {
-        assert!(opted_in(&deployment(&[(ANNOTATION_INJECT, "true")], &[])));
-        assert!(opted_in(&deployment(&[], &[(ANNOTATION_INJECT, "true")])));
-        assert!(!opted_in(&deployment(
+    fn opt_in_is_read_from_the_template_then_the_workload_then_the_namespace() {
+        let inject = |own: &[(&str, &str)], template: &[(&str, &str)], namespace: bool| {
+            opted_in(&deployment(own, template), namespace)
+        };
+        assert!(inject(&[(ANNOTATION_INJECT, "true")], &[], false));
+        assert!(inject(&[], &[(ANNOTATION_INJECT, "true")], false));
+        assert!(inject(&[(ANNOTATION_INJECT, " True ")], &[], false));
+        assert!(!inject(
             &[(ANNOTATION_INJECT, "true")],
-            &[(ANNOTATION_INJECT, "false")]
-        )));
-        assert!(!opted_in(&deployment(&[], &[])));
+            &[(ANNOTATION_INJECT, "false")],
+            false
+        ));
+        assert!(inject(
+            &[(ANNOTATION_INJECT, "false")],
+            &[(ANNOTATION_INJECT, "true")],
+            false
+        ));
+        assert!(!inject(&[], &[], false));
+        // The namespace label counts only where the workload and template say nothing.
+        assert!(inject(&[], &[], true));
+        assert!(inject(&[(ANNOTATION_INJECT, "maybe")], &[], true));
+        assert!(!inject(&[(ANNOTATION_INJECT, "false")], &[], true));
+        assert!(!inject(&[], &[(ANNOTATION_INJECT, "false")], true));
     }
 
     #[test]

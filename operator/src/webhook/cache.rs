@@ -57,6 +57,11 @@ impl MetadataIndex for MetadataCaches {
 }
 
 impl MetadataCaches {
+    /// The Namespace cache (the controller reads the opt-in label from it too).
+    pub fn namespaces(&self) -> Store<PartialObjectMeta<Namespace>> {
+        self.namespaces.clone()
+    }
+
     /// Resolves once every cache has its initial list.
     pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.replica_sets.wait_until_ready().await?;
