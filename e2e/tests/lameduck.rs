@@ -133,7 +133,7 @@ async fn t10_namespace_label_opts_in_its_workloads() {
         ensure!(pods.len() == 1, "{} pods after the rollout", pods.len());
         check_injected(&pods[0], "plain", "deployment-plain")?;
         summary(
-            "8 namespace opt-in",
+            "namespace opt-in",
             "lameduck.dev/inject=enabled on the namespace: policy deployment-plain created without touching the Deployment; the restarted pod is injected",
         );
         Ok(())
