@@ -18,6 +18,7 @@ use lameduck_proto::names::{ANNOTATION_INJECT, LABEL_INJECTED};
 
 use super::{Context, Error, Result};
 use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
+use crate::webhook::decide::flag;
 
 /// How often a workload is looked at again without any change (pod counts drift).
 const RECHECK: Duration = Duration::from_secs(300);
@@ -77,11 +78,6 @@ workload!(DaemonSet);
 /// `"false"`, case and surrounding blanks ignored), then the namespace's
 /// `lameduck.dev/inject=enabled` label (`namespace_enabled`).
 pub fn opted_in<W: Workload>(workload: &W, namespace_enabled: bool) -> bool {
-    let flag = |value: Option<&String>| match value.map(|v| v.trim().to_ascii_lowercase()) {
-        Some(v) if v == "true" => Some(true),
-        Some(v) if v == "false" => Some(false),
-        _ => None,
-    };
     let template = flag(
         workload
             .template_annotations()

@@ -131,7 +131,9 @@ pub fn decide(pod: &ObjectMeta, namespace: &str, index: &dyn MetadataIndex) -> D
     }
 }
 
-fn flag(value: Option<&String>) -> Option<bool> {
+/// An opt-in annotation's value: `"true"` / `"false"`, case and surrounding blanks ignored;
+/// anything else says nothing. Workload adoption reads the annotations the same way.
+pub(crate) fn flag(value: Option<&String>) -> Option<bool> {
     match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
         Some("true") => Some(true),
         Some("false") => Some(false),
