@@ -33,6 +33,12 @@ pub enum ControlReply {
     Accepted {
         /// Wall-clock time (Unix milliseconds) of the hard deadline of this hook.
         release_by_unix_ms: u64,
+        /// Wall-clock time (Unix milliseconds) by which the deregister phase ends at the
+        /// latest. A client that loses the sidecar keeps the container until then (traffic
+        /// may still be routed to the pod), reconnecting meanwhile. Absent from sidecars
+        /// that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deregister_end_unix_ms: Option<u64>,
     },
     /// The container may be stopped now.
     Release {

@@ -18,5 +18,7 @@ pub use codec::{CodecError, LineDecoder, MAX_LINE_BYTES, decode_line, encode_lin
 pub use control::{ControlReply, ControlRequest};
 pub use message::{AppMessage, PROTOCOL_VERSION, SidecarMessage};
 pub use report::{
-    AppReport, Outcome, PhasesMs, REPORT_MAX_BYTES, REPORT_VERSION, TerminationReport,
+    AppReport, ERROR_MAX_CHARS, Outcome, POD_TERMINATION_MESSAGES_MAX_BYTES, PhasesMs,
+    REPORT_MAX_BYTES, REPORT_MIN_BYTES, REPORT_VERSION, RestartReport, TerminationReport,
+    report_budget, truncate_chars,
 };

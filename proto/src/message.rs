@@ -60,8 +60,19 @@ pub enum SidecarMessage {
         /// The pod's grace period in seconds.
         grace_seconds: u64,
     },
-    /// The pod is being removed from load balancing: keep serving, close idle connections.
-    Deregister {},
+    /// The container is being stopped (the pod deleted, or the container killed by a probe):
+    /// keep serving, close idle connections, report activity.
+    Deregister {
+        /// Wall-clock time (Unix milliseconds) by which the deregister phase ends at the
+        /// latest. An SDK that loses the sidecar keeps serving until then (§6). Absent from
+        /// sidecars that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase_end_unix_ms: Option<u64>,
+        /// Wall-clock deadline (Unix milliseconds) of the whole sequence, the same value
+        /// `drain` will carry. Absent from sidecars that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_unix_ms: Option<u64>,
+    },
     /// Stop accepting, finish in-flight work, run cleanup, answer `drained` then `done`.
     Drain {
         /// Wall-clock deadline (Unix milliseconds) by which `done` must arrive.

@@ -48,7 +48,9 @@ pub const POD_APP_SOCKET_PATH: &str = "/lameduck/run/app.sock";
 pub const ENV_SOCKET: &str = "LAMEDUCK_SOCKET";
 /// Environment variable (app containers): the container's own name.
 pub const ENV_CONTAINER: &str = "LAMEDUCK_CONTAINER";
-/// Environment variable (sidecar): the pod's grace period in seconds.
+/// Environment variable (sidecar and app containers): the pod's grace period in seconds.
+/// App containers get it too, so that an SDK that never reached the sidecar still knows
+/// when SIGKILL comes.
 pub const ENV_GRACE_SECONDS: &str = "LAMEDUCK_GRACE_SECONDS";
 /// Environment variable (sidecar): the shared directory, default [`MOUNT_PATH`].
 pub const ENV_DIR: &str = "LAMEDUCK_DIR";
@@ -70,8 +72,19 @@ pub const ENV_EXIT_RESERVE_MILLIS: &str = "LAMEDUCK_EXIT_RESERVE_MILLIS";
 pub const ENV_HTTP_DRAIN_PORT: &str = "LAMEDUCK_HTTP_DRAIN_PORT";
 /// Environment variable (sidecar): path of the HTTP drain fallback.
 pub const ENV_HTTP_DRAIN_PATH: &str = "LAMEDUCK_HTTP_DRAIN_PATH";
-/// Environment variable (preStop client): wait when the sidecar is unreachable, in ms.
+/// Environment variable (preStop client, so app containers): wait when the sidecar is
+/// unreachable, in ms. An SDK that never reached the sidecar assumes the hook spent it.
 pub const ENV_FALLBACK_DELAY_MILLIS: &str = "LAMEDUCK_FALLBACK_DELAY_MILLIS";
+/// Environment variable (sidecar): the time the deregister phase must leave for drain and
+/// cleanup, in ms (the policy's learned drain + cleanup p99 with its margin). Unset or 0:
+/// a fixed share of the budget.
+pub const ENV_DRAIN_BUDGET_MILLIS: &str = "LAMEDUCK_DRAIN_BUDGET_MILLIS";
+/// Environment variable (sidecar): the bytes of termination message the kubelet keeps for
+/// this pod's containers (see `report::report_budget`).
+pub const ENV_REPORT_MAX_BYTES: &str = "LAMEDUCK_REPORT_MAX_BYTES";
+/// File name, inside [`RUN_DIR`], where the sidecar keeps the shutdowns in progress so that
+/// a restarted sidecar resumes them.
+pub const STATE_FILE: &str = "state.json";
 /// Environment variable (sidecar, downward API): the pod's name.
 pub const ENV_POD_NAME: &str = "POD_NAME";
 /// Environment variable (sidecar, downward API): the pod's namespace.

@@ -3,11 +3,31 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the report shape, the `"v"` field.
-pub const REPORT_VERSION: u32 = 1;
+/// Version of the report shape, the `"v"` field. Version 2 added `restarts`; a reader
+/// also accepts version 1 (the same shape without it).
+pub const REPORT_VERSION: u32 = 2;
 
-/// The kubelet keeps at most this many bytes of a termination message.
+/// The kubelet keeps at most this many bytes of one container's termination message.
 pub const REPORT_MAX_BYTES: usize = 4096;
+
+/// The kubelet keeps at most this many bytes of termination messages per pod, shared
+/// equally by every container of the pod (regular, init and ephemeral).
+pub const POD_TERMINATION_MESSAGES_MAX_BYTES: usize = 12288;
+
+/// The smallest report budget a sidecar plans with; a pod would need more than 24
+/// containers to leave less, and a report this small still holds the outcome and phases.
+pub const REPORT_MIN_BYTES: usize = 512;
+
+/// Longest error text kept for one application (characters); longer texts are cut when
+/// they arrive, so a long error can never crowd the rest of the report out.
+pub const ERROR_MAX_CHARS: usize = 256;
+
+/// The bytes of termination message the kubelet keeps for each container of a pod with
+/// `containers` containers in all (regular + init + ephemeral): 12288 / containers, at most
+/// 4096, never planned below [`REPORT_MIN_BYTES`].
+pub fn report_budget(containers: usize) -> usize {
+    (POD_TERMINATION_MESSAGES_MAX_BYTES / containers.max(1)).clamp(REPORT_MIN_BYTES, REPORT_MAX_BYTES)
+}
 
 /// How a shutdown (or one application's part of it) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,7 +122,28 @@ pub struct AppReport {
     pub error: Option<String>,
 }
 
-/// The termination report, one JSON object of at most [`REPORT_MAX_BYTES`] bytes.
+/// A container-level shutdown that was followed by a new process of the same container:
+/// the kubelet killed the container (failed liveness or startup probe) and restarted it,
+/// the pod was not deleted. Reported apart so that it is not mixed with the pod's own
+/// shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartReport {
+    /// The container that was stopped and restarted.
+    pub container: String,
+    /// When its preStop hook reached the sidecar (RFC 3339, milliseconds, UTC).
+    pub t0: String,
+    /// How its applications finished.
+    pub outcome: Outcome,
+    /// Phase durations of that container's sequence.
+    #[serde(default)]
+    pub phases_ms: PhasesMs,
+    /// Milliseconds from its T0 to the release of its hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_ms: Option<u64>,
+}
+
+/// The termination report, one JSON object within the kubelet's per-container budget
+/// ([`report_budget`], at most [`REPORT_MAX_BYTES`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TerminationReport {
     /// Report version, [`REPORT_VERSION`].
@@ -128,9 +169,16 @@ pub struct TerminationReport {
     /// Per-application outcomes.
     #[serde(default)]
     pub apps: Vec<AppReport>,
-    /// Applications left out to stay within [`REPORT_MAX_BYTES`].
+    /// Applications left out to stay within the byte budget.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub apps_omitted: usize,
+    /// Container-level shutdowns of this pod's life that were followed by a restart of the
+    /// container (oldest first); not part of the pod's own shutdown above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<RestartReport>,
+    /// Restart records left out (oldest first) to stay within the byte budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts_omitted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -138,13 +186,17 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl TerminationReport {
-    /// Serializes the report in at most [`REPORT_MAX_BYTES`] bytes: error texts are
-    /// shortened first, then applications are left out (counted in `apps_omitted`), so
-    /// the result is always one complete JSON object.
-    pub fn to_bounded_json(&self) -> String {
+    /// Serializes the report in at most `max_bytes` bytes (capped at [`REPORT_MAX_BYTES`],
+    /// at least [`REPORT_MIN_BYTES`]), so that the kubelet's cut never falls inside it.
+    /// What goes first: long error texts are shortened, then the oldest restart records
+    /// are left out, then error texts, and only then applications (counted in
+    /// `apps_omitted`). The result is always one complete JSON object.
+    pub fn to_bounded_json(&self, max_bytes: usize) -> String {
+        let max = max_bytes.clamp(REPORT_MIN_BYTES, REPORT_MAX_BYTES);
         let mut report = self.clone();
-        let mut json = serde_json::to_string(&report).unwrap_or_default();
-        if json.len() <= REPORT_MAX_BYTES {
+        let encode = |r: &Self| serde_json::to_string(r).unwrap_or_default();
+        let mut json = encode(&report);
+        if json.len() <= max {
             return json;
         }
         for app in &mut report.apps {
@@ -152,26 +204,38 @@ impl TerminationReport {
                 truncate_chars(error, 64);
             }
         }
-        json = serde_json::to_string(&report).unwrap_or_default();
-        while json.len() > REPORT_MAX_BYTES && !report.apps.is_empty() {
+        json = encode(&report);
+        while json.len() > max && !report.restarts.is_empty() {
+            report.restarts.remove(0);
+            report.restarts_omitted += 1;
+            json = encode(&report);
+        }
+        if json.len() > max {
+            for app in &mut report.apps {
+                app.error = None;
+            }
+            json = encode(&report);
+        }
+        while json.len() > max && !report.apps.is_empty() {
             report.apps.pop();
             report.apps_omitted += 1;
-            json = serde_json::to_string(&report).unwrap_or_default();
+            json = encode(&report);
         }
         json
     }
 
-    /// Parses a termination message; anything else than a v1 report is an error.
+    /// Parses a termination message: a version 1 or 2 report, anything else is an error.
     pub fn parse(message: &str) -> Result<Self, String> {
         let report: Self = serde_json::from_str(message.trim()).map_err(|e| e.to_string())?;
-        if report.v != REPORT_VERSION {
+        if !(1..=REPORT_VERSION).contains(&report.v) {
             return Err(format!("unsupported report version {}", report.v));
         }
         Ok(report)
     }
 }
 
-fn truncate_chars(text: &mut String, max_chars: usize) {
+/// Shortens `text` in place to at most `max_chars` characters (plus an ellipsis).
+pub fn truncate_chars(text: &mut String, max_chars: usize) {
     if let Some((index, _)) = text.char_indices().nth(max_chars) {
         text.truncate(index);
         text.push('…');
@@ -204,14 +268,31 @@ mod tests {
                 })
                 .collect(),
             apps_omitted: 0,
+            restarts: Vec::new(),
+            restarts_omitted: 0,
+        }
+    }
+
+    fn restart(i: usize) -> RestartReport {
+        RestartReport {
+            container: format!("c{i}"),
+            t0: "2026-11-26T11:00:00.123Z".into(),
+            outcome: Outcome::Acked,
+            phases_ms: PhasesMs {
+                deregister: Some(1000),
+                drain: Some(5),
+                cleanup: Some(10),
+            },
+            released_ms: Some(1015),
         }
     }
 
     #[test]
     fn matches_the_documented_shape() {
-        let json = report(1, 3).to_bounded_json();
+        let json = report(1, 3).to_bounded_json(REPORT_MAX_BYTES);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["v"], 1);
+        assert_eq!(value["v"], 2);
+        assert!(value.get("restarts").is_none(), "empty lists stay out");
         assert_eq!(value["outcome"], "app-error");
         assert_eq!(value["phases_ms"]["deregister"], 1200);
         assert_eq!(value["apps"][0]["container"], "c0");
@@ -222,7 +303,7 @@ mod tests {
     #[test]
     fn stays_within_the_kubelet_limit() {
         for (apps, error_len) in [(1, 10_000), (200, 5), (500, 500)] {
-            let json = report(apps, error_len).to_bounded_json();
+            let json = report(apps, error_len).to_bounded_json(REPORT_MAX_BYTES);
             assert!(
                 json.len() <= REPORT_MAX_BYTES,
                 "{apps} apps: {} bytes",
@@ -234,16 +315,67 @@ mod tests {
     }
 
     #[test]
+    fn budget_is_the_kubelets_share_per_container() {
+        assert_eq!(report_budget(1), 4096);
+        assert_eq!(report_budget(3), 4096);
+        assert_eq!(report_budget(4), 3072);
+        assert_eq!(report_budget(7), 1755);
+        assert_eq!(report_budget(0), 4096);
+        assert_eq!(report_budget(100), REPORT_MIN_BYTES);
+    }
+
+    #[test]
+    fn trimming_drops_old_restarts_and_errors_before_any_app() {
+        let mut full = report(2, 3000);
+        full.restarts = (0..30).map(restart).collect();
+        for budget in [report_budget(4), report_budget(6), REPORT_MIN_BYTES] {
+            let json = full.to_bounded_json(budget);
+            assert!(json.len() <= budget, "{} > {budget}", json.len());
+            let parsed = TerminationReport::parse(&json).unwrap();
+            assert_eq!(parsed.apps.len(), 2, "both apps kept at {budget} bytes");
+            assert_eq!(parsed.apps_omitted, 0);
+            assert_eq!(parsed.restarts.len() + parsed.restarts_omitted, 30);
+            if let Some(last) = parsed.restarts.last() {
+                assert_eq!(last.container, "c29", "the newest restarts are kept");
+            }
+            assert_eq!(parsed.phases_ms, full.phases_ms);
+        }
+    }
+
+    #[test]
+    fn a_long_error_in_a_crowded_pod_still_parses_after_the_kubelets_cut() {
+        // What the kubelet keeps of a message is its first `budget` bytes: the report
+        // must already fit, or the cut makes it unparseable.
+        for containers in [4, 6] {
+            let budget = report_budget(containers);
+            let json = report(1, 20_000).to_bounded_json(budget);
+            let kept: String = json.chars().take(budget).collect();
+            let parsed = TerminationReport::parse(&kept).unwrap();
+            assert_eq!(parsed.outcome, Outcome::AppError);
+            assert_eq!(parsed.apps.len(), 1);
+        }
+    }
+
+    #[test]
+    fn version_one_reports_still_parse() {
+        let v1 = r#"{"v":1,"t0":"2026-11-26T12:00:00.123Z","grace_seconds":30,"outcome":"acked","phases_ms":{"deregister":1200},"apps":[]}"#;
+        let parsed = TerminationReport::parse(v1).unwrap();
+        assert_eq!(parsed.v, 1);
+        assert!(parsed.restarts.is_empty());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [
             "",
             "garbage",
             "{}",
-            r#"{"v":2,"grace_seconds":1,"outcome":"acked"}"#,
+            r#"{"v":3,"grace_seconds":1,"outcome":"acked"}"#,
+            r#"{"v":0,"grace_seconds":1,"outcome":"acked"}"#,
         ] {
             assert!(TerminationReport::parse(bad).is_err(), "{bad}");
         }
-        let unknown = r#"{"v":1,"grace_seconds":1,"outcome":"vanished"}"#;
+        let unknown = r#"{"v":2,"grace_seconds":1,"outcome":"vanished"}"#;
         assert_eq!(
             TerminationReport::parse(unknown).unwrap().outcome,
             Outcome::Unknown

@@ -53,7 +53,7 @@ pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCod
             }
         };
         match line.map(|l| l.map(|l| decode_line::<ControlReply>(&l))) {
-            Ok(Some(Ok(ControlReply::Accepted { release_by_unix_ms }))) => {
+            Ok(Some(Ok(ControlReply::Accepted { release_by_unix_ms, .. }))) => {
                 give_up = instant_of_unix_ms(release_by_unix_ms) + RELEASE_SLACK;
             }
             Ok(Some(Ok(ControlReply::Release { outcome }))) => {

@@ -116,7 +116,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         }
     }
     let report = shared.read(State::report);
-    let json = report.to_bounded_json();
+    let json = report.to_bounded_json(lameduck_proto::REPORT_MAX_BYTES);
     info!(report = %json, "stopping; writing the termination report");
     if let Err(e) = std::fs::write(&termination_log, &json) {
         // Still exit 0: the report is an observation, not a reason to fail the pod.
@@ -229,7 +229,7 @@ async fn handle_app(stream: UnixStream, shared: Arc<Shared>) {
 async fn announce<W: AsyncWrite + Unpin>(write: &mut W, announced: Phase, current: Phase) -> bool {
     if announced == Phase::Serving
         && current != Phase::Serving
-        && !send(write, &SidecarMessage::Deregister {}).await
+        && !send(write, &SidecarMessage::Deregister { phase_end_unix_ms: None, deadline_unix_ms: None }).await
     {
         return false;
     }
@@ -297,7 +297,7 @@ async fn prestop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, container: &str, w
     }
     let release_by_unix_ms = shared.read(|s| s.deadline_unix_ms()).unwrap_or_default();
     // The hook may have gone away; the shutdown goes on for the others regardless.
-    let _ = send(write, &ControlReply::Accepted { release_by_unix_ms }).await;
+    let _ = send(write, &ControlReply::Accepted { release_by_unix_ms, deregister_end_unix_ms: None }).await;
     let deadline = Instant::from_std(deadline);
     let outcome = loop {
         let mut changed = shared.changed.subscribe();

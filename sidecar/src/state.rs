@@ -314,6 +314,8 @@ impl State {
                 released_ms: None,
                 apps: Vec::new(),
                 apps_omitted: 0,
+                restarts: Vec::new(),
+                restarts_omitted: 0,
             };
         };
         let since_t0 = |at: Instant| millis(at.saturating_duration_since(s.t0));
@@ -375,6 +377,8 @@ impl State {
             released_ms: s.last_release.map(since_t0),
             apps,
             apps_omitted: 0,
+            restarts: Vec::new(),
+            restarts_omitted: 0,
         }
     }
 }

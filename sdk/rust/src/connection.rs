@@ -160,7 +160,7 @@ async fn read_messages(
                     let _ = first.send(());
                 }
             }
-            SidecarMessage::Deregister {} => {
+            SidecarMessage::Deregister { .. } => {
                 if !shared.deregister.is_cancelled() {
                     tracing::info!(
                         "deregistering; serving on with `Connection: close` and reporting activity"
