@@ -120,6 +120,14 @@ pub struct ServeArgs {
     /// Path of the app's HTTP drain endpoint (mode http).
     #[arg(long, env = names::ENV_HTTP_DRAIN_PATH, default_value = "/drain")]
     pub http_drain_path: String,
+    /// Time the deregister phase must leave for drain and cleanup (milliseconds; the
+    /// policy's learned p99 with its margin). 0: half of the budget.
+    #[arg(long, env = names::ENV_DRAIN_BUDGET_MILLIS, default_value_t = 0)]
+    pub drain_budget_millis: u64,
+    /// Bytes of termination message the kubelet keeps for this container (12288 divided by
+    /// the pod's containers, at most 4096).
+    #[arg(long, env = names::ENV_REPORT_MAX_BYTES, default_value_t = lameduck_proto::REPORT_MAX_BYTES)]
+    pub report_max_bytes: usize,
     /// Do not copy the binary to DIR/bin (for running several sidecars from one binary).
     #[arg(long, env = "LAMEDUCK_NO_INSTALL")]
     pub no_install: bool,
@@ -140,6 +148,8 @@ impl ServeArgs {
             exit_reserve: ms(self.exit_reserve_millis),
             http_drain_port: self.http_drain_port,
             http_drain_path: self.http_drain_path,
+            drain_budget: Some(ms(self.drain_budget_millis)).filter(|d| !d.is_zero()),
+            report_max_bytes: self.report_max_bytes,
             install: !self.no_install,
         }
     }

@@ -20,45 +20,147 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Slack after the sidecar's own release deadline before the hook gives up waiting.
 const RELEASE_SLACK: Duration = Duration::from_secs(1);
 
+/// How often a hook that lost the sidecar tries to reach it again.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The preStop hook: blocks until the sidecar releases `container`, then exits 0. It never
 /// fails and never hangs: an unreachable sidecar costs the bounded fallback delay, a silent
 /// one at most its own deadline plus a second.
+///
+/// A sidecar that goes away mid-shutdown does not release the container early: traffic may
+/// still be routed to the pod until the deregister phase's planned end, so the hook holds
+/// until then, reconnecting meanwhile in case the kubelet restarts the sidecar (which
+/// resumes the shutdown from its state file). It never waits past the first deadline the
+/// sidecar announced.
 pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCode {
     let socket = run_dir(dir).join(names::CONTROL_SOCKET);
-    let stream = match timeout(CONNECT_TIMEOUT, UnixStream::connect(&socket)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            return fall_back(&format!("cannot reach {}: {e}", socket.display()), fallback).await;
-        }
-        Err(_) => {
-            return fall_back(&format!("no answer from {}", socket.display()), fallback).await;
-        }
+    let mut stream = match connect(&socket).await {
+        Ok(stream) => stream,
+        Err(reason) => return fall_back(&reason, fallback).await,
     };
+    let mut plan = Plan::default();
+    loop {
+        let reason = match wait_for_release(stream, container, &mut plan).await {
+            Ended::Released => return ExitCode::SUCCESS,
+            Ended::Lost(reason) => reason,
+        };
+        let Some(hold) = plan.hold_until().filter(|h| *h > Instant::now()) else {
+            warn!(container, "{reason}; letting the container stop");
+            return ExitCode::SUCCESS;
+        };
+        warn!(
+            container,
+            "{reason}; holding the container until the deregister phase's planned end, reconnecting meanwhile"
+        );
+        match reconnect(&socket, hold).await {
+            Some(again) => {
+                info!(container, "reached the sidecar again");
+                stream = again;
+            }
+            None => {
+                warn!(
+                    container,
+                    "the deregister phase's planned end passed without the sidecar; letting the container stop"
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}
+
+/// What the sidecar announced in `accepted`.
+#[derive(Debug, Default)]
+struct Plan {
+    /// The first release deadline (plus slack): the hook never waits past it.
+    give_up: Option<Instant>,
+    /// The planned end of the deregister phase.
+    deregister_end: Option<Instant>,
+}
+
+impl Plan {
+    fn accepted(&mut self, release_by_unix_ms: u64, deregister_end_unix_ms: Option<u64>) {
+        let give_up = instant_of_unix_ms(release_by_unix_ms) + RELEASE_SLACK;
+        // A sidecar that lost its state would announce a later deadline than the kubelet's.
+        self.give_up = Some(self.give_up.map_or(give_up, |first| first.min(give_up)));
+        if let Some(end) = deregister_end_unix_ms {
+            self.deregister_end = Some(instant_of_unix_ms(end));
+        }
+    }
+
+    /// How long to keep the container when the sidecar is gone.
+    fn hold_until(&self) -> Option<Instant> {
+        match (self.deregister_end, self.give_up) {
+            (Some(end), Some(give_up)) => Some(end.min(give_up)),
+            _ => None,
+        }
+    }
+}
+
+/// How one connection to the sidecar ended.
+enum Ended {
+    /// The container may stop: released, or the deadline passed.
+    Released,
+    /// The sidecar went away (or never answered the request).
+    Lost(String),
+}
+
+async fn connect(socket: &Path) -> Result<UnixStream, String> {
+    match timeout(CONNECT_TIMEOUT, UnixStream::connect(socket)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("cannot reach {}: {e}", socket.display())),
+        Err(_) => Err(format!("no answer from {}", socket.display())),
+    }
+}
+
+/// Tries to reach the sidecar until `until`.
+async fn reconnect(socket: &Path, until: Instant) -> Option<UnixStream> {
+    while Instant::now() < until {
+        if let Ok(Ok(stream)) = timeout(
+            until.saturating_duration_since(Instant::now()),
+            UnixStream::connect(socket),
+        )
+        .await
+        {
+            return Some(stream);
+        }
+        tokio::select! {
+            _ = sleep(RECONNECT_INTERVAL) => {}
+            _ = sleep_until(until) => return None,
+        }
+    }
+    None
+}
+
+/// Sends `prestop` and waits for `release` on one connection.
+async fn wait_for_release(stream: UnixStream, container: &str, plan: &mut Plan) -> Ended {
     let (read, mut write) = stream.into_split();
     let request = ControlRequest::Prestop {
         container: container.to_owned(),
     };
     if let Err(e) = write.write_all(&encode_line(&request)).await {
-        return fall_back(&format!("the sidecar closed the connection: {e}"), fallback).await;
+        return Ended::Lost(format!("the sidecar closed the connection: {e}"));
     }
     let mut lines = LineReader::new(read);
-    // Until the sidecar states its deadline, wait no longer than the connect timeout.
-    let mut give_up = Instant::now() + CONNECT_TIMEOUT;
     loop {
+        // Until the sidecar states its deadline, wait no longer than the connect timeout.
+        let give_up = plan
+            .give_up
+            .unwrap_or_else(|| Instant::now() + CONNECT_TIMEOUT);
         let line = tokio::select! {
             line = lines.next_line() => line,
             _ = sleep_until(give_up) => {
                 warn!(container, "no release from the sidecar in time; letting the container stop");
-                return ExitCode::SUCCESS;
+                return Ended::Released;
             }
         };
         match line.map(|l| l.map(|l| decode_line::<ControlReply>(&l))) {
-            Ok(Some(Ok(ControlReply::Accepted { release_by_unix_ms, .. }))) => {
-                give_up = instant_of_unix_ms(release_by_unix_ms) + RELEASE_SLACK;
-            }
+            Ok(Some(Ok(ControlReply::Accepted {
+                release_by_unix_ms,
+                deregister_end_unix_ms,
+            }))) => plan.accepted(release_by_unix_ms, deregister_end_unix_ms),
             Ok(Some(Ok(ControlReply::Release { outcome }))) => {
                 info!(container, %outcome, "released by the sidecar");
-                return ExitCode::SUCCESS;
+                return Ended::Released;
             }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
@@ -66,15 +168,10 @@ pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCod
                     container,
                     "unreadable reply from the sidecar ({e}); letting the container stop"
                 );
-                return ExitCode::SUCCESS;
+                return Ended::Released;
             }
-            Ok(None) | Err(_) => {
-                warn!(
-                    container,
-                    "the sidecar went away; letting the container stop"
-                );
-                return ExitCode::SUCCESS;
-            }
+            Ok(None) => return Ended::Lost("the sidecar went away".into()),
+            Err(e) => return Ended::Lost(format!("the sidecar connection failed: {e}")),
         }
     }
 }

@@ -4,6 +4,10 @@
 //! `max(quiet period, 3 × recent mean gap between accepts)` and at least `min_delay` has
 //! passed — or at `max_delay`. A trickle of traffic (one request every 2 s, say) therefore
 //! keeps the phase open instead of being mistaken for silence.
+//!
+//! Whatever the rule, the phase ends by the **latest drain start** of the phase budget
+//! ([`latest_drain_start`]): drain and cleanup always keep their share of the time
+//! between T0 and the release deadline.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -57,7 +61,48 @@ impl Accepts {
     }
 }
 
-/// The moment the phase ends given what is known now; never past `deadline`.
+/// Share of the budget kept for drain and cleanup when nothing is learned: one half.
+const UNLEARNED_KEEP: (u32, u32) = (1, 2);
+/// Drain and cleanup never keep less than this share of the budget, whatever was learned.
+const MIN_KEEP: (u32, u32) = (1, 4);
+/// …and never more: the deregister phase may always use at least a quarter of it.
+const MAX_KEEP: (u32, u32) = (3, 4);
+
+fn share(d: Duration, (num, den): (u32, u32)) -> Duration {
+    d * num / den
+}
+
+/// The phase budget: the latest moment `drain` may be sent so that drain and cleanup keep
+/// their time before `deadline`. The time kept is the learned drain + cleanup time
+/// (`learned`, the policy's p99 with its margin, when the webhook passed one) clamped to
+/// between a quarter and three quarters of the budget `deadline − t0`, or half of the
+/// budget when nothing is learned.
+pub fn latest_drain_start(t0: Instant, deadline: Instant, learned: Option<Duration>) -> Instant {
+    let budget = deadline.saturating_duration_since(t0);
+    let keep = match learned.filter(|l| !l.is_zero()) {
+        Some(learned) => learned.clamp(share(budget, MIN_KEEP), share(budget, MAX_KEEP)),
+        None => share(budget, UNLEARNED_KEEP),
+    };
+    deadline - keep.min(budget)
+}
+
+/// The latest moment the phase can end under `rule`, whatever traffic does: what the
+/// sidecar announces as the planned end, so that a client that loses the sidecar holds on
+/// exactly as long as the sidecar could have.
+pub fn latest_end(rule: Rule, t0: Instant, cap: Instant) -> Instant {
+    let end = match rule {
+        Rule::Fixed(delay) => t0 + delay,
+        Rule::Adaptive {
+            min_delay,
+            max_delay,
+            ..
+        } => t0 + max_delay.max(min_delay),
+    };
+    end.min(cap)
+}
+
+/// The moment the phase ends given what is known now; never past `deadline` (the latest
+/// drain start of the budget).
 pub fn phase_end(rule: Rule, t0: Instant, accepts: &Accepts, deadline: Instant) -> Instant {
     let end = match rule {
         Rule::Fixed(delay) => t0 + delay,
@@ -146,7 +191,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_budget_keeps_drain_and_cleanup_their_share() {
+        let t0 = Instant::now();
+        let deadline = t0 + 28 * S;
+        // Nothing learned: half of the budget.
+        assert_eq!(latest_drain_start(t0, deadline, None), t0 + 14 * S);
+        assert_eq!(latest_drain_start(t0, deadline, Some(Duration::ZERO)), t0 + 14 * S);
+        // Learned 10 s: kept as learned.
+        assert_eq!(latest_drain_start(t0, deadline, Some(10 * S)), t0 + 18 * S);
+        // Learned 1 s: never less than a quarter (7 s).
+        assert_eq!(latest_drain_start(t0, deadline, Some(S)), t0 + 21 * S);
+        // Learned 60 s: never more than three quarters (21 s).
+        assert_eq!(latest_drain_start(t0, deadline, Some(60 * S)), t0 + 7 * S);
+        // A zero budget.
+        assert_eq!(latest_drain_start(t0, t0, None), t0);
+    }
+
+    #[test]
+    fn latest_end_is_the_rules_upper_bound_within_the_cap() {
+        let t0 = Instant::now();
+        assert_eq!(latest_end(adaptive(), t0, t0 + 28 * S), t0 + 15 * S);
+        assert_eq!(latest_end(adaptive(), t0, t0 + 14 * S), t0 + 14 * S);
+        assert_eq!(latest_end(Rule::Fixed(5 * S), t0, t0 + 14 * S), t0 + 5 * S);
+        assert_eq!(latest_end(Rule::Fixed(5 * S), t0, t0 + 2 * S), t0 + 2 * S);
+    }
+
     proptest! {
+        /// Whatever the traffic, the phase never ends after its announced latest end, and
+        /// `drain` always leaves at least a quarter of the budget.
+        #[test]
+        fn the_announced_end_bounds_the_phase(
+            grace_s in 1u64..120,
+            learned_ms in prop::option::of(0u64..200_000),
+            offsets in prop::collection::vec(0u32..120_000, 0..40),
+        ) {
+            let t0 = Instant::now();
+            let deadline = t0 + Duration::from_secs(grace_s);
+            let cap = latest_drain_start(t0, deadline, learned_ms.map(Duration::from_millis));
+            prop_assert!(deadline - cap >= (deadline - t0) / 4);
+            let latest = latest_end(adaptive(), t0, cap);
+            let mut sorted = offsets.clone();
+            sorted.sort_unstable();
+            let mut accepts = Accepts::default();
+            for offset in sorted {
+                accepts.record(t0 + offset * MS);
+                let end = phase_end(adaptive(), t0, &accepts, cap);
+                prop_assert!(end <= latest);
+            }
+        }
+
         #[test]
         fn end_is_within_bounds(offsets in prop::collection::vec(0u32..20_000, 0..40)) {
             let t0 = Instant::now();

@@ -11,6 +11,7 @@ mod deregister;
 mod http_drain;
 mod install;
 mod lines;
+mod persist;
 mod serve;
 mod settings;
 mod state;

@@ -3,7 +3,7 @@
 //! report when SIGTERM arrives.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::lines::LineReader;
 use crate::settings::{DrainMode, Settings, run_dir};
-use crate::state::{AppId, Phase, State};
+use crate::state::{AppId, Persisted, Phase, State};
 
 /// How long a new connection may take to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,8 +42,9 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped after every change, so waiters re-check their condition.
     changed: watch::Sender<u64>,
-    /// The phase announced to applications.
-    phase: watch::Sender<Phase>,
+    /// Where the state is kept for a restarted sidecar, and what was last written there.
+    state_file: PathBuf,
+    written: Mutex<String>,
 }
 
 impl Shared {
@@ -58,15 +59,28 @@ impl Shared {
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let (result, phase) = {
+        let (result, persisted) = {
             let mut state = self.lock();
             let result = f(&mut state);
-            (result, state.phase())
+            (result, state.persisted())
         };
-        self.phase
-            .send_if_modified(|current| std::mem::replace(current, phase) != phase);
+        self.persist(&persisted);
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
         result
+    }
+
+    /// Writes the state file when what a restarted sidecar needs has changed.
+    fn persist(&self, persisted: &Persisted) {
+        let json = serde_json::to_string(persisted).unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if *written == json {
+            return;
+        }
+        match crate::persist::store(&self.state_file, &json) {
+            Ok(()) => *written = json,
+            // The shutdown goes on; only a restart of this container would miss it.
+            Err(e) => warn!("cannot keep the shutdown state: {e}"),
+        }
     }
 }
 
@@ -90,17 +104,37 @@ async fn serve(settings: Settings) -> Result<(), String> {
         signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
     let termination_log = settings.termination_log.clone();
+    let report_max_bytes = settings.report_max_bytes;
+    let state_file = settings.state_file();
     info!(
         grace_seconds = settings.grace.as_secs(),
         drain_mode = ?settings.drain_mode,
         socket = %settings.app_socket().display(),
         "lameduck sidecar ready"
     );
+    // A file left by an earlier run of this container: the kubelet restarted the sidecar
+    // while containers were being stopped. Resume their shutdowns with their own T0.
+    let state = match crate::persist::load(&state_file) {
+        Ok(Some(persisted)) => {
+            State::restore(settings, persisted, std::time::Instant::now(), SystemTime::now())
+        }
+        Ok(None) => State::new(settings),
+        Err(e) => {
+            warn!("starting afresh: {e}");
+            State::new(settings)
+        }
+    };
+    let pending = state.pending();
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new(settings)),
+        state: Mutex::new(state),
         changed: watch::Sender::new(0),
-        phase: watch::Sender::new(Phase::Serving),
+        state_file,
+        written: Mutex::new(String::new()),
     });
+    for container in pending {
+        info!(%container, "resuming the shutdown of a container after a sidecar restart");
+        tokio::spawn(sequence(shared.clone(), container));
+    }
     loop {
         tokio::select! {
             accepted = apps.accept() => match accepted {
@@ -116,7 +150,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         }
     }
     let report = shared.read(State::report);
-    let json = report.to_bounded_json(lameduck_proto::REPORT_MAX_BYTES);
+    let json = report.to_bounded_json(report_max_bytes);
     info!(report = %json, "stopping; writing the termination report");
     if let Err(e) = std::fs::write(&termination_log, &json) {
         // Still exit 0: the report is an observation, not a reason to fail the pod.
@@ -188,10 +222,11 @@ async fn handle_app(stream: UnixStream, shared: Arc<Shared>) {
     {
         return shared.update(|s| s.closed(id, std::time::Instant::now()));
     }
-    let mut phase = shared.phase.subscribe();
+    let mut changed = shared.changed.subscribe();
     let mut announced = Phase::Serving;
     loop {
-        let current = *phase.borrow_and_update();
+        changed.borrow_and_update();
+        let current = shared.read(|s| s.phase_of(id));
         if !announce(&mut write, announced, current).await {
             warn!(%container, pid, "app connection lost while announcing {current:?}");
             return shared.update(|s| s.closed(id, std::time::Instant::now()));
@@ -220,18 +255,32 @@ async fn handle_app(stream: UnixStream, shared: Arc<Shared>) {
                     return shared.update(|s| s.closed(id, std::time::Instant::now()));
                 }
             },
-            _ = phase.changed() => {}
+            _ = changed.changed() => {}
         }
     }
 }
 
 /// Sends what the application has not been told yet; false when the write failed.
 async fn announce<W: AsyncWrite + Unpin>(write: &mut W, announced: Phase, current: Phase) -> bool {
-    if announced == Phase::Serving
-        && current != Phase::Serving
-        && !send(write, &SidecarMessage::Deregister { phase_end_unix_ms: None, deadline_unix_ms: None }).await
-    {
-        return false;
+    if announced == Phase::Serving {
+        let deregister = match current {
+            Phase::Serving => return true,
+            Phase::Deregister {
+                phase_end_unix_ms,
+                deadline_unix_ms,
+            } => SidecarMessage::Deregister {
+                phase_end_unix_ms: Some(phase_end_unix_ms),
+                deadline_unix_ms: Some(deadline_unix_ms),
+            },
+            // Connected after the drain began: the phase is over, its end is now.
+            Phase::Drain { deadline_unix_ms } => SidecarMessage::Deregister {
+                phase_end_unix_ms: None,
+                deadline_unix_ms: Some(deadline_unix_ms),
+            },
+        };
+        if !send(write, &deregister).await {
+            return false;
+        }
     }
     match current {
         Phase::Drain { deadline_unix_ms } if !matches!(announced, Phase::Drain { .. }) => {
@@ -285,19 +334,25 @@ async fn handle_control(stream: UnixStream, shared: Arc<Shared>) {
     }
 }
 
-/// Starts (or joins) the shutdown and answers when `container` may be stopped.
+/// Starts (or joins) `container`'s shutdown and answers when it may be stopped.
 async fn prestop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, container: &str, write: &mut W) {
-    let first = shared.read(|s| s.deadline().is_none());
-    let deadline = shared.update(|s| s.begin(std::time::Instant::now(), SystemTime::now()));
+    let (deadline, first) =
+        shared.update(|s| s.begin(container, std::time::Instant::now(), SystemTime::now()));
     if first {
-        info!(%container, "preStop hook: shutdown begins");
-        tokio::spawn(sequence(shared.clone()));
+        info!(%container, "preStop hook: the container's shutdown begins");
+        tokio::spawn(sequence(shared.clone(), container.to_owned()));
     } else {
-        info!(%container, "preStop hook joins the shutdown");
+        info!(%container, "preStop hook joins the container's shutdown in progress");
     }
-    let release_by_unix_ms = shared.read(|s| s.deadline_unix_ms()).unwrap_or_default();
-    // The hook may have gone away; the shutdown goes on for the others regardless.
-    let _ = send(write, &ControlReply::Accepted { release_by_unix_ms, deregister_end_unix_ms: None }).await;
+    let (release_by_unix_ms, deregister_end_unix_ms) = shared
+        .read(|s| s.plan_unix_ms(container))
+        .unwrap_or_default();
+    let accepted = ControlReply::Accepted {
+        release_by_unix_ms,
+        deregister_end_unix_ms: Some(deregister_end_unix_ms),
+    };
+    // The hook may have gone away; the shutdown goes on regardless.
+    let _ = send(write, &accepted).await;
     let deadline = Instant::from_std(deadline);
     let outcome = loop {
         let mut changed = shared.changed.subscribe();
@@ -308,24 +363,23 @@ async fn prestop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, container: &str, w
             _ = changed.changed() => {}
             _ = sleep_until(deadline) => {
                 break shared.update(|s| {
-                    let now = std::time::Instant::now();
-                    s.expire(now);
+                    s.expire(container, std::time::Instant::now());
                     s.release(container, true).unwrap_or(Outcome::Timeout)
                 });
             }
         }
     };
-    shared.update(|s| s.mark_released(std::time::Instant::now()));
+    shared.update(|s| s.mark_released(container, std::time::Instant::now()));
     info!(%container, %outcome, "releasing the preStop hook");
     let _ = send(write, &ControlReply::Release { outcome }).await;
 }
 
-/// The shutdown sequence: deregister until the phase ends, then drain, then wait for the
-/// applications or the deadline.
-async fn sequence(shared: Arc<Shared>) {
+/// One container's shutdown sequence: deregister until the phase ends, then drain, then
+/// wait for its applications or the deadline.
+async fn sequence(shared: Arc<Shared>, container: String) {
     loop {
         let mut changed = shared.changed.subscribe();
-        let Some(end) = shared.read(State::deregister_end) else {
+        let Some(end) = shared.read(|s| s.deregister_end(&container)) else {
             return;
         };
         let end = Instant::from_std(end);
@@ -337,26 +391,27 @@ async fn sequence(shared: Arc<Shared>) {
             _ = changed.changed() => {}
         }
     }
-    shared.update(|s| s.start_drain(std::time::Instant::now()));
+    shared.update(|s| s.start_drain(&container, std::time::Instant::now()));
     let (mode, port, path, deadline) = shared.read(|s| {
         let settings = s.settings();
         (
             settings.drain_mode,
             settings.http_drain_port,
             settings.http_drain_path.clone(),
-            s.deadline(),
+            s.deadline(&container),
         )
     });
     let Some(deadline) = deadline.map(Instant::from_std) else {
         return;
     };
-    info!("deregister phase over: draining");
+    info!(%container, "deregister phase over: draining");
     if mode == DrainMode::Http {
         let shared = shared.clone();
+        let container = container.clone();
         tokio::spawn(async move {
             let result = match port {
                 Some(port) => timeout(
-                    deadline - Instant::now(),
+                    deadline.saturating_duration_since(Instant::now()),
                     crate::http_drain::call(port, &path),
                 )
                 .await
@@ -364,22 +419,22 @@ async fn sequence(shared: Arc<Shared>) {
                 None => Err("no drain port configured".into()),
             };
             match result {
-                Ok(status) => info!(status, "HTTP drain call answered"),
-                Err(e) => warn!("HTTP drain call failed: {e}"),
+                Ok(status) => info!(%container, status, "HTTP drain call answered"),
+                Err(e) => warn!(%container, "HTTP drain call failed: {e}"),
             }
-            shared.update(|s| s.http_finished(std::time::Instant::now()));
+            shared.update(|s| s.http_finished(&container, std::time::Instant::now()));
         });
     }
     loop {
         let mut changed = shared.changed.subscribe();
-        if shared.read(State::all_finished) {
-            return info!("every app finished");
+        if shared.read(|s| s.all_finished(&container)) {
+            return info!(%container, "every app of the container finished");
         }
         tokio::select! {
             _ = changed.changed() => {}
             _ = sleep_until(deadline) => {
-                warn!("deadline reached before every app acknowledged");
-                return shared.update(|s| s.expire(std::time::Instant::now()));
+                warn!(%container, "deadline reached before every app acknowledged");
+                return shared.update(|s| s.expire(&container, std::time::Instant::now()));
             }
         }
     }

@@ -42,6 +42,10 @@ pub struct Settings {
     pub http_drain_port: Option<u16>,
     /// HTTP drain path (mode http).
     pub http_drain_path: String,
+    /// Time the deregister phase leaves for drain and cleanup, when learned.
+    pub drain_budget: Option<Duration>,
+    /// Bytes of termination message the kubelet keeps for this container.
+    pub report_max_bytes: usize,
     /// Copy the binary to `bin/` at start.
     pub install: bool,
 }
@@ -64,6 +68,11 @@ impl Settings {
     pub fn control_socket(&self) -> PathBuf {
         run_dir(&self.dir).join(names::CONTROL_SOCKET)
     }
+
+    /// Path of the file that keeps the shutdowns in progress across a sidecar restart.
+    pub fn state_file(&self) -> PathBuf {
+        run_dir(&self.dir).join(names::STATE_FILE)
+    }
 }
 
 /// The directory holding the sockets.
@@ -85,6 +94,8 @@ pub(crate) fn test_settings() -> Settings {
         exit_reserve: Duration::from_secs(2),
         http_drain_port: None,
         http_drain_path: "/drain".into(),
+        drain_budget: None,
+        report_max_bytes: lameduck_proto::REPORT_MAX_BYTES,
         install: false,
     }
 }

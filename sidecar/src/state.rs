@@ -1,11 +1,25 @@
-//! The sidecar's view of one pod's shutdown: connected applications, the phase, the
-//! timings. Pure state transitions with explicit clocks, so every rule is unit-tested; the
+//! The sidecar's view of one pod: the connected applications and the shutdowns of its
+//! containers. Pure state transitions with explicit clocks, so every rule is unit-tested; the
 //! I/O shell in `serve` calls these under a mutex and wakes waiters after each change.
+//!
+//! A shutdown belongs to a **container**: the kubelet runs a container's preStop hook
+//! whenever it kills that container — on pod deletion, and also when a liveness or startup
+//! probe fails. So a hook starts the sequence (deregister, drain, cleanup, release) for its
+//! own container's applications only; the other containers keep serving, and a new process
+//! of the container, after its hook returned, is served normally. When the pod is deleted
+//! every container's hook arrives within milliseconds and the per-container sequences run
+//! side by side, which is the pod-level shutdown. A shutdown followed by a new process of
+//! the same container was a container restart: it is archived as a restart record, reported
+//! apart from the pod's own shutdown (docs/protocol.md §4).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lameduck_proto::{AppReport, Outcome, PhasesMs, REPORT_VERSION, TerminationReport};
+use lameduck_proto::{
+    AppReport, ERROR_MAX_CHARS, Outcome, PhasesMs, REPORT_VERSION, RestartReport,
+    TerminationReport, truncate_chars,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::deregister::{self, Accepts, Rule};
 use crate::settings::{DrainMode, Settings};
@@ -13,13 +27,21 @@ use crate::settings::{DrainMode, Settings};
 /// Identifies one application connection.
 pub type AppId = u64;
 
-/// Where the shutdown sequence is; published to every application connection.
+/// Restart records kept (the newest); older ones are only counted.
+const MAX_RESTARTS: usize = 16;
+
+/// Where one application's container is in its shutdown; what the application is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// No preStop hook has run yet.
+    /// No preStop hook has run for the application's container.
     Serving,
-    /// Traffic is draining away from the pod.
-    Deregister,
+    /// Traffic is draining away from the container.
+    Deregister {
+        /// The latest moment the phase ends (Unix ms).
+        phase_end_unix_ms: u64,
+        /// The release deadline (Unix ms).
+        deadline_unix_ms: u64,
+    },
     /// Applications were told to drain, with this deadline (Unix ms).
     Drain {
         /// The deadline sent in `drain`.
@@ -31,6 +53,8 @@ pub enum Phase {
 struct App {
     container: String,
     pid: u32,
+    /// Whether its connection is still open.
+    connected: bool,
     last_total: Option<u64>,
     drained_at: Option<Instant>,
     finished: Option<Finished>,
@@ -45,17 +69,79 @@ struct Finished {
     acknowledged: bool,
 }
 
+/// One container's shutdown, from its preStop hook reaching the sidecar (T0) to the
+/// hook's release.
 #[derive(Debug)]
 struct Shutdown {
     t0: Instant,
     t0_wall: SystemTime,
+    /// Every hook of this container is released by then.
     deadline: Instant,
+    /// The phase budget: `drain` goes out by then whatever traffic does.
+    drain_by: Instant,
     rule: Rule,
     accepts: Accepts,
     deregister_end: Option<Instant>,
     drain_started: Option<Instant>,
     http_finished: Option<Instant>,
-    last_release: Option<Instant>,
+    released: Option<Instant>,
+}
+
+impl Shutdown {
+    /// The monotonic instant `at` as Unix milliseconds, through this shutdown's T0.
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let wall = match at.checked_duration_since(self.t0) {
+            Some(after) => self.t0_wall + after,
+            None => self.t0_wall - self.t0.duration_since(at),
+        };
+        millis(wall.duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+
+    /// The latest end of the deregister phase, as announced.
+    fn planned_end(&self) -> Instant {
+        deregister::latest_end(self.rule, self.t0, self.drain_by)
+    }
+}
+
+/// What survives a restart of the sidecar container, kept in the run directory (the pod's
+/// emptyDir): the shutdowns in progress and the restart records. Applications reconnect.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The shutdowns of the containers, released or not.
+    pub shutdowns: Vec<PersistedShutdown>,
+    /// Restart records so far.
+    #[serde(default)]
+    pub restarts: Vec<RestartReport>,
+    /// Restart records dropped.
+    #[serde(default)]
+    pub restarts_omitted: usize,
+}
+
+/// One container's shutdown as persisted; times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedShutdown {
+    /// The container.
+    pub container: String,
+    /// T0.
+    pub t0: u64,
+    /// Release deadline.
+    pub deadline: u64,
+    /// Latest drain start.
+    pub drain_by: u64,
+    /// Whether the deregister phase is adaptive (else the fixed delay).
+    pub adaptive: bool,
+    /// End of the deregister phase, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_end: Option<u64>,
+    /// Start of the drain, once it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_started: Option<u64>,
+    /// When the HTTP drain call finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_finished: Option<u64>,
+    /// When the hook was released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<u64>,
 }
 
 /// The whole state of one sidecar.
@@ -64,7 +150,9 @@ pub struct State {
     settings: Settings,
     apps: BTreeMap<AppId, App>,
     next_id: AppId,
-    shutdown: Option<Shutdown>,
+    shutdowns: BTreeMap<String, Shutdown>,
+    restarts: VecDeque<RestartReport>,
+    restarts_omitted: usize,
 }
 
 impl State {
@@ -74,7 +162,9 @@ impl State {
             settings,
             apps: BTreeMap::new(),
             next_id: 0,
-            shutdown: None,
+            shutdowns: BTreeMap::new(),
+            restarts: VecDeque::new(),
+            restarts_omitted: 0,
         }
     }
 
@@ -83,12 +173,27 @@ impl State {
         &self.settings
     }
 
-    /// Registers an application after its `hello`.
+    /// Registers an application after its `hello`. A process of a container whose hook was
+    /// already released is that container's restart: the finished shutdown is archived and
+    /// the new process is served normally. Entries of the container's earlier processes
+    /// that finished or went away are dropped, so they cannot decide a later outcome.
     pub fn register(&mut self, container: &str, pid: u32) -> AppId {
+        if self
+            .shutdowns
+            .get(container)
+            .is_some_and(|s| s.released.is_some())
+        {
+            self.archive(container);
+        }
+        if !self.shutdowns.contains_key(container) {
+            self.apps
+                .retain(|_, a| a.container != container || (a.connected && a.finished.is_none()));
+        }
         self.next_id += 1;
         let app = App {
             container: container.to_owned(),
             pid,
+            connected: true,
             last_total: None,
             drained_at: None,
             finished: None,
@@ -97,56 +202,120 @@ impl State {
         self.next_id
     }
 
-    /// The phase to announce to applications.
-    pub fn phase(&self) -> Phase {
-        match &self.shutdown {
-            None => Phase::Serving,
-            Some(s) if s.drain_started.is_none() => Phase::Deregister,
-            Some(s) => Phase::Drain {
-                deadline_unix_ms: unix_ms(s.t0_wall, s.deadline - s.t0),
-            },
+    /// Moves a container's finished shutdown into the restart records.
+    fn archive(&mut self, container: &str) {
+        let Some(shutdown) = self.shutdowns.remove(container) else {
+            return;
+        };
+        let apps: Vec<&App> = self
+            .apps
+            .values()
+            .filter(|a| a.container == container)
+            .collect();
+        let summary = summarize(&[&shutdown], &apps);
+        let outcome = if apps.is_empty() {
+            Outcome::NoApp
+        } else {
+            worst_of(&apps, true)
+        };
+        self.restarts.push_back(RestartReport {
+            container: container.to_owned(),
+            t0: rfc3339(shutdown.t0_wall),
+            outcome,
+            phases_ms: summary.phases_ms,
+            released_ms: summary.released_ms,
+        });
+        while self.restarts.len() > MAX_RESTARTS {
+            self.restarts.pop_front();
+            self.restarts_omitted += 1;
         }
     }
 
-    /// Starts the shutdown (T0) if it has not started; returns the hard deadline by which
-    /// every preStop hook is released.
-    pub fn begin(&mut self, now: Instant, now_wall: SystemTime) -> Instant {
-        if self.shutdown.is_none() {
-            let connected = self.apps.values().any(|a| a.finished.is_none());
-            let s = &self.settings;
-            let rule = match s.drain_mode {
-                DrainMode::Auto if connected => Rule::Adaptive {
-                    min_delay: s.min_delay,
-                    quiet_period: s.quiet_period,
-                    max_delay: s.max_delay,
-                },
-                _ => Rule::Fixed(s.delay),
-            };
-            self.shutdown = Some(Shutdown {
+    /// The shutdown an application takes part in: its container's, or for an application
+    /// that did not say its container, the first shutdown of any container.
+    fn shutdown_of(&self, app: &App) -> Option<&Shutdown> {
+        if app.container.is_empty() {
+            self.shutdowns.values().min_by_key(|s| s.t0)
+        } else {
+            self.shutdowns.get(&app.container)
+        }
+    }
+
+    /// The phase to announce to application `id`.
+    pub fn phase_of(&self, id: AppId) -> Phase {
+        let Some(s) = self.apps.get(&id).and_then(|a| self.shutdown_of(a)) else {
+            return Phase::Serving;
+        };
+        let deadline_unix_ms = s.unix_ms(s.deadline);
+        if s.drain_started.is_none() {
+            Phase::Deregister {
+                phase_end_unix_ms: s.unix_ms(s.planned_end()),
+                deadline_unix_ms,
+            }
+        } else {
+            Phase::Drain { deadline_unix_ms }
+        }
+    }
+
+    /// Starts `container`'s shutdown (its T0), or joins the one in progress. Returns the
+    /// hard deadline by which the hook is released, and whether this call started it.
+    pub fn begin(&mut self, container: &str, now: Instant, now_wall: SystemTime) -> (Instant, bool) {
+        match self.shutdowns.get(container) {
+            Some(s) if s.released.is_none() => return (s.deadline, false),
+            // A second kill of a container whose new process never connected.
+            Some(_) => self.archive(container),
+            None => {}
+        }
+        let s = &self.settings;
+        let connected = self
+            .apps
+            .values()
+            .any(|a| a.container == container && a.connected && a.finished.is_none());
+        let rule = rule(s, connected);
+        let deadline = now + s.release_budget();
+        let drain_by = deregister::latest_drain_start(now, deadline, s.drain_budget);
+        self.shutdowns.insert(
+            container.to_owned(),
+            Shutdown {
                 t0: now,
                 t0_wall: now_wall,
-                deadline: now + s.release_budget(),
+                deadline,
+                drain_by,
                 rule,
                 accepts: Accepts::default(),
                 deregister_end: None,
                 drain_started: None,
                 http_finished: None,
-                last_release: None,
-            });
+                released: None,
+            },
+        );
+        // Activity before T0 is no baseline for growth after it.
+        for app in self.apps.values_mut().filter(|a| a.container == container) {
+            app.last_total = None;
         }
-        self.deadline().unwrap_or(now)
+        (deadline, true)
     }
 
-    /// The hard deadline, once the shutdown began.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.shutdown.as_ref().map(|s| s.deadline)
+    /// `container`'s hard deadline, once its shutdown began.
+    pub fn deadline(&self, container: &str) -> Option<Instant> {
+        self.shutdowns.get(container).map(|s| s.deadline)
     }
 
-    /// The hard deadline as Unix milliseconds.
-    pub fn deadline_unix_ms(&self) -> Option<u64> {
-        self.shutdown
-            .as_ref()
-            .map(|s| unix_ms(s.t0_wall, s.deadline - s.t0))
+    /// `container`'s hard deadline and the latest end of its deregister phase, as Unix
+    /// milliseconds (what the preStop client is told).
+    pub fn plan_unix_ms(&self, container: &str) -> Option<(u64, u64)> {
+        self.shutdowns
+            .get(container)
+            .map(|s| (s.unix_ms(s.deadline), s.unix_ms(s.planned_end())))
+    }
+
+    /// Containers whose shutdown is in progress (hook not released yet).
+    pub fn pending(&self) -> Vec<String> {
+        self.shutdowns
+            .iter()
+            .filter(|(_, s)| s.released.is_none())
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Records an `activity` message.
@@ -156,11 +325,18 @@ impl State {
         };
         let grew = app.last_total.is_some_and(|last| accepted_total > last);
         app.last_total = Some(accepted_total);
-        if let Some(s) = &mut self.shutdown {
-            // Only accepts while deregistering measure the load balancers' lag.
-            if grew && s.drain_started.is_none() {
-                s.accepts.record(now);
-            }
+        if !grew {
+            return;
+        }
+        let container = app.container.clone();
+        let shutdown = if container.is_empty() {
+            self.shutdowns.values_mut().min_by_key(|s| s.t0)
+        } else {
+            self.shutdowns.get_mut(&container)
+        };
+        // Only accepts while deregistering measure the load balancers' lag.
+        if let Some(s) = shutdown.filter(|s| s.drain_started.is_none()) {
+            s.accepts.record(now);
         }
     }
 
@@ -171,50 +347,66 @@ impl State {
         }
     }
 
-    /// Records `done`.
+    /// Records `done`; the sidecar closes the connection after it.
     pub fn done(&mut self, id: AppId, ok: bool, error: Option<String>, now: Instant) {
-        if let Some(app) = self.apps.get_mut(&id).filter(|a| a.finished.is_none()) {
-            let outcome = if ok {
-                Outcome::Acked
-            } else {
-                Outcome::AppError
-            };
-            app.finished = Some(Finished {
-                outcome,
-                error,
-                at: now,
-                acknowledged: true,
-            });
+        if let Some(app) = self.apps.get_mut(&id) {
+            app.connected = false;
+            if app.finished.is_none() {
+                let outcome = if ok {
+                    Outcome::Acked
+                } else {
+                    Outcome::AppError
+                };
+                // Capped on arrival: a long error text must not crowd the report out.
+                let error = error.map(|mut e| {
+                    truncate_chars(&mut e, ERROR_MAX_CHARS);
+                    e
+                });
+                app.finished = Some(Finished {
+                    outcome,
+                    error,
+                    at: now,
+                    acknowledged: true,
+                });
+            }
         }
     }
 
-    /// Records that a connection closed. Before any shutdown the application simply goes
-    /// away (a restarted process reconnects); during one it is `disconnected`.
+    /// Records that a connection closed. Outside a shutdown of its container the
+    /// application simply goes away (a restarted process reconnects); during one it is
+    /// `disconnected`.
     pub fn closed(&mut self, id: AppId, now: Instant) {
-        if self.shutdown.is_none() {
+        let in_shutdown = self
+            .apps
+            .get(&id)
+            .is_some_and(|a| self.shutdown_of(a).is_some());
+        if !in_shutdown {
             self.apps.remove(&id);
-        } else if let Some(app) = self.apps.get_mut(&id).filter(|a| a.finished.is_none()) {
-            app.finished = Some(Finished {
-                outcome: Outcome::Disconnected,
-                error: None,
-                at: now,
-                acknowledged: false,
-            });
+        } else if let Some(app) = self.apps.get_mut(&id) {
+            app.connected = false;
+            if app.finished.is_none() {
+                app.finished = Some(Finished {
+                    outcome: Outcome::Disconnected,
+                    error: None,
+                    at: now,
+                    acknowledged: false,
+                });
+            }
         }
     }
 
-    /// When the deregister phase ends given what is known now (None before T0).
-    pub fn deregister_end(&self) -> Option<Instant> {
-        let s = self.shutdown.as_ref()?;
+    /// When `container`'s deregister phase ends given what is known now.
+    pub fn deregister_end(&self, container: &str) -> Option<Instant> {
+        let s = self.shutdowns.get(container)?;
         Some(
             s.deregister_end
-                .unwrap_or_else(|| deregister::phase_end(s.rule, s.t0, &s.accepts, s.deadline)),
+                .unwrap_or_else(|| deregister::phase_end(s.rule, s.t0, &s.accepts, s.drain_by)),
         )
     }
 
-    /// Ends the deregister phase and starts the drain; returns false if already started.
-    pub fn start_drain(&mut self, now: Instant) -> bool {
-        match &mut self.shutdown {
+    /// Ends `container`'s deregister phase and starts its drain; false if already started.
+    pub fn start_drain(&mut self, container: &str, now: Instant) -> bool {
+        match self.shutdowns.get_mut(container) {
             Some(s) if s.drain_started.is_none() => {
                 s.deregister_end = Some(now);
                 s.drain_started = Some(now);
@@ -224,16 +416,29 @@ impl State {
         }
     }
 
-    /// Records that the HTTP drain call returned (or failed).
-    pub fn http_finished(&mut self, now: Instant) {
-        if let Some(s) = &mut self.shutdown {
+    /// Records that `container`'s HTTP drain call returned (or failed).
+    pub fn http_finished(&mut self, container: &str, now: Instant) {
+        if let Some(s) = self.shutdowns.get_mut(container) {
             s.http_finished.get_or_insert(now);
         }
     }
 
-    /// At the deadline: every application still running has timed out.
-    pub fn expire(&mut self, now: Instant) {
-        for app in self.apps.values_mut().filter(|a| a.finished.is_none()) {
+    /// The applications `container`'s hook waits for: its own, and those that did not say
+    /// which container they run in.
+    fn apps_of<'a>(&'a self, container: &'a str) -> impl Iterator<Item = &'a App> + 'a {
+        self.apps
+            .values()
+            .filter(move |a| a.container == container || a.container.is_empty())
+    }
+
+    /// At `container`'s deadline: each of its applications still running has timed out.
+    pub fn expire(&mut self, container: &str, now: Instant) {
+        for app in self
+            .apps
+            .values_mut()
+            .filter(|a| a.container == container || a.container.is_empty())
+            .filter(|a| a.finished.is_none())
+        {
             app.finished = Some(Finished {
                 outcome: Outcome::Timeout,
                 error: None,
@@ -243,23 +448,15 @@ impl State {
         }
     }
 
-    /// Whether every registered application finished.
-    pub fn all_finished(&self) -> bool {
-        self.apps.values().all(|a| a.finished.is_some())
-    }
-
-    /// The applications a container's preStop hook waits for: its own, and those that did
-    /// not say which container they run in.
-    fn apps_of<'a>(&'a self, container: &'a str) -> impl Iterator<Item = &'a App> + 'a {
-        self.apps
-            .values()
-            .filter(move |a| a.container == container || a.container.is_empty())
+    /// Whether every application of `container` finished.
+    pub fn all_finished(&self, container: &str) -> bool {
+        self.apps_of(container).all(|a| a.finished.is_some())
     }
 
     /// The outcome with which `container`'s preStop hook may return now, or None to keep
     /// waiting. `at_deadline` forces an answer.
     pub fn release(&self, container: &str, at_deadline: bool) -> Option<Outcome> {
-        let s = self.shutdown.as_ref()?;
+        let s = self.shutdowns.get(container)?;
         let drain_started = s.drain_started.is_some();
         let http_pending = self.settings.drain_mode == DrainMode::Http && s.http_finished.is_none();
         let mut any = false;
@@ -293,17 +490,20 @@ impl State {
         }
     }
 
-    /// Records that a preStop hook was released at `now` (for `released_ms`).
-    pub fn mark_released(&mut self, now: Instant) {
-        if let Some(s) = &mut self.shutdown {
-            s.last_release = Some(s.last_release.map_or(now, |last| last.max(now)));
+    /// Records that `container`'s hook was released at `now`.
+    pub fn mark_released(&mut self, container: &str, now: Instant) {
+        if let Some(s) = self.shutdowns.get_mut(container) {
+            s.released = Some(s.released.map_or(now, |last| last.max(now)));
         }
     }
 
-    /// The termination report as it stands.
+    /// The termination report as it stands: the pod's own shutdown (every container
+    /// shutdown not followed by a restart), and the restart records.
     pub fn report(&self) -> TerminationReport {
         let grace_seconds = self.settings.grace.as_secs();
-        let Some(s) = &self.shutdown else {
+        let restarts: Vec<RestartReport> = self.restarts.iter().cloned().collect();
+        let shutdowns: Vec<&Shutdown> = self.shutdowns.values().collect();
+        if shutdowns.is_empty() {
             return TerminationReport {
                 v: REPORT_VERSION,
                 t0: None,
@@ -314,218 +514,217 @@ impl State {
                 released_ms: None,
                 apps: Vec::new(),
                 apps_omitted: 0,
-                restarts: Vec::new(),
-                restarts_omitted: 0,
+                restarts,
+                restarts_omitted: self.restarts_omitted,
             };
+        }
+        let apps: Vec<&App> = self.apps.values().collect();
+        let summary = summarize(&shutdowns, &apps);
+        let http_pending = self.settings.drain_mode == DrainMode::Http
+            && shutdowns.iter().any(|s| s.http_finished.is_none());
+        let mut outcome = if apps.is_empty() {
+            Outcome::NoApp
+        } else {
+            apps.iter().fold(Outcome::Acked, |worst, a| {
+                worst.worst(self.report_outcome(a))
+            })
         };
-        let since_t0 = |at: Instant| millis(at.saturating_duration_since(s.t0));
-        let acked: Vec<&App> = self
-            .apps
-            .values()
-            .filter(|a| a.finished.as_ref().is_some_and(|f| f.acknowledged))
-            .collect();
-        let last_done = acked
-            .iter()
-            .filter_map(|a| a.finished.as_ref().map(|f| f.at))
-            .max();
-        let last_drained = acked
-            .iter()
-            .map(|a| a.drained_at.or(a.finished.as_ref().map(|f| f.at)))
-            .max()
-            .flatten();
-        let drain_end = match (last_drained, s.http_finished) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
+        if http_pending {
+            outcome = outcome.worst(Outcome::Timeout);
+        }
+        TerminationReport {
+            v: REPORT_VERSION,
+            t0: Some(rfc3339(summary.t0_wall)),
+            grace_seconds,
+            outcome,
+            phases_ms: summary.phases_ms,
+            last_accept_ms: summary.last_accept_ms,
+            released_ms: summary.released_ms,
+            apps: apps
+                .iter()
+                .map(|a| AppReport {
+                    container: a.container.clone(),
+                    pid: Some(a.pid),
+                    outcome: self.report_outcome(a),
+                    error: a.finished.as_ref().and_then(|f| f.error.clone()),
+                })
+                .collect(),
+            apps_omitted: 0,
+            restarts,
+            restarts_omitted: self.restarts_omitted,
+        }
+    }
+
+    /// An application's outcome in the report: still running means it timed out when its
+    /// container was being stopped, and was never asked to stop otherwise.
+    fn report_outcome(&self, app: &App) -> Outcome {
+        match (&app.finished, self.shutdown_of(app)) {
+            (Some(f), _) => f.outcome,
+            (None, Some(_)) => Outcome::Timeout,
+            (None, None) => Outcome::NoPrestop,
+        }
+    }
+
+    /// What a restarted sidecar needs to resume.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            shutdowns: self
+                .shutdowns
+                .iter()
+                .map(|(container, s)| PersistedShutdown {
+                    container: container.clone(),
+                    t0: s.unix_ms(s.t0),
+                    deadline: s.unix_ms(s.deadline),
+                    drain_by: s.unix_ms(s.drain_by),
+                    adaptive: matches!(s.rule, Rule::Adaptive { .. }),
+                    deregister_end: s.deregister_end.map(|at| s.unix_ms(at)),
+                    drain_started: s.drain_started.map(|at| s.unix_ms(at)),
+                    http_finished: s.http_finished.map(|at| s.unix_ms(at)),
+                    released: s.released.map(|at| s.unix_ms(at)),
+                })
+                .collect(),
+            restarts: self.restarts.iter().cloned().collect(),
+            restarts_omitted: self.restarts_omitted,
+        }
+    }
+
+    /// A sidecar resuming what an earlier run of its container persisted. A deregister
+    /// phase in progress counts the restart as traffic: it lasts at least one more quiet
+    /// period, which gives the applications time to reconnect and report.
+    pub fn restore(settings: Settings, persisted: Persisted, now: Instant, now_wall: SystemTime) -> Self {
+        let mut state = State::new(settings);
+        let now_ms = millis(now_wall.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let at = |unix_ms: u64| -> Instant {
+            if unix_ms <= now_ms {
+                now.checked_sub(Duration::from_millis(now_ms - unix_ms))
+                    .unwrap_or(now)
+            } else {
+                now + Duration::from_millis(unix_ms - now_ms)
+            }
         };
-        let phases_ms = PhasesMs {
-            deregister: s.deregister_end.map(since_t0),
-            drain: s
-                .drain_started
+        for p in persisted.shutdowns {
+            let t0 = at(p.t0);
+            let mut accepts = Accepts::default();
+            if p.drain_started.is_none() {
+                accepts.record(now);
+            }
+            let shutdown = Shutdown {
+                t0,
+                t0_wall: UNIX_EPOCH + Duration::from_millis(p.t0),
+                deadline: at(p.deadline),
+                drain_by: at(p.drain_by),
+                rule: rule(&state.settings, p.adaptive),
+                accepts,
+                deregister_end: p.deregister_end.map(at),
+                drain_started: p.drain_started.map(at),
+                http_finished: p.http_finished.map(at),
+                released: p.released.map(at),
+            };
+            state.shutdowns.insert(p.container, shutdown);
+        }
+        state.restarts = persisted.restarts.into();
+        state.restarts_omitted = persisted.restarts_omitted;
+        state
+    }
+}
+
+/// The deregister rule for a container with or without a connected application.
+fn rule(s: &Settings, connected: bool) -> Rule {
+    match s.drain_mode {
+        DrainMode::Auto if connected => Rule::Adaptive {
+            min_delay: s.min_delay,
+            quiet_period: s.quiet_period,
+            max_delay: s.max_delay,
+        },
+        _ => Rule::Fixed(s.delay),
+    }
+}
+
+/// The worst outcome of some applications; `unfinished_is_timeout` says what one still
+/// running counts as.
+fn worst_of(apps: &[&App], unfinished_is_timeout: bool) -> Outcome {
+    apps.iter().fold(Outcome::Acked, |worst, a| {
+        let outcome = match &a.finished {
+            Some(f) => f.outcome,
+            None if unfinished_is_timeout => Outcome::Timeout,
+            None => Outcome::Acked,
+        };
+        worst.worst(outcome)
+    })
+}
+
+/// Timings of one or more container shutdowns, relative to the first T0.
+struct Summary {
+    t0_wall: SystemTime,
+    phases_ms: PhasesMs,
+    last_accept_ms: Option<u64>,
+    released_ms: Option<u64>,
+}
+
+/// Phases over `shutdowns` (non-empty) and the applications `apps` that took part:
+/// deregister ends with the last container's, drain runs from the first `drain` to the last
+/// `drained` (or HTTP answer), cleanup from there to the last `done`.
+fn summarize(shutdowns: &[&Shutdown], apps: &[&App]) -> Summary {
+    let first = shutdowns
+        .iter()
+        .min_by_key(|s| s.t0)
+        .expect("summarize needs a shutdown");
+    let t0 = first.t0;
+    let since_t0 = |at: Instant| millis(at.saturating_duration_since(t0));
+    let acked: Vec<&&App> = apps
+        .iter()
+        .filter(|a| a.finished.as_ref().is_some_and(|f| f.acknowledged))
+        .collect();
+    let last_done = acked
+        .iter()
+        .filter_map(|a| a.finished.as_ref().map(|f| f.at))
+        .max();
+    let last_drained = acked
+        .iter()
+        .map(|a| a.drained_at.or(a.finished.as_ref().map(|f| f.at)))
+        .max()
+        .flatten();
+    let http_finished = shutdowns.iter().filter_map(|s| s.http_finished).max();
+    let drain_end = match (last_drained, http_finished) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let drain_started = shutdowns.iter().filter_map(|s| s.drain_started).min();
+    Summary {
+        t0_wall: first.t0_wall,
+        phases_ms: PhasesMs {
+            deregister: shutdowns
+                .iter()
+                .filter_map(|s| s.deregister_end)
+                .max()
+                .map(since_t0),
+            drain: drain_started
                 .zip(drain_end)
                 .map(|(start, end)| millis(end.saturating_duration_since(start))),
             cleanup: last_drained
                 .zip(last_done)
                 .map(|(start, end)| millis(end.saturating_duration_since(start))),
-        };
-        let apps: Vec<AppReport> = self
-            .apps
-            .values()
-            .map(|a| AppReport {
-                container: a.container.clone(),
-                pid: Some(a.pid),
-                outcome: a.finished.as_ref().map_or(Outcome::Timeout, |f| f.outcome),
-                error: a.finished.as_ref().and_then(|f| f.error.clone()),
-            })
-            .collect();
-        let outcome = if apps.is_empty() {
-            if self.settings.drain_mode == DrainMode::Http && s.http_finished.is_none() {
-                Outcome::Timeout
-            } else {
-                Outcome::NoApp
-            }
-        } else {
-            apps.iter()
-                .fold(Outcome::Acked, |worst, a| worst.worst(a.outcome))
-        };
-        TerminationReport {
-            v: REPORT_VERSION,
-            t0: Some(humantime::format_rfc3339_millis(s.t0_wall).to_string()),
-            grace_seconds,
-            outcome,
-            phases_ms,
-            last_accept_ms: s.accepts.last().map(since_t0),
-            released_ms: s.last_release.map(since_t0),
-            apps,
-            apps_omitted: 0,
-            restarts: Vec::new(),
-            restarts_omitted: 0,
-        }
+        },
+        last_accept_ms: shutdowns
+            .iter()
+            .filter_map(|s| s.accepts.last())
+            .max()
+            .map(since_t0),
+        released_ms: shutdowns
+            .iter()
+            .filter_map(|s| s.released)
+            .max()
+            .map(since_t0),
     }
+}
+
+fn rfc3339(wall: SystemTime) -> String {
+    humantime::format_rfc3339_millis(wall).to_string()
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn unix_ms(wall: SystemTime, offset: Duration) -> u64 {
-    millis(
-        (wall + offset)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::settings::test_settings;
-
-    const S: Duration = Duration::from_secs(1);
-
-    fn started(state: &mut State) -> Instant {
-        let t0 = Instant::now();
-        state.begin(t0, SystemTime::now());
-        t0
-    }
-
-    #[test]
-    fn acked_app_releases_its_container_with_timings() {
-        let mut state = State::new(test_settings());
-        let web = state.register("web", 10);
-        let t0 = started(&mut state);
-        assert_eq!(state.phase(), Phase::Deregister);
-        state.activity(web, 5, t0);
-        state.activity(web, 6, t0 + S / 2);
-        assert_eq!(state.deregister_end(), Some(t0 + S / 2 + S));
-        assert_eq!(state.release("web", false), None);
-        assert!(state.start_drain(t0 + 2 * S));
-        assert!(matches!(state.phase(), Phase::Drain { .. }));
-        state.drained(web, t0 + 3 * S);
-        assert_eq!(state.release("web", false), None);
-        state.done(web, true, None, t0 + 5 * S);
-        assert_eq!(state.release("web", false), Some(Outcome::Acked));
-        state.mark_released(t0 + 5 * S);
-        let report = state.report();
-        assert_eq!(report.outcome, Outcome::Acked);
-        assert_eq!(
-            report.phases_ms,
-            PhasesMs {
-                deregister: Some(2000),
-                drain: Some(1000),
-                cleanup: Some(2000)
-            }
-        );
-        assert_eq!(report.last_accept_ms, Some(500));
-        assert_eq!(report.released_ms, Some(5000));
-    }
-
-    #[test]
-    fn each_container_waits_for_its_own_apps() {
-        let mut state = State::new(test_settings());
-        let a = state.register("a", 1);
-        let _b = state.register("b", 2);
-        let t0 = started(&mut state);
-        state.start_drain(t0 + S);
-        state.done(a, true, None, t0 + 2 * S);
-        assert_eq!(state.release("a", false), Some(Outcome::Acked));
-        assert_eq!(state.release("b", false), None);
-        assert_eq!(state.release("c", false), Some(Outcome::NoApp));
-        state.expire(t0 + 28 * S);
-        assert_eq!(state.release("b", true), Some(Outcome::Timeout));
-        assert_eq!(state.report().outcome, Outcome::Timeout);
-    }
-
-    #[test]
-    fn without_apps_the_fixed_delay_applies() {
-        let mut state = State::new(test_settings());
-        let t0 = started(&mut state);
-        assert_eq!(state.deregister_end(), Some(t0 + 5 * S));
-        assert_eq!(state.release("web", false), None);
-        state.start_drain(t0 + 5 * S);
-        assert_eq!(state.release("web", false), Some(Outcome::NoApp));
-        assert_eq!(state.report().outcome, Outcome::NoApp);
-    }
-
-    #[test]
-    fn http_mode_waits_for_the_call() {
-        let mut settings = test_settings();
-        settings.drain_mode = DrainMode::Http;
-        let mut state = State::new(settings);
-        let t0 = started(&mut state);
-        state.start_drain(t0 + 5 * S);
-        assert_eq!(state.release("web", false), None);
-        state.http_finished(t0 + 6 * S);
-        assert_eq!(state.release("web", false), Some(Outcome::NoApp));
-        assert_eq!(state.report().phases_ms.drain, Some(1000));
-    }
-
-    #[test]
-    fn disconnects_before_the_shutdown_are_forgotten_during_it_reported() {
-        let mut state = State::new(test_settings());
-        let gone = state.register("web", 1);
-        state.closed(gone, Instant::now());
-        let crashed = state.register("web", 2);
-        let t0 = started(&mut state);
-        state.start_drain(t0 + S);
-        state.closed(crashed, t0 + 2 * S);
-        assert_eq!(state.release("web", false), Some(Outcome::Disconnected));
-        let report = state.report();
-        assert_eq!(report.apps.len(), 1);
-        assert_eq!(report.outcome, Outcome::Disconnected);
-        assert_eq!(
-            report.phases_ms.cleanup, None,
-            "no acknowledged app, no cleanup timing"
-        );
-    }
-
-    #[test]
-    fn app_errors_are_reported_with_their_text() {
-        let mut state = State::new(test_settings());
-        let web = state.register("web", 1);
-        let t0 = started(&mut state);
-        state.start_drain(t0);
-        state.done(web, false, Some("flush: disk full".into()), t0 + S);
-        assert_eq!(state.release("web", false), Some(Outcome::AppError));
-        assert_eq!(
-            state.report().apps[0].error.as_deref(),
-            Some("flush: disk full")
-        );
-    }
-
-    #[test]
-    fn no_prestop_report() {
-        let state = State::new(test_settings());
-        let report = state.report();
-        assert_eq!(report.outcome, Outcome::NoPrestop);
-        assert!(report.t0.is_none());
-    }
-
-    #[test]
-    fn begin_is_idempotent() {
-        let mut state = State::new(test_settings());
-        let t0 = Instant::now();
-        let deadline = state.begin(t0, SystemTime::now());
-        assert_eq!(deadline, t0 + 28 * S);
-        assert_eq!(state.begin(t0 + S, SystemTime::now()), deadline);
-    }
-}
+mod tests;

@@ -319,14 +319,19 @@ fn bad_input_drops_only_that_connection() {
 
 #[test]
 fn late_connecting_app_is_told_the_current_phase() {
-    let sidecar = Sidecar::start(30, &["--delay-millis", "300"]);
+    let sidecar = Sidecar::start(30, &["--drain-mode", "delay", "--delay-millis", "300"]);
+    let mut first = RawApp::hello(&sidecar, "web");
     let mut hook = sidecar.exec_prestop("web");
-    thread::sleep(Duration::from_millis(500));
-    let mut app = RawApp::hello(&sidecar, "web");
-    app.expect("deregister");
-    let drain = app.expect("drain");
+    first.expect("deregister");
+    first.expect("drain");
+    // A second process of the container connects while the hook still waits.
+    let mut late = RawApp::hello(&sidecar, "web");
+    let deregister = late.expect("deregister");
+    let drain = late.expect("drain");
     assert!(drain["deadline_unix_ms"].as_u64().is_some());
-    app.send(json!({"type":"done","ok":true}));
+    assert_eq!(deregister["deadline_unix_ms"], drain["deadline_unix_ms"]);
+    late.send(json!({"type":"done","ok":true}));
+    first.send(json!({"type":"done","ok":true}));
     hook.wait(Instant::now() + Duration::from_secs(5))
         .expect("hook hung");
 }

@@ -1,0 +1,343 @@
+use super::*;
+use crate::settings::test_settings;
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn begin(state: &mut State, container: &str) -> Instant {
+    let t0 = Instant::now();
+    let (_, first) = state.begin(container, t0, SystemTime::now());
+    assert!(first);
+    t0
+}
+
+fn is_deregistering(phase: Phase) -> bool {
+    matches!(phase, Phase::Deregister { .. })
+}
+
+#[test]
+fn acked_app_releases_its_container_with_timings() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 10);
+    state.activity(web, 5, Instant::now());
+    let t0 = begin(&mut state, "web");
+    assert!(is_deregistering(state.phase_of(web)));
+    state.activity(web, 5, t0);
+    state.activity(web, 6, t0 + S / 2);
+    assert_eq!(state.deregister_end("web"), Some(t0 + S / 2 + S));
+    assert_eq!(state.release("web", false), None);
+    assert!(state.start_drain("web", t0 + 2 * S));
+    assert!(matches!(state.phase_of(web), Phase::Drain { .. }));
+    state.drained(web, t0 + 3 * S);
+    assert_eq!(state.release("web", false), None);
+    state.done(web, true, None, t0 + 5 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::Acked));
+    state.mark_released("web", t0 + 5 * S);
+    let report = state.report();
+    assert_eq!(report.outcome, Outcome::Acked);
+    assert_eq!(
+        report.phases_ms,
+        PhasesMs {
+            deregister: Some(2000),
+            drain: Some(1000),
+            cleanup: Some(2000)
+        }
+    );
+    assert_eq!(report.last_accept_ms, Some(500));
+    assert_eq!(report.released_ms, Some(5000));
+    assert!(report.restarts.is_empty());
+}
+
+#[test]
+fn a_hook_stops_only_its_own_container() {
+    let mut state = State::new(test_settings());
+    let a = state.register("a", 1);
+    let b = state.register("b", 2);
+    let t0 = begin(&mut state, "a");
+    assert!(is_deregistering(state.phase_of(a)));
+    assert_eq!(state.phase_of(b), Phase::Serving, "b is not being stopped");
+    state.start_drain("a", t0 + S);
+    state.done(a, true, None, t0 + 2 * S);
+    assert_eq!(state.release("a", false), Some(Outcome::Acked));
+    assert_eq!(state.release("b", false), None, "no hook for b");
+    assert_eq!(state.phase_of(b), Phase::Serving);
+}
+
+#[test]
+fn two_hooks_at_once_each_follow_their_own_apps() {
+    let mut state = State::new(test_settings());
+    let a = state.register("a", 1);
+    let _b = state.register("b", 2);
+    let t0 = begin(&mut state, "a");
+    let (_, first) = state.begin("b", t0 + MS, SystemTime::now());
+    assert!(first);
+    let (_, joined) = state.begin("b", t0 + 2 * MS, SystemTime::now());
+    assert!(!joined, "a second call for the same container joins");
+    state.start_drain("a", t0 + S);
+    state.start_drain("b", t0 + S);
+    state.done(a, true, None, t0 + 2 * S);
+    assert_eq!(state.release("a", false), Some(Outcome::Acked));
+    assert_eq!(state.release("b", false), None);
+    state.expire("b", t0 + 28 * S);
+    assert_eq!(state.release("b", true), Some(Outcome::Timeout));
+    assert_eq!(state.report().outcome, Outcome::Timeout);
+}
+
+#[test]
+fn a_container_without_an_app_follows_its_own_rule() {
+    // An SDK app in "web", nothing in "proxy": the proxy's hook waits the fixed delay,
+    // not the web app's drain.
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.begin("proxy", t0, SystemTime::now());
+    assert_eq!(state.deregister_end("proxy"), Some(t0 + 5 * S));
+    state.start_drain("web", t0 + S);
+    assert_eq!(state.release("proxy", false), None, "released by its own delay");
+    state.done(web, true, None, t0 + 2 * S);
+    state.start_drain("proxy", t0 + 5 * S);
+    assert_eq!(state.release("proxy", false), Some(Outcome::NoApp));
+}
+
+#[test]
+fn a_restarted_container_is_served_normally_and_reported_apart() {
+    let mut state = State::new(test_settings());
+    let old = state.register("web", 1);
+    let side = state.register("side", 2);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.done(old, true, None, t0 + 2 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::Acked));
+    state.mark_released("web", t0 + 2 * S);
+    // The kubelet SIGTERMs the old process and starts a new one.
+    let new = state.register("web", 7);
+    assert_eq!(state.phase_of(new), Phase::Serving, "the new process serves");
+    assert_eq!(state.phase_of(side), Phase::Serving);
+    let report = state.report();
+    assert_eq!(report.outcome, Outcome::NoPrestop, "the pod itself was not stopped");
+    assert_eq!(report.restarts.len(), 1);
+    let restart = &report.restarts[0];
+    assert_eq!(restart.container, "web");
+    assert_eq!(restart.outcome, Outcome::Acked);
+    assert_eq!(restart.released_ms, Some(2000));
+    assert_eq!(restart.phases_ms.deregister, Some(1000));
+    // Then the pod is deleted: a fresh shutdown of web, with its own T0.
+    let t1 = t0 + 60 * S;
+    let (_, first) = state.begin("web", t1, SystemTime::now());
+    assert!(first);
+    state.begin("side", t1, SystemTime::now());
+    assert!(is_deregistering(state.phase_of(new)));
+    state.start_drain("web", t1 + S);
+    state.start_drain("side", t1 + S);
+    state.done(new, true, None, t1 + 2 * S);
+    state.done(side, true, None, t1 + 2 * S);
+    let report = state.report();
+    assert_eq!(report.outcome, Outcome::Acked, "{report:?}");
+    let pids: Vec<_> = report.apps.iter().map(|a| a.pid).collect();
+    assert_eq!(pids, vec![Some(2), Some(7)], "the old process is gone");
+    assert_eq!(report.restarts.len(), 1);
+}
+
+#[test]
+fn a_second_kill_before_any_new_process_connected_starts_a_new_shutdown() {
+    let mut state = State::new(test_settings());
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + 5 * S);
+    state.mark_released("web", t0 + 5 * S);
+    let (_, first) = state.begin("web", t0 + 60 * S, SystemTime::now());
+    assert!(first, "a released shutdown is over");
+    let report = state.report();
+    assert_eq!(report.restarts.len(), 1);
+    assert_eq!(report.restarts[0].outcome, Outcome::NoApp);
+}
+
+#[test]
+fn entries_of_earlier_processes_are_dropped_when_the_container_says_hello_again() {
+    let mut state = State::new(test_settings());
+    for pid in 1..=3 {
+        let failed = state.register("web", pid);
+        state.done(failed, false, Some("cannot open the database".into()), Instant::now());
+    }
+    let current = state.register("web", 4);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.done(current, true, None, t0 + 2 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::Acked));
+    let report = state.report();
+    assert_eq!(report.outcome, Outcome::Acked, "{report:?}");
+    assert_eq!(report.apps.len(), 1);
+    assert_eq!(report.apps[0].pid, Some(4));
+}
+
+#[test]
+fn activity_before_t0_is_not_the_baseline() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    state.activity(web, 100, Instant::now());
+    let t0 = begin(&mut state, "web");
+    // The first report after T0 is the baseline, even though it is above the one before.
+    state.activity(web, 150, t0 + 10 * MS);
+    assert_eq!(state.report().last_accept_ms, None);
+    state.activity(web, 151, t0 + 400 * MS);
+    assert_eq!(state.report().last_accept_ms, Some(400));
+}
+
+#[test]
+fn steady_traffic_never_eats_the_drain_budget() {
+    // G = 10 s: release by T0 + 8 s, drain by T0 + 4 s whatever the traffic.
+    let mut settings = test_settings();
+    settings.grace = 10 * S;
+    let mut state = State::new(settings);
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    for i in 0..100u64 {
+        state.activity(web, i, t0 + i as u32 * 100 * MS);
+    }
+    assert_eq!(state.deregister_end("web"), Some(t0 + 4 * S));
+    match state.phase_of(web) {
+        Phase::Deregister {
+            phase_end_unix_ms,
+            deadline_unix_ms,
+        } => assert_eq!(deadline_unix_ms - phase_end_unix_ms, 4000),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_learned_drain_budget_is_kept_for_drain_and_cleanup() {
+    let mut settings = test_settings();
+    settings.drain_budget = Some(20 * S);
+    let mut state = State::new(settings);
+    let _web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    // 28 s budget, 20 s learned: drain by T0 + 8 s, below max_delay (15 s).
+    let (deadline, phase_end) = state.plan_unix_ms("web").unwrap();
+    assert_eq!(deadline - phase_end, 20_000);
+    assert_eq!(state.deadline("web"), Some(t0 + 28 * S));
+}
+
+#[test]
+fn without_apps_the_fixed_delay_applies() {
+    let mut state = State::new(test_settings());
+    let t0 = begin(&mut state, "web");
+    assert_eq!(state.deregister_end("web"), Some(t0 + 5 * S));
+    assert_eq!(state.release("web", false), None);
+    state.start_drain("web", t0 + 5 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::NoApp));
+    assert_eq!(state.report().outcome, Outcome::NoApp);
+}
+
+#[test]
+fn http_mode_waits_for_the_call() {
+    let mut settings = test_settings();
+    settings.drain_mode = DrainMode::Http;
+    let mut state = State::new(settings);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + 5 * S);
+    assert_eq!(state.release("web", false), None);
+    state.http_finished("web", t0 + 6 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::NoApp));
+    assert_eq!(state.report().phases_ms.drain, Some(1000));
+}
+
+#[test]
+fn disconnects_outside_a_shutdown_are_forgotten_during_one_reported() {
+    let mut state = State::new(test_settings());
+    let gone = state.register("web", 1);
+    state.closed(gone, Instant::now());
+    let crashed = state.register("web", 2);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.closed(crashed, t0 + 2 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::Disconnected));
+    let report = state.report();
+    assert_eq!(report.apps.len(), 1);
+    assert_eq!(report.outcome, Outcome::Disconnected);
+    assert_eq!(
+        report.phases_ms.cleanup, None,
+        "no acknowledged app, no cleanup timing"
+    );
+}
+
+#[test]
+fn app_errors_are_reported_with_their_text_capped() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0);
+    state.done(web, false, Some("x".repeat(10_000)), t0 + S);
+    assert_eq!(state.release("web", false), Some(Outcome::AppError));
+    let error = state.report().apps[0].error.clone().unwrap();
+    assert_eq!(error.chars().count(), ERROR_MAX_CHARS + 1, "cut, with an ellipsis");
+}
+
+#[test]
+fn no_prestop_report() {
+    let state = State::new(test_settings());
+    let report = state.report();
+    assert_eq!(report.outcome, Outcome::NoPrestop);
+    assert!(report.t0.is_none());
+}
+
+#[test]
+fn begin_joins_the_shutdown_in_progress() {
+    let mut state = State::new(test_settings());
+    let t0 = Instant::now();
+    let (deadline, first) = state.begin("web", t0, SystemTime::now());
+    assert!(first);
+    assert_eq!(deadline, t0 + 28 * S);
+    assert_eq!(state.begin("web", t0 + S, SystemTime::now()), (deadline, false));
+}
+
+#[test]
+fn a_restored_sidecar_resumes_where_the_last_one_stopped() {
+    let mut settings = test_settings();
+    settings.grace = 30 * S;
+    let mut state = State::new(settings.clone());
+    let web = state.register("web", 1);
+    let t0 = Instant::now();
+    let t0_wall = SystemTime::now();
+    state.begin("web", t0, t0_wall);
+    state.activity(web, 1, t0);
+    state.activity(web, 2, t0 + 100 * MS);
+    let before = state.plan_unix_ms("web").unwrap();
+    // Archive a restart record too, to see it survive.
+    let persisted = state.persisted();
+    let json = serde_json::to_string(&persisted).unwrap();
+    let back: Persisted = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, persisted);
+
+    // The new process starts 3 s later (wall clock moved on as much).
+    let now = t0 + 3 * S;
+    let restored = State::restore(settings, back, now, t0_wall + 3 * S);
+    assert_eq!(restored.pending(), vec!["web".to_owned()]);
+    let after = restored.plan_unix_ms("web").unwrap();
+    assert_eq!(before, after, "same deadline and planned end");
+    assert_eq!(restored.deadline("web"), Some(t0 + 28 * S));
+    // The restart counts as traffic: one more quiet period from the restart.
+    assert_eq!(restored.deregister_end("web"), Some(now + S));
+    assert_eq!(restored.report().t0, state.report().t0);
+}
+
+#[test]
+fn restore_keeps_released_shutdowns_and_restart_records() {
+    let mut state = State::new(test_settings());
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.mark_released("web", t0 + S);
+    let _ = state.register("web", 2); // restart: archived
+    let t1 = t0 + 10 * S;
+    state.begin("web", t1, SystemTime::now());
+    state.start_drain("web", t1 + S);
+    state.mark_released("web", t1 + S);
+    let restored = State::restore(
+        test_settings(),
+        state.persisted(),
+        t1 + 2 * S,
+        SystemTime::now(),
+    );
+    assert!(restored.pending().is_empty());
+    let report = restored.report();
+    assert_eq!(report.restarts.len(), 1);
+    assert_eq!(report.released_ms, Some(1000));
+}
