@@ -26,7 +26,8 @@ pub const ERROR_MAX_CHARS: usize = 256;
 /// `containers` containers in all (regular + init + ephemeral): 12288 / containers, at most
 /// 4096, never planned below [`REPORT_MIN_BYTES`].
 pub fn report_budget(containers: usize) -> usize {
-    (POD_TERMINATION_MESSAGES_MAX_BYTES / containers.max(1)).clamp(REPORT_MIN_BYTES, REPORT_MAX_BYTES)
+    (POD_TERMINATION_MESSAGES_MAX_BYTES / containers.max(1))
+        .clamp(REPORT_MIN_BYTES, REPORT_MAX_BYTES)
 }
 
 /// How a shutdown (or one application's part of it) ended.

@@ -197,7 +197,10 @@ mod tests {
         let deadline = t0 + 28 * S;
         // Nothing learned: half of the budget.
         assert_eq!(latest_drain_start(t0, deadline, None), t0 + 14 * S);
-        assert_eq!(latest_drain_start(t0, deadline, Some(Duration::ZERO)), t0 + 14 * S);
+        assert_eq!(
+            latest_drain_start(t0, deadline, Some(Duration::ZERO)),
+            t0 + 14 * S
+        );
         // Learned 10 s: kept as learned.
         assert_eq!(latest_drain_start(t0, deadline, Some(10 * S)), t0 + 18 * S);
         // Learned 1 s: never less than a quarter (7 s).

@@ -115,9 +115,12 @@ async fn serve(settings: Settings) -> Result<(), String> {
     // A file left by an earlier run of this container: the kubelet restarted the sidecar
     // while containers were being stopped. Resume their shutdowns with their own T0.
     let state = match crate::persist::load(&state_file) {
-        Ok(Some(persisted)) => {
-            State::restore(settings, persisted, std::time::Instant::now(), SystemTime::now())
-        }
+        Ok(Some(persisted)) => State::restore(
+            settings,
+            persisted,
+            std::time::Instant::now(),
+            SystemTime::now(),
+        ),
         Ok(None) => State::new(settings),
         Err(e) => {
             warn!("starting afresh: {e}");

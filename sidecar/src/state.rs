@@ -259,7 +259,12 @@ impl State {
 
     /// Starts `container`'s shutdown (its T0), or joins the one in progress. Returns the
     /// hard deadline by which the hook is released, and whether this call started it.
-    pub fn begin(&mut self, container: &str, now: Instant, now_wall: SystemTime) -> (Instant, bool) {
+    pub fn begin(
+        &mut self,
+        container: &str,
+        now: Instant,
+        now_wall: SystemTime,
+    ) -> (Instant, bool) {
         match self.shutdowns.get(container) {
             Some(s) if s.released.is_none() => return (s.deadline, false),
             // A second kill of a container whose new process never connected.
@@ -591,7 +596,12 @@ impl State {
     /// A sidecar resuming what an earlier run of its container persisted. A deregister
     /// phase in progress counts the restart as traffic: it lasts at least one more quiet
     /// period, which gives the applications time to reconnect and report.
-    pub fn restore(settings: Settings, persisted: Persisted, now: Instant, now_wall: SystemTime) -> Self {
+    pub fn restore(
+        settings: Settings,
+        persisted: Persisted,
+        now: Instant,
+        now_wall: SystemTime,
+    ) -> Self {
         let mut state = State::new(settings);
         let now_ms = millis(now_wall.duration_since(UNIX_EPOCH).unwrap_or_default());
         let at = |unix_ms: u64| -> Instant {

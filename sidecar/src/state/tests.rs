@@ -93,7 +93,11 @@ fn a_container_without_an_app_follows_its_own_rule() {
     state.begin("proxy", t0, SystemTime::now());
     assert_eq!(state.deregister_end("proxy"), Some(t0 + 5 * S));
     state.start_drain("web", t0 + S);
-    assert_eq!(state.release("proxy", false), None, "released by its own delay");
+    assert_eq!(
+        state.release("proxy", false),
+        None,
+        "released by its own delay"
+    );
     state.done(web, true, None, t0 + 2 * S);
     state.start_drain("proxy", t0 + 5 * S);
     assert_eq!(state.release("proxy", false), Some(Outcome::NoApp));
@@ -111,10 +115,18 @@ fn a_restarted_container_is_served_normally_and_reported_apart() {
     state.mark_released("web", t0 + 2 * S);
     // The kubelet SIGTERMs the old process and starts a new one.
     let new = state.register("web", 7);
-    assert_eq!(state.phase_of(new), Phase::Serving, "the new process serves");
+    assert_eq!(
+        state.phase_of(new),
+        Phase::Serving,
+        "the new process serves"
+    );
     assert_eq!(state.phase_of(side), Phase::Serving);
     let report = state.report();
-    assert_eq!(report.outcome, Outcome::NoPrestop, "the pod itself was not stopped");
+    assert_eq!(
+        report.outcome,
+        Outcome::NoPrestop,
+        "the pod itself was not stopped"
+    );
     assert_eq!(report.restarts.len(), 1);
     let restart = &report.restarts[0];
     assert_eq!(restart.container, "web");
@@ -156,7 +168,12 @@ fn entries_of_earlier_processes_are_dropped_when_the_container_says_hello_again(
     let mut state = State::new(test_settings());
     for pid in 1..=3 {
         let failed = state.register("web", pid);
-        state.done(failed, false, Some("cannot open the database".into()), Instant::now());
+        state.done(
+            failed,
+            false,
+            Some("cannot open the database".into()),
+            Instant::now(),
+        );
     }
     let current = state.register("web", 4);
     let t0 = begin(&mut state, "web");
@@ -268,7 +285,11 @@ fn app_errors_are_reported_with_their_text_capped() {
     state.done(web, false, Some("x".repeat(10_000)), t0 + S);
     assert_eq!(state.release("web", false), Some(Outcome::AppError));
     let error = state.report().apps[0].error.clone().unwrap();
-    assert_eq!(error.chars().count(), ERROR_MAX_CHARS + 1, "cut, with an ellipsis");
+    assert_eq!(
+        error.chars().count(),
+        ERROR_MAX_CHARS + 1,
+        "cut, with an ellipsis"
+    );
 }
 
 #[test]
@@ -286,7 +307,10 @@ fn begin_joins_the_shutdown_in_progress() {
     let (deadline, first) = state.begin("web", t0, SystemTime::now());
     assert!(first);
     assert_eq!(deadline, t0 + 28 * S);
-    assert_eq!(state.begin("web", t0 + S, SystemTime::now()), (deadline, false));
+    assert_eq!(
+        state.begin("web", t0 + S, SystemTime::now()),
+        (deadline, false)
+    );
 }
 
 #[test]

@@ -62,43 +62,56 @@ pub struct Sidecar {
     pub child: Child,
     pub grace: Duration,
     pub started_to_ready: Duration,
+    args: Vec<String>,
+    /// How many times the container was started (log files are kept per run).
+    runs: usize,
 }
 
 impl Sidecar {
     /// Starts `serve` with `args` added and waits for `probe` to succeed.
     pub fn start(grace_seconds: u64, args: &[&str]) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir");
-        let started = Instant::now();
-        let child = Command::new(sidecar_bin())
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--termination-log")
-            .arg(dir.path().join("termination-log"))
-            .arg("--grace-seconds")
-            .arg(grace_seconds.to_string())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file(dir.path(), "sidecar.log")))
-            .spawn()
-            .expect("spawn the sidecar");
+        let mut all = vec!["--grace-seconds".to_owned(), grace_seconds.to_string()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let child = spawn_sidecar(dir.path(), &all, 1);
         let mut sidecar = Sidecar {
             dir,
             child,
             grace: Duration::from_secs(grace_seconds),
             started_to_ready: Duration::ZERO,
+            args: all,
+            runs: 1,
         };
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    /// SIGKILLs the sidecar (a crash, or the OOM killer); the kubelet may restart it.
+    pub fn kill(&mut self) {
+        signal(self.child.id(), libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// What the kubelet does to a native sidecar that died outside a pod deletion: start
+    /// the container again, same volume, and wait for its startup probe.
+    pub fn restart(&mut self) {
+        self.runs += 1;
+        self.child = spawn_sidecar(self.dir.path(), &self.args, self.runs);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sidecar.probe() {
+        while !self.probe() {
             assert!(
                 Instant::now() < deadline,
                 "the sidecar never became ready:\n{}",
-                sidecar.log()
+                self.log()
             );
             thread::sleep(Duration::from_millis(2));
         }
-        sidecar.started_to_ready = started.elapsed();
-        sidecar
+        self.started_to_ready = started.elapsed();
     }
 
     /// Runs the startup probe once.
@@ -122,9 +135,20 @@ impl Sidecar {
         exec_prestop(self.dir.path(), container, 5000)
     }
 
-    /// The sidecar's log so far.
+    /// The sidecar's log so far, every run of it.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+        (1..=self.runs)
+            .map(|run| {
+                std::fs::read_to_string(self.dir.path().join(sidecar_log(run))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("--- restarted ---\n")
+    }
+
+    /// The raw termination message the last run wrote.
+    pub fn termination_message(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("termination-log"))
+            .unwrap_or_else(|e| panic!("no termination report ({e}):\n{}", self.log()))
     }
 
     /// SIGTERM (the kubelet stops native sidecars after the app containers), then the report.
@@ -151,6 +175,28 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn sidecar_log(run: usize) -> String {
+    if run == 1 {
+        "sidecar.log".to_owned()
+    } else {
+        format!("sidecar-{run}.log")
+    }
+}
+
+fn spawn_sidecar(dir: &Path, args: &[String], run: usize) -> Child {
+    Command::new(sidecar_bin())
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--termination-log")
+        .arg(dir.join("termination-log"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file(dir, &sidecar_log(run))))
+        .spawn()
+        .expect("spawn the sidecar")
 }
 
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
@@ -192,7 +238,9 @@ impl Drop for Hook {
 
 /// Execs `lameduck-sidecar prestop` against `dir`.
 pub fn exec_prestop(dir: &Path, container: &str, fallback_millis: u64) -> Hook {
-    let log = dir.join(format!("prestop-{container}-{}.log", std::process::id()));
+    static HOOKS: AtomicU64 = AtomicU64::new(0);
+    let n = HOOKS.fetch_add(1, Ordering::Relaxed);
+    let log = dir.join(format!("prestop-{container}-{n}.log"));
     let child = Command::new(sidecar_bin())
         .args(["prestop", "--container", container, "--dir"])
         .arg(dir)
@@ -427,6 +475,17 @@ impl RawApp {
     /// Sends one JSON message.
     pub fn send(&mut self, message: serde_json::Value) {
         self.send_raw(format!("{message}\n").as_bytes());
+    }
+
+    /// Reads one message if one arrives within `wait`; None otherwise (or at end of
+    /// stream).
+    pub fn recv_within(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let message = self.recv();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        message
     }
 
     /// Reads one message; None at end of stream (or a reset).
