@@ -5,25 +5,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
-use common::{FakeSidecar, STEP, init_logging, now_unix_ms};
-use lameduck::{Builder, DrainSource, Lameduck};
+use common::{FakeSidecar, STEP, connect_to, http_get, init_logging, now_unix_ms, serve};
+use lameduck::{Builder, DrainSource};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-async fn connect_to(sidecar: &FakeSidecar) -> tokio::task::JoinHandle<Lameduck> {
-    let path = sidecar.path.clone();
-    tokio::spawn(async move {
-        Builder::new()
-            .socket(path)
-            .container("web")
-            .handle_signals(false)
-            .connect()
-            .await
-    })
-}
 
 fn record(
     log: &Arc<Mutex<Vec<String>>>,
@@ -35,55 +19,6 @@ fn record(
         log.lock().unwrap().push(entry);
         std::future::ready(Ok(()))
     }
-}
-
-/// One HTTP/1.1 request on a new connection; returns the raw response.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 1024];
-    // Read until the headers and the short body arrived (keep-alive: no EOF before close).
-    loop {
-        let n = tokio::time::timeout(STEP, stream.read(&mut buffer))
-            .await
-            .expect("read")
-            .expect("read");
-        response.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&response);
-        if n == 0
-            || text.contains("\r\n\r\n") && text.ends_with('\n') && !text.ends_with("\r\n\r\n")
-        {
-            return text.into_owned();
-        }
-    }
-}
-
-/// Serves `GET /` (held `hold` in flight) through the SDK's listener and layer.
-async fn serve(
-    lameduck: &Lameduck,
-    hold: Duration,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = lameduck.listener(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    let addr = listener.local_addr().expect("addr");
-    let app = Router::new()
-        .route(
-            "/",
-            get(move || async move {
-                tokio::time::sleep(hold).await;
-                "ok\n"
-            }),
-        )
-        .layer(lameduck.layer());
-    let signal = lameduck.drain_signal();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .expect("serve");
-    });
-    (addr, server)
 }
 
 #[tokio::test]
