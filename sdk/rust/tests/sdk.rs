@@ -72,6 +72,19 @@ async fn deregister_closes_connections_and_reports_activity_at_most_every_100ms(
     );
     assert!(lameduck.is_deregistering());
 
+    // Read while the requests go on: messages left queued in the socket would all be
+    // received at once, whatever their spacing when sent.
+    let reader = tokio::spawn(async move {
+        let mut times = Vec::new();
+        loop {
+            let message = conn.read().await.expect("activity");
+            assert_eq!(message["type"], "activity", "{message}");
+            times.push(Instant::now());
+            if message["accepted_total"] == 21 && message["inflight"] == 0 {
+                return times;
+            }
+        }
+    });
     for _ in 0..20 {
         let response = http_get(addr, "/").await;
         assert!(
@@ -80,15 +93,7 @@ async fn deregister_closes_connections_and_reports_activity_at_most_every_100ms(
         );
     }
     assert_eq!(lameduck.accepted_total(), 21);
-    let mut times = Vec::new();
-    loop {
-        let message = conn.read().await.expect("activity");
-        assert_eq!(message["type"], "activity", "{message}");
-        times.push(Instant::now());
-        if message["accepted_total"] == 21 && message["inflight"] == 0 {
-            break;
-        }
-    }
+    let times = reader.await.expect("activity reader");
     // Sent at least 100 ms apart; receiving adds scheduling jitter to single gaps.
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
