@@ -92,8 +92,10 @@ pub(crate) async fn run(shared: Arc<Shared>, path: &Path, first: oneshot::Sender
             return;
         }
         if matches!(ended, Ended::Lost) {
+            // A welcomed conversation ended: a new outage, looked into afresh.
             retry.reset();
             hold_retry.reset();
+            hold = None;
         }
         let pause = if shared.deregister.is_cancelled() {
             match shared.after_loss() {
