@@ -38,10 +38,15 @@
 //
 // Without a sidecar (LAMEDUCK_SOCKET unset: a laptop, a test, a pod without injection)
 // the same program shuts down on SIGTERM or SIGINT: drain, then cleanup, with a deadline
-// of the grace period minus two seconds, then Wait returns. The same happens if SIGTERM
-// arrives before the sidecar sent the drain, and the sequence finishes without the
-// sidecar if it disappears half-way. Whatever starts the shutdown, each cleanup function
-// runs exactly once and before the process exits.
+// of the grace period minus two seconds, then Wait returns. In an injected container
+// whose sidecar cannot be reached, the delay the preStop hook waited for it comes off the
+// grace period first. The same happens if SIGTERM arrives before the sidecar sent the
+// drain. A sidecar that disappears while the pod deregisters costs no traffic: the
+// process serves on until the deregister phase's planned end, looking for the sidecar
+// meanwhile, and drains with the sequence's deadline if it does not come back; one that
+// disappears during the drain or the cleanup leaves the process to finish them alone.
+// Whatever starts the shutdown, each cleanup function runs exactly once and before the
+// process exits.
 //
 // # Using it
 //

@@ -6,6 +6,9 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	lameduck "github.com/lameduck-dev/lameduck/sdk/go"
@@ -115,6 +118,28 @@ func ExampleShutdown_Listener() {
 	go func() {
 		if err := srv.Serve(sd.Listener(ln)); err != http.ErrServerClosed {
 			log.Print(err)
+			sd.Terminate()
+		}
+	}()
+	if err := sd.Wait(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// A program that handles signals itself: with Signals empty the SDK handles none, and the
+// program calls Terminate where SIGTERM would have started the shutdown.
+func ExampleOptions_signals() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
+	sd, err := lameduck.Start(context.Background(), lameduck.Options{Signals: []os.Signal{}})
+	if err != nil {
+		log.Print(err)
+	}
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				continue // reload the configuration
+			}
 			sd.Terminate()
 		}
 	}()

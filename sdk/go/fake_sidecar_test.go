@@ -40,11 +40,32 @@ func newFakeSidecar(t *testing.T) *fakeSidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := &fakeSidecar{t: t, path: path, ln: ln}
 	t.Cleanup(func() {
-		ln.Close()
+		f.ln.Close()
 		os.RemoveAll(dir)
 	})
-	return &fakeSidecar{t: t, path: path, ln: ln}
+	return f
+}
+
+// stop stops listening, as a killed sidecar does: the socket file stays and connecting
+// to it is refused. Connections already accepted are the test's to close.
+func (f *fakeSidecar) stop() {
+	f.ln.SetUnlinkOnClose(false)
+	f.ln.Close()
+}
+
+// restart listens again on the same path, as a restarted sidecar does.
+func (f *fakeSidecar) restart() {
+	f.t.Helper()
+	if err := os.Remove(f.path); err != nil {
+		f.t.Fatal(err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.path, Net: "unix"})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.ln = ln
 }
 
 // accept waits for the SDK to connect.

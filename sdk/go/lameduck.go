@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,6 +24,11 @@ const (
 	EnvSocket = "LAMEDUCK_SOCKET"
 	// EnvContainer holds the name of the container the process runs in.
 	EnvContainer = "LAMEDUCK_CONTAINER"
+	// EnvGraceSeconds holds the pod's grace period in seconds.
+	EnvGraceSeconds = "LAMEDUCK_GRACE_SECONDS"
+	// EnvFallbackDelay holds, in milliseconds, how long the container's preStop hook
+	// waits when it cannot reach the sidecar (5000 when unset).
+	EnvFallbackDelay = "LAMEDUCK_FALLBACK_DELAY_MILLIS"
 )
 
 // DefaultGracePeriod is the grace period assumed when no sidecar says otherwise: the
@@ -36,11 +43,13 @@ const (
 	// writeTimeout bounds one write to the sidecar; the socket is local, so only a stuck
 	// sidecar makes a write wait.
 	writeTimeout = 2 * time.Second
-	// exitReserve is kept back from the grace period for the exit itself, as the sidecar
-	// does (never more than half of it).
-	exitReserve = 2 * time.Second
+	// firstReconnectBackoff is the first wait before trying to reach a lost sidecar again.
+	firstReconnectBackoff = 100 * time.Millisecond
 	// maxReconnectBackoff caps the wait between attempts to reach a restarted sidecar.
 	maxReconnectBackoff = 5 * time.Second
+	// maxHoldBackoff caps it while deregistering without the sidecar: the phase ends
+	// within seconds, so a sidecar that comes back must be found quickly.
+	maxHoldBackoff = time.Second
 )
 
 // Options configure [Start]. The zero value reads everything from the environment.
@@ -52,11 +61,16 @@ type Options struct {
 	// Container is the name of this container, sent to the sidecar. Empty means the value
 	// of LAMEDUCK_CONTAINER.
 	Container string
-	// GracePeriod is the pod's grace period, used until a sidecar tells the real one.
-	// Zero means DefaultGracePeriod.
+	// GracePeriod is the pod's grace period, used until a sidecar's welcome tells the
+	// real one. Zero means the value of LAMEDUCK_GRACE_SECONDS (which the webhook sets in
+	// an injected container), or DefaultGracePeriod without it. Leave it zero in a pod:
+	// a value set here wins over the environment, though not over the welcome.
 	GracePeriod time.Duration
 	// Signals start the shutdown when no sidecar did, and end the process once cleanup
-	// ran. Nil means SIGTERM and SIGINT.
+	// ran. Nil means SIGTERM and SIGINT. An empty, non-nil slice means no signal at all:
+	// the program handles signals itself and calls [Shutdown.Terminate] where it would
+	// have let SIGTERM start the shutdown (and, with a sidecar, once SIGTERM arrives after
+	// the cleanup, so that Wait returns).
 	Signals []os.Signal
 	// Logger receives the few events that have no caller to return an error to: running
 	// without a sidecar, losing and regaining the connection. Nil means slog.Default().
@@ -71,6 +85,9 @@ type Shutdown struct {
 	socket    string
 	container string
 	logger    *slog.Logger
+	// hookFallback is what the preStop hook waits when it cannot reach the sidecar: it
+	// spent that out of the grace period before a signal that finds no sidecar.
+	hookFallback time.Duration
 
 	// ctx is cancelled when the Shutdown is released; it stops background goroutines.
 	ctx     context.Context
@@ -80,6 +97,7 @@ type Shutdown struct {
 	deregistering chan struct{}  // closed when the pod starts leaving load balancing
 	draining      chan struct{}  // closed when the drain starts
 	finished      chan struct{}  // closed when Wait may return
+	baseline      chan struct{}  // asks for an activity message now, changed or not
 	background    sync.WaitGroup // reading, reconnecting, activity and signal goroutines
 	sequence      sync.WaitGroup // the drain and cleanup goroutine
 
@@ -98,8 +116,9 @@ type Shutdown struct {
 	conn           net.Conn // nil when not connected
 	grace          time.Duration
 	deregisteredAt time.Time
-	started        bool      // the drain/cleanup sequence began
-	deadline       time.Time // of the sequence, once started
+	plan           *deregisterPlan // what the sidecar's deregister said; nil before one
+	started        bool            // the drain/cleanup sequence began
+	deadline       time.Time       // of the sequence, once started
 	drainsRan      bool
 	cleanupsRan    bool
 	terminated     bool // a signal arrived or Terminate was called
@@ -123,9 +142,12 @@ func Start(ctx context.Context, opts Options) (*Shutdown, error) {
 	if sigs == nil {
 		sigs = []os.Signal{syscall.SIGTERM, os.Interrupt}
 	}
-	signal.Notify(s.signals, sigs...)
-	s.background.Add(1)
-	go s.watchSignals()
+	// signal.Notify with no signal relays every signal, the runtime's SIGURG included.
+	if len(sigs) > 0 {
+		signal.Notify(s.signals, sigs...)
+		s.background.Add(1)
+		go s.watchSignals()
+	}
 
 	if s.socket == "" {
 		s.logger.Info("lameduck: " + EnvSocket + " is not set; running without a sidecar, SIGTERM or SIGINT start the shutdown")
@@ -145,10 +167,12 @@ func newShutdown(opts Options) *Shutdown {
 		container:     opts.Container,
 		logger:        opts.Logger,
 		grace:         opts.GracePeriod,
+		hookFallback:  hookFallbackFromEnv(),
 		signals:       make(chan os.Signal, 1),
 		deregistering: make(chan struct{}),
 		draining:      make(chan struct{}),
 		finished:      make(chan struct{}),
+		baseline:      make(chan struct{}, 1),
 	}
 	if s.socket == "" {
 		s.socket = os.Getenv(EnvSocket)
@@ -160,10 +184,37 @@ func newShutdown(opts Options) *Shutdown {
 		s.logger = slog.Default()
 	}
 	if s.grace <= 0 {
+		s.grace = graceFromEnv()
+	}
+	if s.grace <= 0 {
 		s.grace = DefaultGracePeriod
 	}
 	s.ctx, s.release = context.WithCancel(context.Background())
 	return s
+}
+
+// graceFromEnv returns LAMEDUCK_GRACE_SECONDS, or 0 when it is unset or not a positive
+// number of seconds.
+func graceFromEnv() time.Duration {
+	seconds, err := strconv.ParseUint(strings.TrimSpace(os.Getenv(EnvGraceSeconds)), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(seconds) * time.Second
+}
+
+// hookFallbackFromEnv returns what the preStop hook waits when it cannot reach the
+// sidecar. Only an injected container (LAMEDUCK_SOCKET set) has lameduck's hook; in it,
+// LAMEDUCK_FALLBACK_DELAY_MILLIS, else the hook's default.
+func hookFallbackFromEnv() time.Duration {
+	if os.Getenv(EnvSocket) == "" {
+		return 0
+	}
+	millis, err := strconv.ParseUint(strings.TrimSpace(os.Getenv(EnvFallbackDelay)), 10, 64)
+	if err != nil {
+		return defaultHookFallback
+	}
+	return time.Duration(min(millis, uint64(maxHookFallback/time.Millisecond))) * time.Millisecond
 }
 
 // OnDrain registers fn to run when the drain starts: it must stop accepting new work and
@@ -223,8 +274,8 @@ func (s *Shutdown) Connected() bool {
 	return s.conn != nil
 }
 
-// GracePeriod returns the pod's grace period as the sidecar reported it, or the
-// configured default.
+// GracePeriod returns the pod's grace period: as the sidecar's welcome reported it, else
+// Options.GracePeriod, else LAMEDUCK_GRACE_SECONDS, else DefaultGracePeriod.
 func (s *Shutdown) GracePeriod() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -232,7 +283,13 @@ func (s *Shutdown) GracePeriod() time.Duration {
 }
 
 // Terminate acts as if the process had received SIGTERM: it starts the drain and cleanup
-// unless they already started, and lets Wait return once they finished.
+// unless they already started, and lets Wait return once they finished. A program that
+// handles signals itself (Options.Signals empty) calls it on SIGTERM.
+//
+// The deadline of a drain it starts is the sequence's, once the sidecar said deregister.
+// Before that it is the grace period from now less a two-second exit reserve; and when no
+// sidecar is connected, less first what the container's preStop hook waits when it cannot
+// reach the sidecar either (LAMEDUCK_FALLBACK_DELAY_MILLIS, in an injected container).
 func (s *Shutdown) Terminate() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,7 +298,7 @@ func (s *Shutdown) Terminate() {
 	}
 	s.terminated = true
 	if !s.started {
-		s.startLocked(s.fallbackDeadlineLocked(), false)
+		s.startLocked(s.localDeadlineLocked(), false)
 	}
 	s.finishIfDoneLocked()
 }
@@ -376,16 +433,27 @@ func (s *Shutdown) handle(m sidecarMessage) {
 	defer s.mu.Unlock()
 	switch m.Kind {
 	case "deregister":
-		s.deregisterLocked()
+		s.deregisterLocked(deregisterPlan{
+			received: time.Now(),
+			phaseEnd: unixMilli(m.PhaseEndUnixMS),
+			deadline: unixMilli(m.DeadlineUnixMS),
+		})
 	case "drain":
-		s.deregisterLocked()
 		if !s.started {
-			s.startLocked(time.UnixMilli(int64(min(m.DeadlineUnixMS, 1<<62))), true)
+			s.startLocked(unixMilli(m.DeadlineUnixMS), true)
 		}
 	}
 }
 
-// lost handles the end of the connection to the sidecar.
+// unixMilli converts a time of the protocol; 0 (absent) is the zero time.
+func unixMilli(ms uint64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(int64(min(ms, 1<<62)))
+}
+
+// lost handles the end of the connection to the sidecar (docs/protocol.md §6).
 func (s *Shutdown) lost(conn net.Conn, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -395,26 +463,46 @@ func (s *Shutdown) lost(conn net.Conn, err error) {
 	switch {
 	case s.closed || s.ctx.Err() != nil || s.started:
 		// Released, or the sequence carries on without the sidecar.
-	case !s.deregisteredAt.IsZero():
-		s.logger.Warn("lameduck: lost the sidecar while deregistering; draining now", "error", err)
-		s.startLocked(s.fallbackDeadlineLocked(), false)
+	case s.plan != nil:
+		// The endpoints may still route traffic here until the deregister phase's
+		// planned end: serve on and look for the sidecar until then.
+		hold, deadline := s.plan.afterLoss(time.Now(), s.grace)
+		if hold.IsZero() {
+			s.logger.Warn("lameduck: lost the sidecar while deregistering, with no planned end of the phase; draining now", "error", err)
+			s.startLocked(deadline, false)
+			return
+		}
+		s.logger.Warn("lameduck: lost the sidecar while deregistering; serving on until the phase's planned end, reconnecting meanwhile",
+			"error", err, "until", hold)
+		s.background.Add(1)
+		go s.reconnect(hold)
 	default:
 		s.logger.Warn("lameduck: lost the connection to the sidecar; reconnecting", "error", err)
 		s.background.Add(1)
-		go s.reconnect()
+		go s.reconnect(time.Time{})
 	}
 }
 
 // reconnect tries to reach a restarted sidecar until it succeeds or the shutdown starts.
-func (s *Shutdown) reconnect() {
+// A non-zero hold is the planned end of the deregister phase: the attempts, handshakes
+// included, stop then, and the drain starts without the sidecar.
+func (s *Shutdown) reconnect(hold time.Time) {
 	defer s.background.Done()
-	backoff := 100 * time.Millisecond
+	backoff, maxBackoff := firstReconnectBackoff, maxReconnectBackoff
+	ctx := s.ctx
+	if !hold.IsZero() {
+		maxBackoff = maxHoldBackoff
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(s.ctx, hold)
+		defer cancel()
+	}
 	for {
 		timer := time.NewTimer(backoff)
 		select {
 		case <-timer.C:
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			timer.Stop()
+			s.holdEnded()
 			return
 		}
 		s.mu.Lock()
@@ -423,15 +511,28 @@ func (s *Shutdown) reconnect() {
 		if give {
 			return
 		}
-		conn, r, grace, err := s.connect(s.ctx)
+		conn, r, grace, err := s.connect(ctx)
 		if err == nil {
 			if s.attach(conn, r, grace) {
 				s.logger.Info("lameduck: reconnected to the sidecar")
 			}
 			return
 		}
-		backoff = min(2*backoff, maxReconnectBackoff)
+		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// holdEnded starts the drain if the deregister phase's planned end came without a
+// sidecar. (Also called when the Shutdown is released, which startLocked then skips.)
+func (s *Shutdown) holdEnded() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.closed || s.ctx.Err() != nil || s.conn != nil || s.plan == nil {
+		return
+	}
+	_, deadline := s.plan.afterLoss(time.Now(), s.grace)
+	s.logger.Warn("lameduck: no sidecar at the deregister phase's planned end; draining now")
+	s.startLocked(deadline, false)
 }
 
 func (s *Shutdown) watchSignals() {
@@ -446,12 +547,23 @@ func (s *Shutdown) watchSignals() {
 	}
 }
 
-// deregisterLocked enters the deregister phase once.
-func (s *Shutdown) deregisterLocked() {
+// deregisterLocked handles a deregister message. The first enters the deregister phase.
+// A repeated one comes from a sidecar that resumed the shutdown after a reconnection:
+// it changes nothing but the plan (the latest counts, the time of the first) and asks for
+// a new baseline activity.
+func (s *Shutdown) deregisterLocked(plan deregisterPlan) {
+	if s.plan != nil {
+		plan.received = s.plan.received
+	}
+	s.plan = &plan
 	if !s.deregisteredAt.IsZero() {
+		select {
+		case s.baseline <- struct{}{}:
+		default:
+		}
 		return
 	}
-	s.deregisteredAt = time.Now()
+	s.deregisteredAt = plan.received
 	close(s.deregistering)
 	if s.conn != nil && !s.started {
 		s.background.Add(1)
@@ -459,21 +571,26 @@ func (s *Shutdown) deregisterLocked() {
 	}
 }
 
-// reportActivity sends the counters at once and then whenever they change, at most every
-// activityInterval, until the drain starts.
+// reportActivity sends the counters at once (the sidecar's baseline) and then whenever
+// they change, at most every activityInterval, until the drain starts; and at once again
+// when asked for a baseline.
 func (s *Shutdown) reportActivity() {
 	defer s.background.Done()
 	ticker := time.NewTicker(activityInterval)
 	defer ticker.Stop()
 	var last activityMessage
-	for first := true; ; first = false {
+	force := true
+	for {
 		m := activityMessage{Type: "activity", AcceptedTotal: s.acceptedTotal(), Inflight: uint64(max(s.inflight.Load(), 0))}
-		if first || m != last {
+		if force || m != last {
 			s.send(m)
 			last = m
 		}
+		force = false
 		select {
 		case <-ticker.C:
+		case <-s.baseline:
+			force = true
 		case <-s.draining:
 			return
 		case <-s.ctx.Done():
@@ -492,14 +609,14 @@ func (s *Shutdown) acceptedTotal() uint64 {
 	return s.connections.Load()
 }
 
-// fallbackDeadlineLocked is the deadline of a shutdown the sidecar did not time: the
-// grace period counted from the deregister message, or from now, minus the exit reserve.
-func (s *Shutdown) fallbackDeadlineLocked() time.Time {
-	base := time.Now()
-	if !s.deregisteredAt.IsZero() {
-		base = s.deregisteredAt
+// localDeadlineLocked is the deadline of a drain the process starts itself (see
+// Terminate).
+func (s *Shutdown) localDeadlineLocked() time.Time {
+	var spent time.Duration
+	if s.conn == nil {
+		spent = s.hookFallback
 	}
-	return base.Add(s.grace - min(exitReserve, s.grace/2))
+	return localDeadline(time.Now(), s.grace, s.plan, spent)
 }
 
 // startLocked starts the drain and cleanup sequence. fromSidecar says whether the

@@ -39,7 +39,12 @@ func start(t *testing.T, sidecar *fakeSidecar) *lameduck.Shutdown {
 // startConnected starts the SDK and completes the handshake with a fake sidecar.
 func startConnected(t *testing.T, graceSeconds int) (*lameduck.Shutdown, *peer) {
 	t.Helper()
-	sidecar := newFakeSidecar(t)
+	return startConnectedTo(t, newFakeSidecar(t), graceSeconds)
+}
+
+// startConnectedTo starts the SDK and completes the handshake with sidecar.
+func startConnectedTo(t *testing.T, sidecar *fakeSidecar, graceSeconds int) (*lameduck.Shutdown, *peer) {
+	t.Helper()
 	peers := make(chan *peer, 1)
 	go func() {
 		p := sidecar.accept()
@@ -224,23 +229,6 @@ func TestSidecarLostMidCleanupFinishesAnyway(t *testing.T) {
 	sd.Terminate()
 	if err := wait(t, sd); err != nil || j.String() != "flush" {
 		t.Fatalf("Wait = %v after %q", err, j.String())
-	}
-}
-
-func TestSidecarLostWhileDeregisteringStartsTheDrain(t *testing.T) {
-	checkGoroutines(t)
-	sd, p := startConnected(t, 4)
-	p.send(`{"type":"deregister"}` + "\n")
-	p.read("activity")
-	p.conn.Close()
-	select {
-	case <-sd.Draining():
-	case <-time.After(ioTimeout):
-		t.Fatal("no drain after losing the sidecar")
-	}
-	sd.Terminate()
-	if err := wait(t, sd); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -47,11 +47,13 @@ type doneMessage struct {
 }
 
 // sidecarMessage is a decoded message from the sidecar. Kind is "welcome", "deregister",
-// "drain" or "" for a type this version does not know (to be ignored).
+// "drain" or "" for a type this version does not know (to be ignored). In a deregister,
+// PhaseEndUnixMS and DeadlineUnixMS are optional: zero when absent (older sidecars).
 type sidecarMessage struct {
 	Kind           string
 	V              uint64
 	GraceSeconds   uint64
+	PhaseEndUnixMS uint64
 	DeadlineUnixMS uint64
 }
 
@@ -118,6 +120,9 @@ func decodeSidecarMessage(line []byte) (sidecarMessage, error) {
 			m.GraceSeconds, err = uintField(fields, kind, "grace_seconds")
 		}
 	case "deregister":
+		if m.PhaseEndUnixMS, err = optionalUintField(fields, kind, "phase_end_unix_ms"); err == nil {
+			m.DeadlineUnixMS, err = optionalUintField(fields, kind, "deadline_unix_ms")
+		}
 	case "drain":
 		m.DeadlineUnixMS, err = uintField(fields, kind, "deadline_unix_ms")
 	default:
@@ -137,6 +142,14 @@ func uintField(fields map[string]json.RawMessage, kind, name string) (uint64, er
 		return 0, fmt.Errorf("%s: field %q is not a non-negative integer", kind, name)
 	}
 	return n, nil
+}
+
+// optionalUintField decodes an optional non-negative integer field: absent or null is 0.
+func optionalUintField(fields map[string]json.RawMessage, kind, name string) (uint64, error) {
+	if raw, ok := fields[name]; !ok || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		return 0, nil
+	}
+	return uintField(fields, kind, name)
 }
 
 // shorten cuts s to at most n bytes without splitting a UTF-8 sequence.

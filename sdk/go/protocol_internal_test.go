@@ -52,11 +52,15 @@ func TestReadLineSplitsLines(t *testing.T) {
 
 func TestDecodeSidecarMessage(t *testing.T) {
 	good := map[string]sidecarMessage{
-		`{"type":"welcome","v":1,"grace_seconds":30}`:               {Kind: "welcome", V: 1, GraceSeconds: 30},
-		`{"type":"deregister"}`:                                     {Kind: "deregister"},
-		`{"type":"drain","deadline_unix_ms":1700000000123,"x":[1]}`: {Kind: "drain", DeadlineUnixMS: 1700000000123},
-		`{"type":"future_message","x":[1,2,3]}`:                     {},
-		`{"deadline_unix_ms":5, "type" : "drain"}`:                  {Kind: "drain", DeadlineUnixMS: 5},
+		`{"type":"welcome","v":1,"grace_seconds":30}`: {Kind: "welcome", V: 1, GraceSeconds: 30},
+		`{"type":"deregister"}`:                       {Kind: "deregister"},
+		`{"type":"deregister","phase_end_unix_ms":1700000001000,"deadline_unix_ms":1700000028000}`: {
+			Kind: "deregister", PhaseEndUnixMS: 1700000001000, DeadlineUnixMS: 1700000028000,
+		},
+		`{"type":"deregister","phase_end_unix_ms":null,"deadline_unix_ms":5}`: {Kind: "deregister", DeadlineUnixMS: 5},
+		`{"type":"drain","deadline_unix_ms":1700000000123,"x":[1]}`:           {Kind: "drain", DeadlineUnixMS: 1700000000123},
+		`{"type":"future_message","x":[1,2,3]}`:                               {},
+		`{"deadline_unix_ms":5, "type" : "drain"}`:                            {Kind: "drain", DeadlineUnixMS: 5},
 	}
 	for line, want := range good {
 		got, err := decodeSidecarMessage([]byte(line))
@@ -71,6 +75,8 @@ func TestDecodeSidecarMessage(t *testing.T) {
 		`{"type":"drain","deadline_unix_ms":-1}`,
 		`{"type":"drain","deadline_unix_ms":1.5}`,
 		`{"type":"drain"}`,
+		`{"type":"deregister","phase_end_unix_ms":"soon"}`,
+		`{"type":"deregister","deadline_unix_ms":-5}`,
 		"{\"type\":\"deregister\",\"x\":\"\xff\"}",
 	}
 	for _, line := range bad {

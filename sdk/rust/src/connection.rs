@@ -5,75 +5,171 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use lameduck_proto::{AppMessage, LineDecoder, PROTOCOL_VERSION, SidecarMessage, decode_line};
+use lameduck_proto::{
+    AppMessage, CodecError, LineDecoder, PROTOCOL_VERSION, SidecarMessage, decode_line,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::DrainSource;
+use crate::plan::AfterLoss;
 use crate::shared::{Shared, unix_ms};
 
 /// How long connecting to the socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Minimum time between two `activity` messages.
 pub(crate) const ACTIVITY_INTERVAL: Duration = Duration::from_millis(100);
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const MAX_RETRY: Duration = Duration::from_secs(10);
+/// Waits between attempts to reach a sidecar lost before the shutdown began.
+const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+/// Waits between attempts while deregistering without the sidecar: the phase ends within
+/// seconds, so a sidecar that comes back must be found quickly.
+const HOLD_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
 /// How one connection ended.
 #[derive(Debug)]
 enum Ended {
-    /// Could not connect, or the connection broke after a `welcome`: worth retrying.
+    /// No conversation: the socket could not be reached, or broke before a `welcome`.
+    Unreachable,
+    /// A welcomed conversation broke.
     Lost,
-    /// The sidecar refused us or spoke something we cannot read: retrying will not help.
+    /// The sidecar refused us or spoke something we cannot read.
     Rejected,
 }
 
-/// Keeps a connection to the sidecar until the drain begins; reconnects after losing one.
+/// Doubling waits between reconnection attempts.
+struct Backoff {
+    next: Duration,
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new((first, max): (Duration, Duration)) -> Self {
+        Self {
+            next: first,
+            first,
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// Keeps a conversation with the sidecar until the drain begins (docs/protocol.md §6).
+///
+/// A sidecar lost before the shutdown began is retried with backoff. One lost while
+/// deregistering is retried quickly until the deregister phase's planned end, while the
+/// application keeps serving; if it is not back by then, the drain starts here with the
+/// sequence's deadline. A sidecar that sent no planned end (an older one) means draining at
+/// once. Once the drain began, the work goes on without a sidecar.
 ///
 /// `first` is answered once the first connection was welcomed or failed.
 pub(crate) async fn run(shared: Arc<Shared>, path: &Path, first: oneshot::Sender<()>) {
     let mut first = Some(first);
-    let mut retry = FIRST_RETRY;
+    let mut retry = Backoff::new(RETRY);
+    let mut hold_retry = Backoff::new(HOLD_RETRY);
+    // The planned end of the deregister phase, once the sidecar was lost during it.
+    let mut hold: Option<Instant> = None;
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let ended = session(&shared, path, &mut first, attempt).await;
+        let ended = session(&shared, path, &mut first, attempt, hold).await;
         *shared.writer.lock().await = None;
         shared.connected.store(false, Ordering::SeqCst);
         drop(first.take());
-        if matches!(ended, Ended::Rejected) {
+        if shared.drain_token.is_cancelled() {
+            return;
+        }
+        if matches!(ended, Ended::Lost) {
+            // A welcomed conversation ended: a new outage, looked into afresh.
+            retry.reset();
+            hold_retry.reset();
+            hold = None;
+        }
+        let pause = if shared.deregister.is_cancelled() {
+            match shared.after_loss() {
+                AfterLoss::Drain { deadline_unix_ms } => {
+                    tracing::warn!(
+                        "no sidecar while deregistering and the deregister phase is over; draining now"
+                    );
+                    shared.start_drain(DrainSource::SidecarLost, deadline_unix_ms);
+                    return;
+                }
+                AfterLoss::Hold { until_unix_ms } => {
+                    let left = until_unix_ms.saturating_sub(unix_ms(SystemTime::now()));
+                    if hold.is_none() {
+                        tracing::warn!(
+                            serving_for_ms = left,
+                            "lost the sidecar while deregistering; serving on until the phase's planned end, reconnecting meanwhile"
+                        );
+                    }
+                    let until = Instant::now() + Duration::from_millis(left);
+                    hold = Some(until);
+                    hold_retry.next().min(Duration::from_millis(left))
+                }
+            }
+        } else if matches!(ended, Ended::Rejected) {
             tracing::warn!("running without the sidecar; SIGTERM/SIGINT start the drain locally");
             return;
-        }
-        if shared.drain_token.is_cancelled() {
-            // Too late for a new conversation: the application finishes on its own.
-            return;
-        }
+        } else {
+            retry.next()
+        };
         tokio::select! {
-            _ = tokio::time::sleep(retry) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shared.drain_token.cancelled() => return,
         }
-        retry = (retry * 2).min(MAX_RETRY);
     }
 }
 
+/// One connection: the handshake (bounded by `hold`, when holding), then the conversation.
 async fn session(
     shared: &Arc<Shared>,
     path: &Path,
     first: &mut Option<oneshot::Sender<()>>,
     attempt: u32,
+    hold: Option<Instant>,
 ) -> Ended {
+    let welcomed = match hold {
+        None => handshake(shared, path, attempt).await,
+        Some(until) => tokio::time::timeout_at(until, handshake(shared, path, attempt))
+            .await
+            .unwrap_or(Err(Ended::Unreachable)),
+    };
+    let messages = match welcomed {
+        Ok(messages) => messages,
+        Err(ended) => return ended,
+    };
+    if attempt > 1 {
+        tracing::info!("reconnected to the sidecar");
+    }
+    if let Some(first) = first.take() {
+        let _ = first.send(());
+    }
+    converse(shared, messages).await
+}
+
+/// Connects, says `hello` and reads up to the `welcome`.
+async fn handshake(shared: &Arc<Shared>, path: &Path, attempt: u32) -> Result<Messages, Ended> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             log_unreachable(path, attempt, &err.to_string());
-            return Ended::Lost;
+            return Err(Ended::Unreachable);
         }
         Err(_) => {
             log_unreachable(path, attempt, "timed out");
-            return Ended::Lost;
+            return Err(Ended::Unreachable);
         }
     };
     let (reader, writer) = stream.into_split();
@@ -84,9 +180,45 @@ async fn session(
         pid: std::process::id(),
     };
     if !shared.send(&hello).await {
-        return Ended::Lost;
+        return Err(Ended::Unreachable);
     }
-    read_messages(shared, reader, first).await
+    let mut messages = Messages::new(reader);
+    loop {
+        match messages.next().await {
+            Ok(SidecarMessage::Welcome { v, grace_seconds }) => {
+                if v != PROTOCOL_VERSION {
+                    tracing::warn!(
+                        version = v,
+                        "the sidecar speaks another protocol version; closing"
+                    );
+                    return Err(Ended::Rejected);
+                }
+                shared.grace_seconds.store(grace_seconds, Ordering::Relaxed);
+                shared.connected.store(true, Ordering::SeqCst);
+                tracing::info!(grace_seconds, "connected to the sidecar");
+                return Ok(messages);
+            }
+            Ok(SidecarMessage::Unknown) => {
+                tracing::debug!("ignoring a message of an unknown type");
+            }
+            Ok(other) => {
+                tracing::warn!(message = ?other, "closing the connection: expected welcome");
+                return Err(Ended::Rejected);
+            }
+            Err(ReadFailure::Eof) => {
+                tracing::warn!("the sidecar closed the connection without a welcome");
+                return Err(Ended::Rejected);
+            }
+            Err(ReadFailure::Io(err)) => {
+                tracing::warn!(error = %err, "reading from the sidecar failed");
+                return Err(Ended::Unreachable);
+            }
+            Err(ReadFailure::Invalid(reason)) => {
+                tracing::warn!(%reason, "closing the connection to the sidecar");
+                return Err(Ended::Rejected);
+            }
+        }
+    }
 }
 
 fn log_unreachable(path: &Path, attempt: u32, reason: &str) {
@@ -101,77 +233,51 @@ fn log_unreachable(path: &Path, attempt: u32, reason: &str) {
     }
 }
 
-async fn read_messages(
-    shared: &Arc<Shared>,
-    mut reader: OwnedReadHalf,
-    first: &mut Option<oneshot::Sender<()>>,
-) -> Ended {
-    let mut decoder = LineDecoder::new();
-    let mut buffer = vec![0u8; 8192];
-    let mut welcomed = false;
+/// Handles the sidecar's messages after the `welcome`, until the connection ends.
+async fn converse(shared: &Arc<Shared>, mut messages: Messages) -> Ended {
     loop {
-        let line = match decoder.next_line() {
-            Some(Ok(line)) => line,
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "closing the connection to the sidecar");
-                return Ended::Rejected;
-            }
-            None => match reader.read(&mut buffer).await {
-                Ok(0) => {
-                    if let Err(err) = decoder.finish() {
-                        tracing::warn!(error = %err, "the sidecar closed the connection");
-                    }
-                    return closed(shared, welcomed);
-                }
-                Ok(n) => {
-                    decoder.push(&buffer[..n]);
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "reading from the sidecar failed");
-                    return closed(shared, welcomed);
-                }
-            },
-        };
-        let message = match decode_line::<SidecarMessage>(&line) {
+        let message = match messages.next().await {
             Ok(message) => message,
-            Err(err) => {
-                tracing::warn!(
-                    error = %err,
-                    "closing the connection to the sidecar: malformed message"
-                );
+            Err(ReadFailure::Eof) => {
+                if shared.done_sent.load(Ordering::SeqCst) {
+                    tracing::debug!("the sidecar closed the connection after done");
+                } else {
+                    tracing::warn!("lost the connection to the sidecar");
+                }
+                return Ended::Lost;
+            }
+            Err(ReadFailure::Io(err)) => {
+                tracing::warn!(error = %err, "reading from the sidecar failed");
+                return Ended::Lost;
+            }
+            Err(ReadFailure::Invalid(reason)) => {
+                tracing::warn!(%reason, "closing the connection to the sidecar");
                 return Ended::Rejected;
             }
         };
         match message {
-            SidecarMessage::Welcome { v, grace_seconds } => {
-                if v != PROTOCOL_VERSION {
-                    tracing::warn!(
-                        version = v,
-                        "the sidecar speaks another protocol version; closing"
-                    );
-                    return Ended::Rejected;
-                }
-                welcomed = true;
-                shared.grace_seconds.store(grace_seconds, Ordering::Relaxed);
-                shared.connected.store(true, Ordering::SeqCst);
-                tracing::info!(grace_seconds, "connected to the sidecar");
-                if let Some(first) = first.take() {
-                    let _ = first.send(());
-                }
+            SidecarMessage::Welcome { .. } => {
+                tracing::debug!("ignoring a second welcome");
             }
-            SidecarMessage::Deregister { .. } => {
-                if !shared.deregister.is_cancelled() {
+            SidecarMessage::Deregister {
+                phase_end_unix_ms,
+                deadline_unix_ms,
+            } => {
+                // A sidecar that resumes the shutdown after a reconnection sends it again:
+                // nothing changes but the baseline `activity` it needs.
+                if shared.deregistered(phase_end_unix_ms, deadline_unix_ms) {
                     tracing::info!(
+                        phase_end_unix_ms,
+                        deadline_unix_ms,
                         "deregistering; serving on with `Connection: close` and reporting activity"
                     );
-                    shared.deregister.cancel();
+                } else {
+                    tracing::debug!("deregister again; already deregistering");
                 }
                 start_activity_reporter(shared);
             }
             SidecarMessage::Drain { deadline_unix_ms } => {
-                let remaining = deadline_unix_ms.saturating_sub(unix_ms(SystemTime::now()));
-                shared.start_drain(DrainSource::Sidecar, Duration::from_millis(remaining));
+                shared.start_drain(DrainSource::Sidecar, deadline_unix_ms);
             }
             SidecarMessage::Unknown => {
                 tracing::debug!("ignoring a message of an unknown type");
@@ -180,20 +286,61 @@ async fn read_messages(
     }
 }
 
-fn closed(shared: &Shared, welcomed: bool) -> Ended {
-    if !welcomed {
-        tracing::warn!("the sidecar closed the connection without a welcome");
-        return Ended::Rejected;
-    }
-    if shared.done_sent.load(Ordering::SeqCst) {
-        tracing::debug!("the sidecar closed the connection after done");
-    } else {
-        tracing::warn!("lost the connection to the sidecar");
-    }
-    Ended::Lost
+/// Why no message could be read.
+enum ReadFailure {
+    /// The sidecar closed the connection.
+    Eof,
+    Io(std::io::Error),
+    /// Not a line of the protocol: the connection is closed (docs/protocol.md §1).
+    Invalid(String),
 }
 
-/// Starts the task that sends `activity` on change, at most every 100 ms, until `drained`.
+/// The sidecar's messages, one per line.
+struct Messages {
+    reader: OwnedReadHalf,
+    decoder: LineDecoder,
+    buffer: Vec<u8>,
+}
+
+impl Messages {
+    fn new(reader: OwnedReadHalf) -> Self {
+        Self {
+            reader,
+            decoder: LineDecoder::new(),
+            buffer: vec![0u8; 8192],
+        }
+    }
+
+    async fn next(&mut self) -> Result<SidecarMessage, ReadFailure> {
+        loop {
+            match self.decoder.next_line() {
+                Some(Ok(line)) => {
+                    return decode_line::<SidecarMessage>(&line)
+                        .map_err(|err| invalid("malformed message", &err));
+                }
+                Some(Err(err)) => return Err(invalid("unreadable line", &err)),
+                None => match self.reader.read(&mut self.buffer).await {
+                    Ok(0) => {
+                        // A sidecar that died mid-line is lost, not misbehaving.
+                        if let Err(err) = self.decoder.finish() {
+                            tracing::warn!(error = %err, "the sidecar closed the connection");
+                        }
+                        return Err(ReadFailure::Eof);
+                    }
+                    Ok(n) => self.decoder.push(&self.buffer[..n]),
+                    Err(err) => return Err(ReadFailure::Io(err)),
+                },
+            }
+        }
+    }
+}
+
+fn invalid(what: &str, err: &CodecError) -> ReadFailure {
+    ReadFailure::Invalid(format!("{what}: {err}"))
+}
+
+/// Starts the task that sends `activity` on change, at most every 100 ms, until `drained`;
+/// and at once after each `deregister`, as the sidecar's baseline.
 fn start_activity_reporter(shared: &Arc<Shared>) {
     if shared
         .activity_reporter_started
@@ -206,9 +353,9 @@ fn start_activity_reporter(shared: &Arc<Shared>) {
         let mut last = None;
         loop {
             let current = (shared.arrivals(), shared.inflight.load(Ordering::SeqCst));
-            if last != Some(current) {
+            let baseline = shared.activity_baseline.swap(false, Ordering::SeqCst);
+            if baseline || last != Some(current) {
                 let (accepted_total, inflight) = current;
-                // The first report is sent at once: it is the sidecar's baseline.
                 if shared
                     .send(&AppMessage::Activity {
                         accepted_total,

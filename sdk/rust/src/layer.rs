@@ -172,6 +172,7 @@ mod tests {
             socket: None,
             container: String::new(),
             fallback_grace: Duration::from_secs(30),
+            hook_fallback: Duration::ZERO,
             handle_signals: false,
         }))
     }

@@ -13,10 +13,13 @@
 //!    runs the functions registered with [`Lameduck::on_cleanup`] in registration order
 //!    (each exactly once, to completion even past the deadline) and acknowledges with `done`.
 //!
-//! Without a sidecar (`LAMEDUCK_SOCKET` unset, unreachable, or the connection lost) the same
-//! program still shuts down gracefully: SIGTERM or SIGINT starts the drain with a deadline of
-//! the grace period (default 30 s) minus a 2 s reserve, and cleanup runs all the same.
-//! SIGTERM after cleanup finished exits the process at once.
+//! Without a sidecar (`LAMEDUCK_SOCKET` unset or unreachable) the same program still shuts
+//! down gracefully: SIGTERM or SIGINT starts the drain with a deadline of the grace period
+//! (default 30 s) minus a 2 s reserve — minus, first, the delay the preStop hook waited
+//! when it could not reach the sidecar either — and cleanup runs all the same. A sidecar
+//! lost while deregistering costs no traffic: the SDK serves on until the deregister
+//! phase's planned end, reconnecting meanwhile, and drains with the sequence's deadline if
+//! it is not back. SIGTERM after cleanup finished exits the process at once.
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -52,6 +55,7 @@ mod cleanup;
 mod connection;
 mod layer;
 mod listener;
+mod plan;
 mod shared;
 mod signals;
 
@@ -63,7 +67,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use lameduck_proto::AppMessage;
-use lameduck_proto::names::{ENV_CONTAINER, ENV_GRACE_SECONDS, ENV_SOCKET};
+use lameduck_proto::names::{
+    ENV_CONTAINER, ENV_FALLBACK_DELAY_MILLIS, ENV_GRACE_SECONDS, ENV_SOCKET,
+};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +104,7 @@ pub struct Builder {
     socket: Option<PathBuf>,
     container: String,
     fallback_grace: Duration,
+    hook_fallback: Duration,
     handle_signals: bool,
 }
 
@@ -107,6 +114,7 @@ impl Default for Builder {
             socket: None,
             container: String::new(),
             fallback_grace: DEFAULT_GRACE_PERIOD,
+            hook_fallback: Duration::ZERO,
             handle_signals: true,
         }
     }
@@ -120,10 +128,20 @@ impl Builder {
 
     /// Settings from the environment: `LAMEDUCK_SOCKET` (unset or empty: no sidecar),
     /// `LAMEDUCK_CONTAINER`, and `LAMEDUCK_GRACE_SECONDS` for the fallback grace period.
+    ///
+    /// With `LAMEDUCK_SOCKET` set (the pod is injected, so the container has lameduck's
+    /// preStop hook) it also reads `LAMEDUCK_FALLBACK_DELAY_MILLIS` (default 5000): what
+    /// the hook waits when it cannot reach the sidecar. A drain started on a signal without
+    /// a sidecar takes it off the grace period, as the hook spent it before the signal.
     pub fn from_env() -> Self {
         let mut builder = Self::new();
         if let Some(socket) = std::env::var_os(ENV_SOCKET).filter(|s| !s.is_empty()) {
             builder.socket = Some(PathBuf::from(socket));
+            builder.hook_fallback = std::env::var(ENV_FALLBACK_DELAY_MILLIS)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map_or(plan::DEFAULT_HOOK_FALLBACK, Duration::from_millis)
+                .min(plan::MAX_HOOK_FALLBACK);
         }
         builder.container = std::env::var(ENV_CONTAINER).unwrap_or_default();
         if let Some(seconds) = std::env::var(ENV_GRACE_SECONDS)
@@ -149,7 +167,8 @@ impl Builder {
     }
 
     /// The grace period used for a drain the SDK starts itself, until the sidecar's
-    /// `welcome` tells the real one.
+    /// `welcome` tells the real one. Set after [`Builder::from_env`], it replaces
+    /// `LAMEDUCK_GRACE_SECONDS`; the `welcome`, the pod's real value, replaces both.
     pub fn fallback_grace(mut self, grace: Duration) -> Self {
         self.fallback_grace = grace;
         self
@@ -169,6 +188,7 @@ impl Builder {
             socket: self.socket,
             container: self.container,
             fallback_grace: self.fallback_grace,
+            hook_fallback: self.hook_fallback,
             handle_signals: self.handle_signals,
         };
         let shared = Arc::new(Shared::new(config));
@@ -205,6 +225,10 @@ pub enum DrainSource {
     Signal,
     /// The application called [`Lameduck::shutdown`] before any drain.
     Shutdown,
+    /// The sidecar was lost while deregistering and was not back by the deregister
+    /// phase's planned end; or, lost when its `deregister` planned no end (an older
+    /// sidecar), at once. The deadline is the sequence's own, counted from T0.
+    SidecarLost,
 }
 
 impl fmt::Display for DrainSource {
@@ -213,6 +237,7 @@ impl fmt::Display for DrainSource {
             Self::Sidecar => "sidecar",
             Self::Signal => "signal",
             Self::Shutdown => "shutdown",
+            Self::SidecarLost => "sidecar-lost",
         })
     }
 }
@@ -470,9 +495,10 @@ impl Lameduck {
             .and_then(|r| r.clone());
         result.unwrap_or_else(|| {
             // Only reachable if the shutdown task itself panicked.
-            let drain = self
-                .shared
-                .start_drain(DrainSource::Shutdown, Duration::ZERO);
+            let drain = self.shared.start_drain(
+                DrainSource::Shutdown,
+                shared::unix_ms(std::time::SystemTime::now()),
+            );
             Shutdown {
                 drain,
                 drained_in_time: false,
@@ -568,18 +594,5 @@ mod tests {
         let error = done_error(&failures);
         assert!(error.starts_with("a: x; b: é"));
         assert!(error.len() <= MAX_ERROR_BYTES);
-    }
-
-    #[test]
-    fn local_deadline_keeps_a_reserve() {
-        let shared = Shared::new(Config {
-            socket: None,
-            container: String::new(),
-            fallback_grace: Duration::from_secs(30),
-            handle_signals: false,
-        });
-        assert_eq!(shared.local_deadline(), Duration::from_secs(28));
-        shared.grace_seconds.store(2, Ordering::Relaxed);
-        assert_eq!(shared.local_deadline(), Duration::from_secs(1));
     }
 }

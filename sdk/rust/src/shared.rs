@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lameduck_proto::{AppMessage, encode_line};
@@ -14,12 +14,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::Cleanup;
+use crate::plan::{self, AfterLoss, DeregisterPlan};
 use crate::{Drain, DrainSource, Shutdown};
 
 /// How long one write to the sidecar may take before the connection is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time kept back from the grace period for SIGTERM → exit, as the sidecar does.
-const EXIT_RESERVE: Duration = Duration::from_secs(2);
 
 /// Settings fixed at connect time.
 #[derive(Debug, Clone)]
@@ -27,20 +26,26 @@ pub(crate) struct Config {
     pub(crate) socket: Option<PathBuf>,
     pub(crate) container: String,
     pub(crate) fallback_grace: Duration,
+    /// What the preStop hook waits when it cannot reach the sidecar (zero outside a pod).
+    pub(crate) hook_fallback: Duration,
     pub(crate) handle_signals: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    /// Cancelled when `deregister` arrives.
+    /// Cancelled when `deregister` arrives; `plan` is set just before.
     pub(crate) deregister: CancellationToken,
+    pub(crate) plan: Mutex<Option<DeregisterPlan>>,
     /// Cancelled when the drain starts; `drain` is set just before.
     pub(crate) drain_token: CancellationToken,
     pub(crate) drain: OnceLock<Drain>,
     /// Cancelled once `drained` was sent: activity reports stop.
     pub(crate) activity_stop: CancellationToken,
     pub(crate) activity_reporter_started: AtomicBool,
+    /// Set by each `deregister`: the next `activity` goes out even without a change, as the
+    /// baseline of a sidecar that (re)started measuring.
+    pub(crate) activity_baseline: AtomicBool,
     pub(crate) accepted_total: AtomicU64,
     /// Requests seen by the layer, kubelet probes excluded.
     pub(crate) requests_total: AtomicU64,
@@ -70,10 +75,12 @@ impl Shared {
         Self {
             config,
             deregister: CancellationToken::new(),
+            plan: Mutex::new(None),
             drain_token: CancellationToken::new(),
             drain: OnceLock::new(),
             activity_stop: CancellationToken::new(),
             activity_reporter_started: AtomicBool::new(false),
+            activity_baseline: AtomicBool::new(false),
             accepted_total: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             layer_in_use: std::sync::atomic::AtomicBool::new(false),
@@ -99,18 +106,74 @@ impl Shared {
         }
     }
 
-    /// The deadline of a drain the application starts itself: now + grace − reserve.
-    pub(crate) fn local_deadline(&self) -> Duration {
-        let grace = self.grace_period();
-        grace - EXIT_RESERVE.min(grace / 2)
+    /// The plan of the `deregister` received, if one was.
+    pub(crate) fn plan(&self) -> Option<DeregisterPlan> {
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A `deregister` arrived: records its plan (the latest one counts, the time of the
+    /// first) and enters the deregister phase. Returns whether it was the first.
+    pub(crate) fn deregistered(
+        &self,
+        phase_end_unix_ms: Option<u64>,
+        deadline_unix_ms: Option<u64>,
+    ) -> bool {
+        {
+            let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+            let received_unix_ms = plan
+                .map(|p| p.received_unix_ms)
+                .unwrap_or_else(|| unix_ms(SystemTime::now()));
+            *plan = Some(DeregisterPlan {
+                received_unix_ms,
+                phase_end_unix_ms,
+                deadline_unix_ms,
+            });
+        }
+        self.activity_baseline.store(true, Ordering::SeqCst);
+        self.activity_changed.notify_one();
+        let first = !self.deregister.is_cancelled();
+        self.deregister.cancel();
+        first
+    }
+
+    /// The deadline of a drain the application starts itself: on a signal, or
+    /// [`crate::Lameduck::shutdown`] before any drain (docs/protocol.md §6).
+    pub(crate) fn local_deadline(&self) -> u64 {
+        // Without a sidecar the preStop hook could not reach one either: it already spent
+        // its fallback delay out of the grace period.
+        let hook_spent = if self.connected.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            self.config.hook_fallback
+        };
+        plan::local_deadline(
+            unix_ms(SystemTime::now()),
+            self.grace_period(),
+            self.plan().as_ref(),
+            hook_spent,
+        )
+    }
+
+    /// What to do now that the sidecar was lost while deregistering.
+    pub(crate) fn after_loss(&self) -> AfterLoss {
+        let now = unix_ms(SystemTime::now());
+        match self.plan() {
+            Some(plan) => plan.after_loss(now, self.grace_period()),
+            // Not reached: the plan is set before the deregister token is cancelled.
+            None => AfterLoss::Drain {
+                deadline_unix_ms: plan::reserve_deadline(now, self.grace_period()),
+            },
+        }
     }
 
     /// Starts the drain unless it already started; returns the drain in force.
-    pub(crate) fn start_drain(&self, source: DrainSource, remaining: Duration) -> Drain {
+    pub(crate) fn start_drain(&self, source: DrainSource, deadline_unix_ms: u64) -> Drain {
+        let remaining =
+            Duration::from_millis(deadline_unix_ms.saturating_sub(unix_ms(SystemTime::now())));
         let drain = Drain {
             source,
             deadline: Instant::now() + remaining,
-            deadline_unix_ms: unix_ms(SystemTime::now() + remaining),
+            deadline_unix_ms,
             inflight_at_start: self.inflight.load(Ordering::SeqCst),
         };
         match self.drain.set(drain) {

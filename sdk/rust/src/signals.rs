@@ -11,7 +11,9 @@ use crate::shared::Shared;
 /// Handles SIGTERM and SIGINT for the life of the process.
 ///
 /// - after `done` (cleanup finished): exit at once;
-/// - before any drain: start the drain locally (deadline: now + grace − reserve);
+/// - before any drain: start the drain locally, with the deadline of docs/protocol.md §6
+///   (after `deregister` the sequence's; before it, the grace period from now, less the
+///   preStop hook's fallback delay when no sidecar is connected, less the exit reserve);
 /// - while draining: keep going (a second SIGINT exits at once, for people at a terminal).
 pub(crate) fn install(shared: Arc<Shared>) {
     let (mut terminate, mut interrupt) = match (

@@ -5,25 +5,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::get;
-use common::{FakeSidecar, STEP, init_logging, now_unix_ms};
-use lameduck::{Builder, DrainSource, Lameduck};
+use common::{FakeSidecar, STEP, connect_to, http_get, init_logging, now_unix_ms, serve};
+use lameduck::{Builder, DrainSource};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-async fn connect_to(sidecar: &FakeSidecar) -> tokio::task::JoinHandle<Lameduck> {
-    let path = sidecar.path.clone();
-    tokio::spawn(async move {
-        Builder::new()
-            .socket(path)
-            .container("web")
-            .handle_signals(false)
-            .connect()
-            .await
-    })
-}
 
 fn record(
     log: &Arc<Mutex<Vec<String>>>,
@@ -35,55 +19,6 @@ fn record(
         log.lock().unwrap().push(entry);
         std::future::ready(Ok(()))
     }
-}
-
-/// One HTTP/1.1 request on a new connection; returns the raw response.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 1024];
-    // Read until the headers and the short body arrived (keep-alive: no EOF before close).
-    loop {
-        let n = tokio::time::timeout(STEP, stream.read(&mut buffer))
-            .await
-            .expect("read")
-            .expect("read");
-        response.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&response);
-        if n == 0
-            || text.contains("\r\n\r\n") && text.ends_with('\n') && !text.ends_with("\r\n\r\n")
-        {
-            return text.into_owned();
-        }
-    }
-}
-
-/// Serves `GET /` (held `hold` in flight) through the SDK's listener and layer.
-async fn serve(
-    lameduck: &Lameduck,
-    hold: Duration,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = lameduck.listener(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    let addr = listener.local_addr().expect("addr");
-    let app = Router::new()
-        .route(
-            "/",
-            get(move || async move {
-                tokio::time::sleep(hold).await;
-                "ok\n"
-            }),
-        )
-        .layer(lameduck.layer());
-    let signal = lameduck.drain_signal();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
-            .expect("serve");
-    });
-    (addr, server)
 }
 
 #[tokio::test]
@@ -137,6 +72,19 @@ async fn deregister_closes_connections_and_reports_activity_at_most_every_100ms(
     );
     assert!(lameduck.is_deregistering());
 
+    // Read while the requests go on: messages left queued in the socket would all be
+    // received at once, whatever their spacing when sent.
+    let reader = tokio::spawn(async move {
+        let mut times = Vec::new();
+        loop {
+            let message = conn.read().await.expect("activity");
+            assert_eq!(message["type"], "activity", "{message}");
+            times.push(Instant::now());
+            if message["accepted_total"] == 21 && message["inflight"] == 0 {
+                return times;
+            }
+        }
+    });
     for _ in 0..20 {
         let response = http_get(addr, "/").await;
         assert!(
@@ -145,15 +93,7 @@ async fn deregister_closes_connections_and_reports_activity_at_most_every_100ms(
         );
     }
     assert_eq!(lameduck.accepted_total(), 21);
-    let mut times = Vec::new();
-    loop {
-        let message = conn.read().await.expect("activity");
-        assert_eq!(message["type"], "activity", "{message}");
-        times.push(Instant::now());
-        if message["accepted_total"] == 21 && message["inflight"] == 0 {
-            break;
-        }
-    }
+    let times = reader.await.expect("activity reader");
     // Sent at least 100 ms apart; receiving adds scheduling jitter to single gaps.
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];

@@ -47,6 +47,7 @@ async fn replays_every_sdk_transcript() {
         "acked",
         "app_error",
         "forward_compatible",
+        "sdk_deregister_plan",
         "sdk_rejects_garbage",
     ] {
         assert!(

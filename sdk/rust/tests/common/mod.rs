@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::Router;
+use axum::routing::get;
+use lameduck::{Builder, Lameduck};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 /// How long any single step may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(5);
@@ -17,7 +20,8 @@ pub const STEP: Duration = Duration::from_secs(5);
 pub struct FakeSidecar {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
-    listener: UnixListener,
+    /// `None` while stopped.
+    listener: Option<UnixListener>,
 }
 
 impl FakeSidecar {
@@ -28,13 +32,27 @@ impl FakeSidecar {
         Self {
             _dir: dir,
             path,
-            listener,
+            listener: Some(listener),
         }
+    }
+
+    /// Stops listening, as a killed sidecar does: the socket file stays and connecting to
+    /// it is refused. Connections already accepted are the test's to drop.
+    pub fn stop(&mut self) {
+        self.listener = None;
+    }
+
+    /// Listens again on the same path, as a restarted sidecar does.
+    pub fn restart(&mut self) {
+        assert!(self.listener.is_none(), "the fake sidecar is listening");
+        std::fs::remove_file(&self.path).expect("remove the old socket");
+        self.listener = Some(UnixListener::bind(&self.path).expect("bind the app socket again"));
     }
 
     /// Accepts the SDK's next connection.
     pub async fn accept(&self) -> Conn {
-        let (stream, _) = tokio::time::timeout(STEP, self.listener.accept())
+        let listener = self.listener.as_ref().expect("the fake sidecar is stopped");
+        let (stream, _) = tokio::time::timeout(STEP, listener.accept())
             .await
             .expect("the SDK did not connect in time")
             .expect("accept");
@@ -124,4 +142,67 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// One HTTP/1.1 request on a new connection; returns the raw response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    // Read until the headers and the short body arrived (keep-alive: no EOF before close).
+    loop {
+        let n = tokio::time::timeout(STEP, stream.read(&mut buffer))
+            .await
+            .expect("read")
+            .expect("read");
+        response.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if n == 0
+            || text.contains("\r\n\r\n") && text.ends_with('\n') && !text.ends_with("\r\n\r\n")
+        {
+            return text.into_owned();
+        }
+    }
+}
+
+/// Serves `GET /` (held `hold` in flight) through the SDK's listener and layer.
+pub async fn serve(
+    lameduck: &Lameduck,
+    hold: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = lameduck.listener(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    let addr = listener.local_addr().expect("addr");
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || async move {
+                tokio::time::sleep(hold).await;
+                "ok\n"
+            }),
+        )
+        .layer(lameduck.layer());
+    let signal = lameduck.drain_signal();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+            .expect("serve");
+    });
+    (addr, server)
+}
+
+/// Starts the SDK against `sidecar` (container `web`, signals left alone) in a task: its
+/// `connect` waits for the welcome the test sends.
+pub async fn connect_to(sidecar: &FakeSidecar) -> tokio::task::JoinHandle<Lameduck> {
+    let path = sidecar.path.clone();
+    tokio::spawn(async move {
+        Builder::new()
+            .socket(path)
+            .container("web")
+            .handle_signals(false)
+            .connect()
+            .await
+    })
 }
