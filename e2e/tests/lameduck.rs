@@ -1,6 +1,6 @@
 //! End-to-end suite of lameduck on the local cluster (`make cluster-up`, then
 //! `make e2e-test`): `helm upgrade --install` of charts/lameduck with the locally built
-//! images, then the scenarios of issue 7 with real pods, real rollouts and real load
+//! images, then the scenarios of docs/e2e.md with real pods, real rollouts and real load
 //! (vegeta). Tests run one at a time (`--test-threads=1`), in name order: the uninstall
 //! test (`t9_…`) comes last. Every test works in its own namespace and fails, never skips,
 //! when the cluster, an image or vegeta is missing.
@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, Result, ensure};
 use common::*;
 use lameduck_e2e::with_namespace;
 
@@ -139,6 +139,174 @@ async fn t10_namespace_label_opts_in_its_workloads() {
         Ok(())
     })
     .await;
+}
+
+/// A liveness-probe kill of one container is not a pod deletion: the killed container
+/// drains and cleans up (its hook ran), the pod's other container is left alone, the
+/// restarted process serves again, and a rollout afterwards is as clean as ever.
+#[tokio::test]
+async fn t11_liveness_kill_restarts_one_container_and_the_pod_serves_again() {
+    installed().await;
+    with_namespace("liveness", |_client, ns| async move {
+        let web = Web {
+            name: "lv",
+            image: RUST_WEB,
+            replicas: 2,
+            inject: true,
+            grace: 30,
+            cleanup_millis: 300,
+        };
+        let mut deployment = web.deployment(&ns);
+        let spec = &mut deployment["spec"]["template"]["spec"];
+        spec["containers"][0]["livenessProbe"] = serde_json::json!({
+            "httpGet": {"path": "/livez", "port": 8080},
+            "periodSeconds": 1, "failureThreshold": 1,
+        });
+        // A second SDK container in the same pod, on its own port, with its own records.
+        spec["containers"]
+            .as_array_mut()
+            .context("containers")?
+            .push(serde_json::json!({
+                "name": "side",
+                "image": RUST_WEB,
+                "imagePullPolicy": "Never",
+                "env": [
+                    {"name": "LISTEN_ADDR", "value": "0.0.0.0:8081"},
+                    {"name": "RECORDS_DIR", "value": "/side-records"},
+                    {"name": "CLEANUP_MILLIS", "value": "100"},
+                ],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081},
+                                   "periodSeconds": 1},
+                "volumeMounts": [{"name": "side-records", "mountPath": "/side-records"}],
+            }));
+        spec["volumes"]
+            .as_array_mut()
+            .context("volumes")?
+            .push(serde_json::json!({"name": "side-records", "emptyDir": {}}));
+        apply(&ns, &deployment)?;
+        apply(
+            &ns,
+            &serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "lv"},
+                "spec": {"selector": {"app": "lv"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            }),
+        )?;
+        rollout_status(&ns, "lv")?;
+        let ip = kubectl_json(&["get", "service", "-n", &ns, "lv"])?["spec"]["clusterIP"]
+            .as_str()
+            .context("ClusterIP")?
+            .to_string();
+        wait_for("the Service", Duration::from_secs(30), || Ok(http_ok(&ip).then_some(()))).await?;
+        let pod = live_pods(&ns, "lv")?
+            .first()
+            .cloned()
+            .context("no pod")?;
+        let name = pod["metadata"]["name"].as_str().context("pod name")?.to_string();
+        let pod_ip = pod["status"]["podIP"].as_str().context("pod IP")?.to_string();
+        let dir = repo_root().join(".state/e2e-load");
+        std::fs::create_dir_all(&dir)?;
+
+        let during = start_load(&ip, 50, dir.join(format!("{ns}-liveness.bin")))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        post(&pod_ip, 8080, "/fail-liveness")?;
+        let restarted = Instant::now();
+        let restart_count = |container: &str| -> Result<u64> {
+            let p = kubectl_json(&["get", "pod", "-n", &ns, &name])?;
+            let status = find(&p["status"]["containerStatuses"], container)
+                .with_context(|| format!("no status for {container}"))?
+                .clone();
+            Ok(status["restartCount"].as_u64().unwrap_or(0)
+                + u64::from(status["ready"] != true) * 1000)
+        };
+        // restartCount 1 and ready again (the ready flag is folded in as +1000 while not).
+        wait_for("web restarted and ready", Duration::from_secs(120), || {
+            Ok((restart_count("web")? == 1).then_some(()))
+        })
+        .await?;
+        let took = restarted.elapsed();
+        let liveness_load = during.stop()?;
+        for _ in 0..10 {
+            ensure!(
+                http_get_status(&pod_ip, 8080, "/")? == 200,
+                "the restarted container does not serve"
+            );
+        }
+        ensure!(restart_count("side")? == 0, "the side container was restarted or not ready");
+        let side_log = kubectl(&["logs", "-n", &ns, &name, "-c", "side"])?;
+        ensure!(
+            !side_log.contains("draining"),
+            "the other container was told to drain:\n{side_log}"
+        );
+        let web_previous = kubectl(&["logs", "-n", &ns, &name, "-c", "web", "--previous"])?;
+        ensure!(
+            web_previous.contains("draining") && web_previous.contains("shutdown complete: ok"),
+            "the killed container did not drain and clean up:\n{web_previous}"
+        );
+        let web_now = kubectl(&["logs", "-n", &ns, &name, "-c", "web"])?;
+        ensure!(
+            !web_now.contains("draining"),
+            "the restarted process was told to drain:\n{web_now}"
+        );
+
+        // A rollout afterwards, under load: as clean as without the liveness kill.
+        let load = start_load(&ip, 50, dir.join(format!("{ns}-rollout.bin")))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        kubectl(&["rollout", "restart", "-n", &ns, "deployment/lv"])?;
+        rollout_status(&ns, "lv")?;
+        wait_pod_count(&ns, "lv", 2, Duration::from_secs(180)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rollout = load.stop()?;
+        kubectl(&["scale", "-n", &ns, "deployment/lv", "--replicas=0"])?;
+        wait_pod_count(&ns, "lv", 0, Duration::from_secs(120)).await?;
+        let flushed = records(&ns, "lv")?;
+        let acknowledged = liveness_load.ok + rollout.ok;
+        summary(
+            "11 liveness kill of one container",
+            &format!(
+                "web killed and back in {:.0}s; while it restarted: {}; rollout afterwards: {}; \
+                 records acknowledged {acknowledged}, flushed {flushed}",
+                took.as_secs_f64(),
+                load_summary(&liveness_load),
+                load_summary(&rollout),
+            ),
+        );
+        rollout.ensure_none_failed("the rollout after the liveness kill")?;
+        ensure!(
+            flushed >= acknowledged,
+            "{} acknowledged records lost",
+            acknowledged - flushed
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// One HTTP/1.0 request to a pod of the local cluster; the status code.
+fn http_get_status(ip: &str, port: u16, path: &str) -> Result<u16> {
+    request(ip, port, "GET", path)
+}
+
+/// `POST path` to a pod of the local cluster; fails unless it answers 200.
+fn post(ip: &str, port: u16, path: &str) -> Result<()> {
+    let status = request(ip, port, "POST", path)?;
+    ensure!(status == 200, "POST {path} to {ip}:{port} answered {status}");
+    Ok(())
+}
+
+fn request(ip: &str, port: u16, method: &str, path: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status line in {response:?}"))
 }
 
 #[tokio::test]

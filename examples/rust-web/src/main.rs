@@ -111,6 +111,9 @@ struct AppState {
     seq: Arc<AtomicU64>,
     records: Records,
     request: Duration,
+    /// Set by `POST /fail-liveness`: `/livez` answers 500 from then on, so that a liveness
+    /// probe kills this process (the restarted one starts healthy).
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn index(State(state): State<AppState>) -> String {
@@ -123,6 +126,20 @@ async fn index(State(state): State<AppState>) -> String {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn livez(State(state): State<AppState>) -> axum::http::StatusCode {
+    if state.broken.load(Ordering::SeqCst) {
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        axum::http::StatusCode::OK
+    }
+}
+
+async fn fail_liveness(State(state): State<AppState>) -> &'static str {
+    state.broken.store(true, Ordering::SeqCst);
+    println!("liveness broken on request");
+    "liveness broken\n"
 }
 
 #[tokio::main]
@@ -181,10 +198,13 @@ async fn main() -> ExitCode {
         seq: Arc::default(),
         records,
         request: settings.request,
+        broken: Arc::default(),
     };
     let router = Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/fail-liveness", axum::routing::post(fail_liveness))
         .with_state(state)
         .layer(lameduck.layer());
 
