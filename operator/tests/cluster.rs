@@ -189,8 +189,10 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             &Sample {
                 at_unix_ms: 1_800_000_000_000 + i * 997,
                 duration_ms: 1_000 + (i as u64 * 7_919) % 20_000,
+                sequence_ms: Some(900 + (i as u64 * 7_919) % 20_000),
                 grace_seconds: 30,
                 killed: i == 39,
+                timed_out: i == 38 || i == 39,
                 deregister_lag_ms: Some(700 + i as u64 * 13),
                 phases: PhaseDurations {
                     deregister: Some(1_000),
@@ -205,6 +207,8 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
     let status = ShutdownPolicyStatus {
         samples: history.samples(),
         killed: 1,
+        timeouts: 2,
+        container_restart_shutdowns: 3,
         histogram: Some(history.to_state()),
         ..Default::default()
     };
@@ -251,11 +255,23 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             "P99",
             "Recommended",
             "Killed",
+            "Timeouts",
+            "Restarts",
             "Age"
         ]
     );
+    // Container restarts only in `-o wide`: the default view stays narrow.
+    let priorities: Vec<i64> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!(table["rows"][0]["cells"][3], 40);
     assert_eq!(table["rows"][0]["cells"][6], 1);
+    assert_eq!(table["rows"][0]["cells"][7], 2);
+    assert_eq!(table["rows"][0]["cells"][8], 3);
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces

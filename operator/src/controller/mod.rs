@@ -46,6 +46,8 @@ pub use lookup::PolicyIndex;
 pub use record::PolicyRecord;
 
 use crate::api::ShutdownPolicy;
+use crate::observe::Observation;
+use lameduck_proto::Outcome;
 
 /// Field manager of the operator's writes.
 pub const FIELD_MANAGER: &str = "lameduck-operator";
@@ -151,6 +153,18 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+/// Label set of the container-restart shutdown counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// How the container's applications finished (`acked`, `timeout`, …; `omitted` for
+    /// restarts the report left out to fit its byte budget).
+    pub outcome: &'static str,
+}
+
 /// Label set of the reconcile error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -163,8 +177,14 @@ pub struct ControllerLabels {
 pub struct ControllerMetrics {
     /// Observed shutdowns, per policy.
     pub observations: Family<PolicyLabels, Counter>,
-    /// Pods SIGKILLed at their deadline, per policy.
+    /// Pods SIGKILLed at their own deadline, per policy.
     pub kills: Family<PolicyLabels, Counter>,
+    /// Shutdowns whose application did not acknowledge before the sidecar's deadline
+    /// (within the pod's own grace period), per policy.
+    pub timeouts: Family<PolicyLabels, Counter>,
+    /// Container-level shutdowns followed by a restart of the container, per policy and
+    /// outcome.
+    pub container_restart_shutdowns: Family<RestartLabels, Counter>,
     /// Terminating pods that disappeared unobserved, per policy.
     pub unobserved: Family<PolicyLabels, Counter>,
     /// The applied grace-period recommendation, per policy.
@@ -190,6 +210,16 @@ impl ControllerMetrics {
             "kills",
             "Pods SIGKILLed at their deadline, per ShutdownPolicy",
             metrics.kills.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Shutdowns whose application did not acknowledge before the sidecar's deadline, per ShutdownPolicy",
+            metrics.timeouts.clone(),
+        );
+        registry.register(
+            "container_restart_shutdowns",
+            "Container-level shutdowns followed by a restart of the container (not pod deletions), per ShutdownPolicy and outcome",
+            metrics.container_restart_shutdowns.clone(),
         );
         registry.register(
             "unobserved",
@@ -230,8 +260,56 @@ impl ControllerMetrics {
         };
         self.observations.remove(&labels);
         self.kills.remove(&labels);
+        self.timeouts.remove(&labels);
         self.unobserved.remove(&labels);
         self.recommendation.remove(&labels);
+        for outcome in RESTART_OUTCOMES {
+            self.container_restart_shutdowns.remove(&RestartLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                outcome: outcome.as_str(),
+            });
+        }
+        self.container_restart_shutdowns.remove(&RestartLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+            outcome: RESTARTS_OMITTED,
+        });
+    }
+}
+
+/// Every outcome a restart record can carry (the label values of the restart counter).
+const RESTART_OUTCOMES: [Outcome; 7] = [
+    Outcome::Acked,
+    Outcome::Timeout,
+    Outcome::NoApp,
+    Outcome::AppError,
+    Outcome::Disconnected,
+    Outcome::NoPrestop,
+    Outcome::Unknown,
+];
+
+/// The outcome label of restarts the report left out to fit its byte budget.
+pub const RESTARTS_OMITTED: &str = "omitted";
+
+impl ControllerMetrics {
+    /// Counts the container restarts an observation reports, by outcome.
+    pub fn count_container_restarts(&self, key: &PolicyKey, observation: &Observation) {
+        let omitted = (observation.container_restarts_omitted > 0)
+            .then_some((RESTARTS_OMITTED, observation.container_restarts_omitted));
+        let reported = observation
+            .container_restarts
+            .iter()
+            .map(|(_, outcome)| (outcome.as_str(), 1));
+        for (outcome, count) in reported.chain(omitted) {
+            self.container_restart_shutdowns
+                .get_or_create(&RestartLabels {
+                    namespace: key.namespace.clone(),
+                    policy: key.name.clone(),
+                    outcome,
+                })
+                .inc_by(count);
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use crate::observe::{self, Observation};
 /// What became of a terminating pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Seen {
-    /// Its shutdown was observed.
-    Observed(Observation),
+    /// Its shutdown was observed (boxed: an observation is large, most events carry none).
+    Observed(Box<Observation>),
     /// It disappeared before its containers' final state was seen.
     Unobserved,
 }
@@ -63,7 +63,7 @@ impl PodTracker {
         }
         let observation = observe::observe(pod)?;
         tracked.observed = true;
-        Some((tracked.key.clone(), Seen::Observed(observation)))
+        Some((tracked.key.clone(), Seen::Observed(Box::new(observation))))
     }
 
     /// A pod was deleted from the API.
@@ -77,7 +77,7 @@ impl PodTracker {
         }
         let key = tracked.map(|t| t.key).or_else(|| policy_key(pod))?;
         Some(match observe::observe_deleted(pod) {
-            Some(observation) => (key, Seen::Observed(observation)),
+            Some(observation) => (key, Seen::Observed(Box::new(observation))),
             None => (key, Seen::Unobserved),
         })
     }
@@ -144,17 +144,29 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                     tracing::warn!(pod = %pod.name_any(), namespace = %key.namespace, "{warning}");
                 }
                 ctx.metrics.observations.get_or_create(&labels).inc();
-                if observation.killed() {
+                if observation.app_killed() {
                     ctx.metrics.kills.get_or_create(&labels).inc();
+                }
+                if observation.app_timed_out() {
+                    ctx.metrics.timeouts.get_or_create(&labels).inc();
+                }
+                ctx.metrics.count_container_restarts(&key, &observation);
+                if !observation.own_grace_period() {
+                    tracing::info!(
+                        pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
+                        grace_seconds = observation.grace_seconds, pod_grace_seconds = observation.pod_grace_seconds,
+                        "deleted with a shorter grace period than its own: a kill or timeout is not the application's"
+                    );
                 }
                 tracing::info!(
                     pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
-                    duration_ms = observation.duration_ms, killed = observation.killed(),
-                    outcome = observation.outcome.map(|o| o.as_str()), "observed shutdown"
+                    duration_ms = observation.duration_ms, sequence_ms = observation.sequence_ms,
+                    killed = observation.killed(), outcome = observation.outcome.map(|o| o.as_str()),
+                    container_restarts = observation.container_restart_shutdowns(), "observed shutdown"
                 );
                 if let Ok(mut book) = ctx.book.lock() {
                     book.entry(key.namespace, key.name)
-                        .push(pod.name_any(), observation);
+                        .push(pod.name_any(), *observation);
                 }
             }
             Seen::Unobserved => {

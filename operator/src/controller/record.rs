@@ -35,6 +35,15 @@ pub enum Notice {
         /// The grace period it was killed at.
         grace_seconds: u32,
     },
+    /// A pod's application did not acknowledge before the sidecar's deadline.
+    TimedOut {
+        /// The pod's name.
+        pod: String,
+        /// The pod's grace period.
+        grace_seconds: u32,
+        /// The sidecar's deadline, milliseconds after T0 (when the report gives it).
+        deadline_ms: Option<u64>,
+    },
     /// The applied recommendation changed.
     RecommendationChanged {
         /// Before (None: the workload's own value).
@@ -51,6 +60,7 @@ pub struct PolicyRecord {
     history: History,
     killed: u64,
     timeouts: u64,
+    container_restart_shutdowns: u64,
     unobserved: u64,
     last_observation_ms: Option<i64>,
     /// `lastObservationTime` of the status when it was loaded: observations that finished
@@ -129,14 +139,24 @@ impl PolicyRecord {
             {
                 continue;
             }
-            self.history.record(&observation.sample(), &settings);
+            // A shutdown cut short by a shorter grace period than the pod's own says
+            // nothing about what the application needs: it is not a sample.
+            if let Some(sample) = observation.sample() {
+                self.history.record(&sample, &settings);
+            }
             self.last_observation_ms = self
                 .last_observation_ms
                 .max(Some(observation.finished_unix_ms));
-            if observation.timed_out() {
+            self.container_restart_shutdowns += observation.container_restart_shutdowns();
+            if observation.app_timed_out() {
                 self.timeouts += 1;
+                self.notices.push(Notice::TimedOut {
+                    pod: pod.clone(),
+                    grace_seconds: observation.grace_seconds,
+                    deadline_ms: observation.sequence_ms,
+                });
             }
-            if observation.killed() {
+            if observation.app_killed() {
                 self.killed += 1;
                 self.notices.push(Notice::Killed {
                     pod,
@@ -196,6 +216,13 @@ impl PolicyRecord {
                 max: round(s.max),
             }),
             phases: summary.map(|_| PhaseQuantiles {
+                sequence: self
+                    .history
+                    .sequence_summary()
+                    .map(|(p50, p99)| PhaseQuantile {
+                        p50: round(p50),
+                        p99: round(p99),
+                    }),
                 deregister,
                 drain,
                 cleanup,
@@ -203,6 +230,7 @@ impl PolicyRecord {
             }),
             killed: self.killed,
             timeouts: self.timeouts,
+            container_restart_shutdowns: self.container_restart_shutdowns,
             unobserved: self.unobserved,
             recommendation: Some(RecommendationStatus {
                 grace_period_seconds: recommendation.grace_period_seconds,
@@ -210,6 +238,7 @@ impl PolicyRecord {
                 upper_bound: recommendation.upper_bound_seconds,
                 uncapped: recommendation.uncapped_seconds,
                 deregister_delay_millis: recommendation.deregister_delay_ms,
+                drain_budget_millis: recommendation.drain_budget_ms,
             })
             .filter(|r| *r != RecommendationStatus::default()),
             pods,
@@ -227,6 +256,7 @@ impl PolicyRecord {
             .unwrap_or_default();
         self.killed = status.killed;
         self.timeouts = status.timeouts;
+        self.container_restart_shutdowns = status.container_restart_shutdowns;
         self.unobserved = status.unobserved;
         self.last_observation_ms = status
             .last_observation_time
@@ -260,7 +290,7 @@ fn conditions(
             CONDITION_RECOMMENDATION_PROVIDED,
             true,
             if recommendation.low_confidence {
-                "KilledPodObserved"
+                "KillOrTimeoutObserved"
             } else {
                 "Recommended"
             },
@@ -367,17 +397,22 @@ mod tests {
             t0_unix_ms: t0,
             t0_source: T0Source::Report,
             grace_seconds: 30,
+            pod_grace_seconds: 30,
+            pod_created_unix_ms: Some(t0 - 3_600_000),
             deadline_unix_ms: t0 + 30_000,
             finished_unix_ms: t0 + duration_ms as i64,
             duration_ms,
             killed_containers: if killed { vec!["web".into()] } else { vec![] },
             oom_killed_containers: vec![],
             outcome: None,
+            sequence_ms: None,
             phases: PhaseDurations {
                 deregister: Some(2000),
                 ..Default::default()
             },
             deregister_lag_ms: Some(1500),
+            container_restarts: vec![],
+            container_restarts_omitted: 0,
             warnings: vec![],
         }
     }
@@ -398,7 +433,8 @@ mod tests {
         let (status, recommendation) = record.status(&policy, now);
         assert_eq!(status.samples, 6);
         assert_eq!(status.killed, 1);
-        assert_eq!(recommendation.grace_period_seconds, Some(45)); // the kill bump
+        let applied = recommendation.grace_period_seconds.unwrap();
+        assert!(applied >= 45, "the kill bump: {recommendation:?}");
         assert!(
             status
                 .conditions
@@ -412,7 +448,7 @@ mod tests {
         }));
         assert!(notices.contains(&Notice::RecommendationChanged {
             from: None,
-            to: Some(45)
+            to: Some(applied)
         }));
 
         // Through JSON, as the API server stores it, into a fresh record: nothing is lost.

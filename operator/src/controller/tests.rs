@@ -269,12 +269,15 @@ fn observation(i: i64) -> Observation {
         t0_unix_ms: t0,
         t0_source: T0Source::Report,
         grace_seconds: 30,
+        pod_grace_seconds: 30,
+        pod_created_unix_ms: Some(t0 - 3_600_000),
         deadline_unix_ms: t0 + 30_000,
         finished_unix_ms: t0 + 6_000,
         duration_ms: 6_000,
         killed_containers: vec![],
         oom_killed_containers: vec![],
         outcome: Some(lameduck_proto::Outcome::Acked),
+        sequence_ms: Some(5_900),
         phases: PhaseDurations {
             deregister: Some(2_000),
             drain: Some(100),
@@ -282,6 +285,8 @@ fn observation(i: i64) -> Observation {
             exit: Some(0),
         },
         deregister_lag_ms: Some(1_200),
+        container_restarts: vec![],
+        container_restarts_omitted: 0,
         warnings: vec![],
     }
 }
@@ -318,7 +323,7 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
                     |body| {
                         assert_eq!(body["reason"], "RecommendationChanged");
                         assert_eq!(body["regarding"]["name"], object);
-                        assert!(body["note"].as_str().unwrap().contains("→ 10s"), "{body}");
+                        assert!(body["note"].as_str().unwrap().contains("→ 18s"), "{body}");
                     },
                     json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
                 )
@@ -335,11 +340,13 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
     let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
     assert_eq!(status.samples, 4);
     assert_eq!(status.observed_generation, Some(1));
-    // 6 s → bucket edge ≤ 6.3 s × 1.2 + 2 = 9.6 → 10 s.
-    assert_eq!(
-        status.recommendation.and_then(|r| r.grace_period_seconds),
-        Some(10)
-    );
+    // Sequence 5.9 s → bucket edge 6.02 s × 1.2 + 2 s reserve + 0.1 s exit + 1 s precision
+    // + 1 s buffer = 11.3 → target 12 s; 4 samples: a new value is the upper bound, +50 %.
+    let recommendation = status.recommendation.unwrap();
+    assert_eq!(recommendation.upper_bound, Some(18));
+    assert_eq!(recommendation.grace_period_seconds, Some(18));
+    assert!(recommendation.drain_budget_millis.is_some());
+    assert!(status.phases.and_then(|p| p.sequence).is_some());
     assert!(
         status
             .conditions
@@ -382,15 +389,144 @@ fn a_deleted_policy_leaves_no_metric_series() {
         metrics.observations.get_or_create(&labels).inc();
         metrics.kills.get_or_create(&labels).inc();
         metrics.unobserved.get_or_create(&labels).inc();
+        metrics.timeouts.get_or_create(&labels).inc();
         metrics.recommendation.get_or_create(&labels).set(7);
+        let mut restarted = observation(0);
+        restarted.container_restarts = vec![
+            ("web".into(), lameduck_proto::Outcome::Timeout),
+            ("web".into(), lameduck_proto::Outcome::Acked),
+        ];
+        restarted.container_restarts_omitted = 2;
+        metrics.count_container_restarts(
+            &PolicyKey {
+                namespace: "shop".into(),
+                name: policy.into(),
+            },
+            &restarted,
+        );
     }
     metrics.forget_policy("shop", "deployment-web");
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("deployment-web"), "{text}");
+    // observations, kills, unobserved, timeouts, the gauge and 3 restart outcomes.
     assert_eq!(
         text.matches("policy=\"deployment-api\"").count(),
-        4,
+        8,
         "{text}"
+    );
+    assert!(
+        text.contains("container_restart_shutdowns_total{namespace=\"shop\",policy=\"deployment-api\",outcome=\"omitted\"} 2"),
+        "{text}"
+    );
+}
+
+/// A pod that ran with the applied recommendation and timed out at the sidecar's deadline.
+fn timed_out_observation(i: i64, grace_seconds: u32) -> Observation {
+    let t0 = NOW - 30_000 + i * 1000;
+    let deadline = u64::from(grace_seconds) * 1000 - 2_000;
+    Observation {
+        grace_seconds,
+        pod_grace_seconds: grace_seconds,
+        deadline_unix_ms: t0 + i64::from(grace_seconds) * 1000,
+        finished_unix_ms: t0 + deadline as i64 + 500,
+        duration_ms: deadline + 500,
+        outcome: Some(lameduck_proto::Outcome::Timeout),
+        sequence_ms: Some(deadline + 1),
+        phases: PhaseDurations {
+            deregister: Some(1_001),
+            exit: Some(499),
+            ..PhaseDurations::default()
+        },
+        ..observation(i)
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_raises_the_recommendation_and_is_announced_on_policy_and_workload() {
+    // The policy already recommends a grace period from 6 shutdowns of 2.6 s.
+    let mut policy = user_policy("deployment-web");
+    let mut earlier = PolicyRecord::default();
+    for i in 0..6 {
+        let mut quick = observation(i - 100);
+        quick.sequence_ms = Some(2_600);
+        earlier.push(format!("old-{i}"), quick);
+    }
+    let (status, _) = earlier.status(&policy, Timestamp::from_millisecond(NOW - 60_000).unwrap());
+    let applied = status
+        .recommendation
+        .and_then(|r| r.grace_period_seconds)
+        .unwrap();
+    policy.status = Some(status);
+    let (ctx, mut api) = context(vec![policy]);
+    ctx.book
+        .lock()
+        .unwrap()
+        .entry("shop".into(), "deployment-web".into())
+        .push("web-t".into(), timed_out_observation(0, applied));
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let scenario = {
+        let (written, reasons) = (written.clone(), reasons.clone());
+        tokio::spawn(async move {
+            expect(
+                &mut api,
+                Method::PATCH,
+                "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies/deployment-web/status?&fieldManager=lameduck-operator",
+                |body| *written.lock().unwrap() = body.clone(),
+                serde_json::to_value(user_policy("deployment-web")).unwrap(),
+            )
+            .await;
+            for _ in 0..4 {
+                expect(
+                    &mut api,
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/shop/events?",
+                    |body| {
+                        reasons.lock().unwrap().push((
+                            body["reason"].as_str().unwrap_or_default().to_owned(),
+                            body["regarding"]["kind"].as_str().unwrap_or_default().to_owned(),
+                            body["type"].as_str().unwrap_or_default().to_owned(),
+                        ))
+                    },
+                    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
+                )
+                .await;
+            }
+        })
+    };
+    writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    let body = written.lock().unwrap().clone();
+    let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.timeouts, 1);
+    assert_eq!(status.killed, 0);
+    let raised = status
+        .recommendation
+        .and_then(|r| r.grace_period_seconds)
+        .unwrap();
+    assert!(
+        raised > applied,
+        "a timeout at {applied}s left the recommendation at {raised}s"
+    );
+    let reasons = reasons.lock().unwrap().clone();
+    let warning = |kind: &str| {
+        (
+            "ShutdownTimedOut".to_owned(),
+            kind.to_owned(),
+            "Warning".to_owned(),
+        )
+    };
+    assert!(reasons.contains(&warning("ShutdownPolicy")), "{reasons:?}");
+    assert!(reasons.contains(&warning("Deployment")), "{reasons:?}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|(reason, _, _)| reason == "RecommendationChanged")
+            .count(),
+        2,
+        "{reasons:?}"
     );
 }
