@@ -394,6 +394,10 @@ pub struct ShutdownPolicyStatus {
     /// The spec generation the status was last computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The uid of the workload whose shutdowns the history describes. A workload deleted
+    /// and created again under the same name is another object: its history starts over.
+    #[serde(default, rename = "targetUID", skip_serializing_if = "Option::is_none")]
+    pub target_uid: Option<String>,
     /// Observed shutdowns (killed ones included).
     #[serde(default)]
     pub samples: u64,

@@ -123,11 +123,13 @@ impl StatusBook {
             .or_default()
     }
 
-    /// Drops queued observations of pods that finished before `unix_ms` (followers).
+    /// Drops queued observations of pods that finished before `unix_ms`, and the records
+    /// left with nothing (followers: they only queue).
     pub fn prune_before(&mut self, unix_ms: i64) {
-        for record in self.records.values_mut() {
+        self.records.retain(|_, record| {
             record.prune_before(unix_ms);
-        }
+            record.is_loaded() || record.has_pending()
+        });
     }
 
     /// Forgets the queued counts of unobserved pods (on taking the lease).
@@ -137,10 +139,38 @@ impl StatusBook {
         }
     }
 
-    /// Forgets policies that no longer exist.
-    pub fn retain(&mut self, exists: impl Fn(&PolicyKey) -> bool) {
-        self.records
-            .retain(|key, record| exists(key) || record.has_pending());
+    /// Forgets what describes objects that are gone: everything in a namespace being
+    /// deleted, the record of a policy that no longer exists (what it queued included), and
+    /// observations that waited [`FOLLOWER_RETENTION`] for a policy that never appeared.
+    pub fn retain(
+        &mut self,
+        exists: impl Fn(&PolicyKey) -> bool,
+        namespace_terminating: impl Fn(&str) -> bool,
+        now_unix_ms: i64,
+    ) {
+        self.records.retain(|key, record| {
+            if namespace_terminating(&key.namespace) {
+                return false;
+            }
+            if exists(key) {
+                return true;
+            }
+            if record.is_loaded() || record.is_closing() {
+                return false;
+            }
+            record.prune_before(now_unix_ms - FOLLOWER_RETENTION.as_millis() as i64);
+            record.has_pending_observations()
+        });
+    }
+
+    /// Number of policies with a record (the memory the book holds).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no policy has a record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 }
 
@@ -386,6 +416,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `namespace` is being deleted (a deletion timestamp in the Namespace cache).
+    /// Nothing is created or recorded there any more.
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_some_and(|store| {
+            store
+                .get(&reflector::ObjectRef::new(namespace))
+                .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
+        })
+    }
+
     /// Whether `namespace` carries `lameduck.dev/inject=enabled`.
     pub fn namespace_opted_in(&self, namespace: &str) -> bool {
         self.namespaces.as_ref().is_some_and(|store| {
@@ -541,14 +581,18 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
             }
             let store = ctx.policies.store().clone();
             if let Ok(mut book) = ctx.book.lock() {
-                book.retain(|key| {
-                    store
-                        .get(
-                            &kube::runtime::reflector::ObjectRef::new(&key.name)
-                                .within(&key.namespace),
-                        )
-                        .is_some()
-                });
+                book.retain(
+                    |key| {
+                        store
+                            .get(
+                                &kube::runtime::reflector::ObjectRef::new(&key.name)
+                                    .within(&key.namespace),
+                            )
+                            .is_some()
+                    },
+                    |namespace| ctx.namespace_terminating(namespace),
+                    Timestamp::now().as_millisecond(),
+                );
             }
         }
     };
@@ -578,10 +622,20 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
     let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
     // The controller's cache of every workload keeps only what reconciling reads.
     let (reader, writer) = reflector::store();
+    // A deleted workload's remaining shutdowns are not recorded (its record closes).
+    let on_delete = {
+        let ctx = ctx.clone();
+        move |event: &Result<watcher::Event<W>, watcher::Error>| {
+            if let Ok(watcher::Event::Delete(workload)) = event {
+                workloads::close_target(&ctx, workload);
+            }
+        }
+    };
     let trigger = watcher(workloads, list_config())
         .default_backoff()
         .modify(W::slim)
         .reflect(writer)
+        .inspect(on_delete)
         .applied_objects();
     // A namespace's opt-in label changed: look at its workloads again.
     let in_namespace = {

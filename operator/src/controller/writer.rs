@@ -1,6 +1,8 @@
 //! The status writer: on every tick, folds the observations gathered since the last one
 //! into each policy's status and patches it — at most one status patch per policy per tick,
-//! and none when nothing changed. Kills and recommendation changes become Events.
+//! and none when nothing changed. Kills, timeouts, history resets and recommendation
+//! changes become Events. A policy being deleted, or in a namespace being deleted, gets
+//! nothing.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
@@ -14,9 +16,10 @@ use crate::api::{RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus};
 
 /// Top-level status fields that are omitted when empty; a merge patch must null them so
 /// that a value that went away is removed.
-const OPTIONAL_STATUS_FIELDS: [&str; 8] = [
+const OPTIONAL_STATUS_FIELDS: [&str; 9] = [
     "conditions",
     "observedGeneration",
+    "targetUID",
     "lastObservationTime",
     "durations",
     "phases",
@@ -34,9 +37,18 @@ pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
             continue;
         };
         let key = PolicyKey { namespace, name };
+        // Nothing is recorded into a policy that is going away, or whose namespace is.
+        let closing = policy.metadata.deletion_timestamp.is_some()
+            || ctx.namespace_terminating(&key.namespace);
         let (status, grace, notices) = {
             let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
             let record = book.entry(key.namespace.clone(), key.name.clone());
+            if closing {
+                record.close(None);
+            }
+            if record.is_closing() {
+                continue;
+            }
             let (status, recommendation) = record.status(&policy, now);
             (
                 status,
@@ -136,6 +148,20 @@ async fn publish(
                 status.recommendation.as_ref(),
             )),
             action: "ObserveShutdown".into(),
+            secondary: None,
+        },
+        Notice::HistoryReset {
+            previous_uid,
+            uid,
+            samples,
+        } => Event {
+            type_: EventType::Normal,
+            reason: "HistoryReset".into(),
+            note: Some(format!(
+                "{} {} is a new object (uid {uid}); the {samples} shutdowns recorded for the earlier one (uid {previous_uid}) are forgotten",
+                target.kind, target.name
+            )),
+            action: "Recommend".into(),
             secondary: None,
         },
         Notice::RecommendationChanged { from, to } => Event {
