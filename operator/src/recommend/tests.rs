@@ -766,3 +766,34 @@ proptest! {
         prop_assert_eq!(recommend(&restored, &settings, now, None), recommend(&h, &settings, now, None));
     }
 }
+
+/// The worked example of docs/tuning.md: the demo's Go service, sequence 2.6 s, exit read 0.
+#[test]
+fn the_documented_example_holds() {
+    let settings = GracePeriodSettings::default();
+    let mut h = History::new();
+    let mut applied = None;
+    let mut applied_at = Vec::new();
+    for i in 0..64i64 {
+        let mut sample = reported(i * 60 * SECOND, 2_600);
+        sample.phases.exit = Some(0);
+        h.record(&sample, &settings);
+        let r = recommend(&h, &settings, i * 60 * SECOND, applied);
+        if i == 5 {
+            assert_eq!(r.target_seconds, Some(8), "{r:?}");
+            assert_eq!(r.upper_bound_seconds, Some(12), "{r:?}");
+        }
+        applied = r.grace_period_seconds;
+        applied_at.push(applied);
+    }
+    // 12 s from the 5th sample on, still 12 s at 16 samples, 9 s at 64.
+    assert_eq!(applied_at[3], None);
+    assert!(
+        applied_at[4..63].iter().all(|g| *g == Some(12)),
+        "{applied_at:?}"
+    );
+    assert_eq!(applied_at[63], Some(9));
+    // A pod with G = 5 s that timed out at its 3 s deadline: a floor of 7 s.
+    let h = history(&[timed_out(0, 5)], &settings);
+    assert_eq!(h.floor(&settings, 0), Some(7));
+}
