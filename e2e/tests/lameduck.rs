@@ -78,6 +78,7 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
             "P99",
             "RECOMMENDED",
             "KILLED",
+            "TIMEOUTS",
             "AGE",
         ] {
             ensure!(
@@ -460,6 +461,8 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
             .await?;
         }
         let mut recs = BTreeMap::new();
+        // Every recommendation `fast` made: its pods carry the one of their creation.
+        let mut fast_recs = std::collections::BTreeSet::new();
         for round in 1..=2 {
             for name in ["fast", "fastoff"] {
                 kubectl(&["rollout", "restart", "-n", &ns, &format!("deployment/{name}")])?;
@@ -474,10 +477,11 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
                     Duration::from_secs(90),
                 )
                 .await?;
-                recs.insert(
-                    name,
-                    p["status"]["recommendation"]["gracePeriodSeconds"].as_u64(),
-                );
+                let rec = p["status"]["recommendation"]["gracePeriodSeconds"].as_u64();
+                if name == "fast" {
+                    fast_recs.extend(rec);
+                }
+                recs.insert(name, rec);
             }
             eprintln!("round {round}: recommendations {recs:?}");
         }
@@ -493,8 +497,8 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
         let graces: Vec<u64> = fast.iter().map(grace_of).collect();
         let off: Vec<u64> = live_pods(&ns, "fastoff")?.iter().map(grace_of).collect();
         ensure!(
-            graces.iter().all(|g| *g == rec),
-            "Initial mode: pods have grace {graces:?}, recommendation {rec}"
+            graces.iter().all(|g| fast_recs.contains(g)),
+            "Initial mode: pods have grace {graces:?}, recommendations {fast_recs:?}"
         );
         for p in &fast {
             ensure!(
@@ -508,9 +512,11 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
             off.iter().all(|g| *g == 30),
             "updateMode Off: pods have grace {off:?}, want the workload's 30"
         );
+        // Sequence ≈ 1 s deregister + 2 s cleanup → × 1.2 + 2 s exit reserve + exit + 1 s
+        // precision + 1 s buffer ≈ 8–9 s, × 1.5 while fewer than 16 samples are known.
         ensure!(
-            rec <= 8,
-            "recommended grace {rec}s for a 2 s cleanup, want <= 8 (phases: {phases})"
+            (8..=15).contains(&rec),
+            "recommended grace {rec}s for a 2 s cleanup, want 8–15 (phases: {phases})"
         );
         summary(
             "5 fast cleanup",
@@ -599,6 +605,177 @@ async fn t6_slow_cleanup_kills_are_recorded_then_avoided() {
             flushed >= report.ok,
             "{} acknowledged requests but only {flushed} records flushed",
             report.ok
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// One rolling restart of the convergence test, as the table shows it.
+struct RolloutRow {
+    /// The grace periods of the pods shut down in this rollout.
+    graces: Vec<u64>,
+    /// Whether every one of them carried a recommendation (annotation `recommended`).
+    all_recommended: bool,
+    /// The recommendation after the rollout's shutdowns were recorded.
+    recommended_after: Option<u64>,
+    /// Samples, p99 of the shutdown and of the sequence, after the rollout.
+    samples: u64,
+    p99: f64,
+    sequence_p99: f64,
+    /// Timeouts and kills recorded during the rollout.
+    timeouts: u64,
+    kills: u64,
+    /// Load during the rollout.
+    requests: u64,
+    failed: u64,
+}
+
+#[tokio::test]
+async fn t7_stable_shutdowns_converge_without_timeouts_or_kills() {
+    installed().await;
+    with_namespace("converge", |_client, ns| async move {
+        const NAME: &str = "conv";
+        const POLICY: &str = "deployment-conv";
+        const ROLLOUTS: usize = 5;
+        const RATE: u32 = 100;
+        apply(&ns, &sdp_manifest(NAME, "Initial", 5))?;
+        // A 2 s cleanup, and requests held ~1 s in flight: the HTTP server's graceful
+        // shutdown has work to wait for. vegeta keeps its connections alive.
+        let ip = Web {
+            name: NAME,
+            image: RUST_WEB,
+            replicas: 3,
+            inject: true,
+            grace: 30,
+            cleanup_millis: 2000,
+        }
+        .create_with_request_millis(&ns, 1000)
+        .await?;
+        let dir = repo_root().join(".state/e2e-load");
+        std::fs::create_dir_all(&dir)?;
+        let mut rows: Vec<RolloutRow> = Vec::new();
+        let mut acknowledged = 0;
+        for rollout in 1..=ROLLOUTS {
+            let old = live_pods(&ns, NAME)?;
+            let graces: Vec<u64> = old.iter().map(grace_of).collect();
+            let all_recommended = old.iter().all(|p| {
+                p["metadata"]["annotations"]["lameduck.dev/grace-period-source"] == "recommended"
+            });
+            let (timeouts_before, kills_before) = (timeouts(&ns, POLICY)?, killed(&ns, POLICY)?);
+            let load = start_load(&ip, RATE, dir.join(format!("{ns}-{rollout}.bin")))?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            restart_and_settle(&ns, NAME, 3).await?;
+            let p = wait_samples(&ns, POLICY, 3 * rollout as u64, Duration::from_secs(90)).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let report = load.stop()?;
+            acknowledged += report.ok;
+            let st = &p["status"];
+            rows.push(RolloutRow {
+                graces,
+                all_recommended,
+                recommended_after: st["recommendation"]["gracePeriodSeconds"].as_u64(),
+                samples: st["samples"].as_u64().unwrap_or(0),
+                p99: st["durations"]["p99"].as_f64().unwrap_or(0.0),
+                sequence_p99: st["phases"]["sequence"]["p99"].as_f64().unwrap_or(0.0),
+                timeouts: timeouts(&ns, POLICY)?.saturating_sub(timeouts_before),
+                kills: killed(&ns, POLICY)?.saturating_sub(kills_before),
+                requests: report.requests,
+                failed: report.failed,
+            });
+            for e in report.errors.iter().take(5) {
+                eprintln!("  rollout {rollout} error: {e}");
+            }
+        }
+        // The last pods flush their records too.
+        let final_graces: Vec<u64> = live_pods(&ns, NAME)?.iter().map(grace_of).collect();
+        kubectl(&["scale", "-n", &ns, &format!("deployment/{NAME}"), "--replicas=0"])?;
+        wait_pod_count(&ns, NAME, 0, Duration::from_secs(120)).await?;
+        let flushed = records(&ns, NAME)?;
+        let lost = acknowledged.saturating_sub(flushed);
+        // The scale-down's shutdowns are recorded too: the totals cover every shutdown.
+        let last = wait_samples(
+            &ns,
+            POLICY,
+            3 * ROLLOUTS as u64 + 3,
+            Duration::from_secs(90),
+        )
+        .await?;
+        let (total_timeouts, total_kills) = (
+            last["status"]["timeouts"].as_u64().unwrap_or(0),
+            last["status"]["killed"].as_u64().unwrap_or(0),
+        );
+
+        let mut table = String::from(
+            "| rollout | G of the pods shut down | recommended after | samples | p99 / sequence p99 | timeouts | kills | requests / failed |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for (i, row) in rows.iter().enumerate() {
+            table.push_str(&format!(
+                "| {} | {:?}{} | {} | {} | {:.1} s / {:.1} s | {} | {} | {} / {} |\n",
+                i + 1,
+                row.graces,
+                if row.all_recommended { " (recommended)" } else { "" },
+                row.recommended_after.map_or("none".into(), |g| format!("{g} s")),
+                row.samples,
+                row.p99,
+                row.sequence_p99,
+                row.timeouts,
+                row.kills,
+                row.requests,
+                row.failed,
+            ));
+        }
+        eprintln!(
+            "\n{table}\nnew pods after the last rollout: G {final_graces:?}; records: {acknowledged} acknowledged, {flushed} flushed; policy totals with the scale-down: timeouts {total_timeouts}, kills {total_kills}"
+        );
+        let timeouts: u64 = rows.iter().map(|r| r.timeouts).sum();
+        let kills: u64 = rows.iter().map(|r| r.kills).sum();
+        let failed: u64 = rows.iter().map(|r| r.failed).sum();
+        summary(
+            "convergence",
+            &format!(
+                "{ROLLOUTS} rollouts at {RATE} req/s: G {:?} → recommended {:?}; timeouts {timeouts}, kills {kills}, failed {failed}, records lost {lost}",
+                rows.iter().map(|r| r.graces.clone()).collect::<Vec<_>>(),
+                rows.iter().map(|r| r.recommended_after).collect::<Vec<_>>()
+            ),
+        );
+        ensure!(
+            timeouts == 0 && total_timeouts == 0,
+            "{total_timeouts} shutdowns timed out\n{table}"
+        );
+        ensure!(
+            kills == 0 && total_kills == 0,
+            "{total_kills} pods were SIGKILLed\n{table}"
+        );
+        ensure!(failed == 0, "{failed} requests failed\n{table}");
+        ensure!(
+            lost == 0,
+            "{acknowledged} requests acknowledged but {flushed} records flushed"
+        );
+        // From the first rollout whose pods all carried a recommendation, the grace period
+        // stays: the pods shut down, the recommendation after, and the last new pods.
+        let first = rows
+            .iter()
+            .position(|r| r.all_recommended)
+            .with_context(|| format!("no rollout shut down only pods with a recommendation\n{table}"))?;
+        ensure!(
+            first + 1 < ROLLOUTS,
+            "only the last rollout shut down recommended pods: nothing to compare\n{table}"
+        );
+        let applied = rows[first].graces[0];
+        for (i, row) in rows.iter().enumerate().skip(first) {
+            ensure!(
+                row.graces.iter().all(|g| *g == applied) && row.recommended_after == Some(applied),
+                "rollout {}: G {:?}, recommended {:?}, want {applied} s from rollout {}\n{table}",
+                i + 1,
+                row.graces,
+                row.recommended_after,
+                first + 1
+            );
+        }
+        ensure!(
+            final_graces.iter().all(|g| *g == applied),
+            "new pods after the last rollout have G {final_graces:?}, want {applied}"
         );
         Ok(())
     })

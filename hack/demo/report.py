@@ -85,6 +85,13 @@ def shutdowns(pods, variant):
     return out
 
 
+def sidecar_deadline(grace):
+    """Seconds after T0 by which the sidecar releases the preStop hooks: G − min(2 s, G/2)."""
+    if grace is None:
+        return None
+    return float(grace - min(2.0, grace / 2))
+
+
 def quantile(xs, q):
     xs = sorted(xs)
     if not xs:
@@ -170,6 +177,7 @@ def main():
             "sigkilled_exit_137": killed_watch,
             "sdp_killed": st.get("killed") if sdp else None,
             "sdp_timeouts": st.get("timeouts") if sdp else None,
+            "sequence_p99_s": ((st.get("phases") or {}).get("sequence") or {}).get("p99"),
             "sdp_samples": st.get("samples") if sdp else None,
             "rollout_new_pods_ready_s": timings[v][0],
             "rollout_old_pods_gone_s": timings[v][1],
@@ -194,6 +202,7 @@ def main():
         ("records lost", lambda x: fmt(x["records_lost"])),
         ("pods SIGKILLed (exit 137 / policy `killed`)",
          lambda x: f"{x['sigkilled_exit_137']} / {fmt(x['sdp_killed'])}"),
+        ("shutdowns timed out (policy `timeouts`)", lambda x: fmt(x["sdp_timeouts"])),
         ("rollout: new pods ready", lambda x: fmt(x["rollout_new_pods_ready_s"], " s")),
         ("rollout: last old pod gone", lambda x: fmt(x["rollout_old_pods_gone_s"], " s")),
         ("grace period before → after tuning",
@@ -202,6 +211,10 @@ def main():
                        if x["grace_of_new_pods_s"] else "")) if x["injected"] else "n/a"),
         ("shutdown p50 / p99",
          lambda x: f"{fmt(x['shutdown_p50_s'], ' s')} / {fmt(x['shutdown_p99_s'], ' s')}"),
+        # The sidecar releases the hooks by G − min(2 s, G/2): what it leaves the sequence.
+        ("sidecar deadline after tuning / sequence p99",
+         lambda x: (f"{fmt(sidecar_deadline(x['grace_recommended_s']), ' s')} / "
+                    f"{fmt(x['sequence_p99_s'], ' s')}") if x["injected"] else "n/a"),
         ("shutdowns observed", lambda x: fmt(x["shutdowns_observed"])),
     ]
     md = ["| | " + " | ".join(f"`{v}`" for v in vs) + " |", "|---" * (len(vs) + 1) + "|"]

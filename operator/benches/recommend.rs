@@ -24,8 +24,10 @@ fn samples() -> Vec<Sample> {
             Sample {
                 at_unix_ms: 1_800_000_000_000 + i * 1000,
                 duration_ms,
+                sequence_ms: Some(duration_ms.saturating_sub(100)),
                 grace_seconds: 60,
                 killed: state.is_multiple_of(97),
+                timed_out: state.is_multiple_of(89),
                 deregister_lag_ms: Some(state % 5_000),
                 phases: PhaseDurations {
                     deregister: Some(state % 5_000),

@@ -89,6 +89,19 @@ pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
         description = "Pods SIGKILLed at their deadline."
     ),
     printcolumn(
+        name = "Timeouts",
+        type_ = "integer",
+        json_path = ".status.timeouts",
+        description = "Shutdowns whose application did not acknowledge before the sidecar's deadline."
+    ),
+    printcolumn(
+        name = "Restarts",
+        type_ = "integer",
+        json_path = ".status.containerRestartShutdowns",
+        description = "Container-level shutdowns (a container killed by a failed probe and restarted), not counted as samples.",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -138,8 +151,10 @@ pub enum UpdateMode {
     Initial,
 }
 
-/// How the grace period is derived from the observed shutdowns:
-/// `clamp(ceil(q(percentile) × (1 + marginFraction) + bufferSeconds), minSeconds, maxSeconds)`.
+/// How the grace period is derived from the observed shutdowns: it covers the shutdown
+/// sequence's `percentile` × (1 + marginFraction), the sidecar's 2 s exit reserve, the
+/// exit's `percentile`, one second for the precision of `finishedAt` and bufferSeconds,
+/// within minSeconds and maxSeconds; kills and timeouts push it up at once.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minSeconds <= self.maxSeconds").message("gracePeriod.minSeconds must be less than or equal to gracePeriod.maxSeconds"))]
@@ -158,11 +173,13 @@ pub struct GracePeriodSpec {
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("gracePeriod.percentile must be greater than 0 and at most 1, e.g. 0.99 for the 99th percentile"))]
     #[serde(default = "grace_period_defaults::percentile")]
     pub percentile: f64,
-    /// Relative safety margin added to the observed percentile: 0.2 adds 20 %.
+    /// Relative safety margin added to the observed percentile of the shutdown sequence:
+    /// 0.2 adds 20 %.
     #[x_kube(validation = Rule::new("self >= 0.0 && self <= 10.0").message("gracePeriod.marginFraction must be between 0 and 10, e.g. 0.2 for 20 %"))]
     #[serde(default = "grace_period_defaults::margin_fraction")]
     pub margin_fraction: f64,
-    /// Absolute safety margin added after the relative one, in seconds.
+    /// Absolute safety margin added after everything else (the sidecar's exit reserve and
+    /// one second for the precision of `finishedAt` are already counted), in seconds.
     #[x_kube(validation = Rule::new("self <= 600").message("gracePeriod.bufferSeconds must be at most 600 seconds"))]
     #[serde(default = "grace_period_defaults::buffer_seconds")]
     pub buffer_seconds: u32,
@@ -172,7 +189,9 @@ pub struct GracePeriodSpec {
     #[serde(default = "grace_period_defaults::min_samples")]
     pub min_samples: u32,
     /// A pod SIGKILLed at grace period G lifts the recommendation to at least
-    /// G × killBumpRatio (capped at maxSeconds) for one half-life. At least 1.
+    /// G × killBumpRatio, and a shutdown that timed out at the sidecar's deadline D lifts
+    /// that deadline to at least D × killBumpRatio (both capped at maxSeconds, and at least
+    /// G + 1), for one half-life. At least 1.
     #[x_kube(validation = Rule::new("self >= 1.0 && self <= 10.0").message("gracePeriod.killBumpRatio must be between 1 and 10: a kill must never lower the grace period"))]
     #[serde(default = "grace_period_defaults::kill_bump_ratio")]
     pub kill_bump_ratio: f64,
@@ -214,7 +233,7 @@ mod grace_period_defaults {
         0.2
     }
     pub fn buffer_seconds() -> u32 {
-        2
+        1
     }
     pub fn min_samples() -> u32 {
         5
@@ -375,6 +394,10 @@ pub struct ShutdownPolicyStatus {
     /// The spec generation the status was last computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The uid of the workload whose shutdowns the history describes. A workload deleted
+    /// and created again under the same name is another object: its history starts over.
+    #[serde(default, rename = "targetUID", skip_serializing_if = "Option::is_none")]
+    pub target_uid: Option<String>,
     /// Observed shutdowns (killed ones included).
     #[serde(default)]
     pub samples: u64,
@@ -394,6 +417,11 @@ pub struct ShutdownPolicyStatus {
     /// Shutdowns where the application did not acknowledge before the sidecar's deadline.
     #[serde(default)]
     pub timeouts: u64,
+    /// Container-level shutdowns reported by the sidecar: a container stopped by a failed
+    /// liveness or startup probe and restarted, the pod not deleted. Counted apart; they
+    /// are not samples of the pod's shutdown.
+    #[serde(default)]
+    pub container_restart_shutdowns: u64,
     /// Terminating pods that disappeared before their final status was seen.
     #[serde(default)]
     pub unobserved: u64,
@@ -434,6 +462,10 @@ pub struct PhaseQuantile {
 /// Quantiles of the shutdown phases.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 pub struct PhaseQuantiles {
+    /// The whole sequence: deletion → the last preStop hook released (deregister, drain
+    /// and cleanup as the sidecar timed them), what the sidecar's deadline must cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<PhaseQuantile>,
     /// Deletion → traffic stopped arriving (the deregister phase).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister: Option<PhaseQuantile>,
@@ -452,8 +484,9 @@ pub struct PhaseQuantiles {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RecommendationStatus {
-    /// The terminationGracePeriodSeconds new pods get in `Initial` mode. It changes only
-    /// when the target moves by at least max(2 s, 10 %), or after a kill.
+    /// The terminationGracePeriodSeconds new pods get in `Initial` mode. It rises at once
+    /// when the shutdowns need more (or after a kill or a timeout); it comes down only
+    /// after enough shutdowns without either, by at least max(2 s, 20 %).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_seconds: Option<u32>,
     /// The smallest reasonable grace period; wide while the history is short.
@@ -470,6 +503,10 @@ pub struct RecommendationStatus {
     /// in milliseconds: new pods' sidecars wait at least this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_delay_millis: Option<u64>,
+    /// The time new pods' sidecars leave for drain and cleanup before the deadline, in
+    /// milliseconds: the learned drain + cleanup percentiles with the margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_budget_millis: Option<u64>,
 }
 
 /// Running pods of the workload.
@@ -590,6 +627,8 @@ mod tests {
                 "P99",
                 "RECOMMENDED",
                 "KILLED",
+                "TIMEOUTS",
+                "RESTARTS",
                 "AGE"
             ]
         );

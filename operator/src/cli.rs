@@ -170,6 +170,7 @@ impl InjectionArgs {
                 quiet_period_millis: millis(default_drain_quiet_period),
                 max_delay_millis: millis(default_drain_max_delay),
                 http,
+                budget_millis: None,
             },
         })
     }

@@ -2,10 +2,18 @@
 //!
 //! T0 comes from the sidecar's termination report (the moment the first preStop hook
 //! reached it), or else from the deletion: `deletionTimestamp − deletionGracePeriodSeconds`.
-//! Phase timings come from the report; the exit from the app containers' `finishedAt`
-//! (second precision); total = last app container exit − T0. An app container that exited
-//! 137 at or after the deadline, for another reason than `OOMKilled`, was SIGKILLed: its
-//! true duration is only known to be at least the grace period (a censored sample).
+//! The sequence (T0 → the last preStop hook released) and the phase timings come from the
+//! report, in milliseconds; the exit from the app containers' `finishedAt` (second
+//! precision); total = last app container exit − T0. An app container that exited 137 at
+//! or after the deadline, for another reason than `OOMKilled`, was SIGKILLed: its true
+//! duration is only known to be at least the grace period (a censored sample), as a
+//! timeout's sequence is only known to be longer than the sidecar's deadline. Both are
+//! the application's only when the pod had its own grace period: a deletion with a
+//! shorter one (an eviction, `kubectl delete --grace-period`) cut the shutdown short.
+//!
+//! The report's `restarts` are shutdowns of single containers that were restarted (a
+//! failed liveness or startup probe), not of the pod: they are counted apart and never
+//! mixed into the pod's own shutdown.
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -13,6 +21,9 @@ use lameduck_proto::names::SIDECAR_CONTAINER_NAME;
 use lameduck_proto::{Outcome, TerminationReport};
 
 use crate::recommend::{PhaseDurations, Sample};
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// Exit code of a process killed by SIGKILL (128 + 9).
 const SIGKILL_EXIT_CODE: i32 = 137;
@@ -37,6 +48,10 @@ pub struct Observation {
     pub t0_source: T0Source,
     /// The grace period the kubelet enforced (the deletion's, else the pod's).
     pub grace_seconds: u32,
+    /// The pod's own grace period (`spec.terminationGracePeriodSeconds`).
+    pub pod_grace_seconds: u32,
+    /// When the pod was created (`creationTimestamp`, second precision), Unix ms.
+    pub pod_created_unix_ms: Option<i64>,
     /// When the kubelet would SIGKILL, Unix milliseconds.
     pub deadline_unix_ms: i64,
     /// When the last app container exited (`finishedAt`, second precision), Unix ms.
@@ -49,10 +64,17 @@ pub struct Observation {
     pub oom_killed_containers: Vec<String>,
     /// The report's overall outcome, when there was a readable report.
     pub outcome: Option<Outcome>,
+    /// T0 → the release of the last preStop hook (`released_ms`), when the report has it.
+    pub sequence_ms: Option<u64>,
     /// Phase durations from the report (empty without one).
     pub phases: PhaseDurations,
     /// T0 → the last connection an application accepted, from the report.
     pub deregister_lag_ms: Option<u64>,
+    /// Container-level shutdowns of the pod's life followed by a restart of the container,
+    /// from the report: `(container, outcome)`, oldest first.
+    pub container_restarts: Vec<(String, Outcome)>,
+    /// Container restarts the report left out to fit its byte budget.
+    pub container_restarts_omitted: u64,
     /// Why parts of the observation are missing (no report, unreadable report, …).
     pub warnings: Vec<String>,
 }
@@ -68,16 +90,45 @@ impl Observation {
         self.outcome == Some(Outcome::Timeout)
     }
 
-    /// The recommender's view of this observation.
-    pub fn sample(&self) -> Sample {
-        Sample {
+    /// Whether the kubelet enforced the pod's own grace period (or a longer one). A shorter
+    /// one (an eviction or a delete with `--grace-period`) is a disruption, not the pod's
+    /// shutdown as the workload defines it.
+    pub fn own_grace_period(&self) -> bool {
+        self.grace_seconds >= self.pod_grace_seconds
+    }
+
+    /// A kill the application is responsible for: SIGKILLed at its own grace period.
+    pub fn app_killed(&self) -> bool {
+        self.killed() && self.own_grace_period()
+    }
+
+    /// A timeout the application is responsible for: within its own grace period.
+    pub fn app_timed_out(&self) -> bool {
+        self.timed_out() && self.own_grace_period()
+    }
+
+    /// Container-level shutdowns in the report (restarts, the omitted ones included).
+    pub fn container_restart_shutdowns(&self) -> u64 {
+        self.container_restarts.len() as u64 + self.container_restarts_omitted
+    }
+
+    /// The recommender's view of this observation; `None` for a shutdown that a shorter
+    /// grace period than the pod's own cut short (killed or timed out): it tells nothing
+    /// of what the application needs.
+    pub fn sample(&self) -> Option<Sample> {
+        if !self.own_grace_period() && (self.killed() || self.timed_out()) {
+            return None;
+        }
+        Some(Sample {
             at_unix_ms: self.t0_unix_ms,
             duration_ms: self.duration_ms,
+            sequence_ms: self.sequence_ms,
             grace_seconds: self.grace_seconds,
             killed: self.killed(),
+            timed_out: self.timed_out(),
             deregister_lag_ms: self.deregister_lag_ms,
             phases: self.phases,
-        }
+        })
     }
 }
 
@@ -173,7 +224,10 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         .metadata
         .deletion_grace_period_seconds
         .filter(|&g| g > 0);
-    let spec_grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+    let spec_grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .max(0);
     let report_t0 = report.as_ref().and_then(|r| {
         let text = r.t0.as_deref()?;
         match text.parse::<Timestamp>() {
@@ -223,30 +277,50 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     let mut phases = PhaseDurations::default();
     let mut deregister_lag_ms = None;
     let mut outcome = None;
+    let mut sequence_ms = None;
+    let mut container_restarts = Vec::new();
+    let mut container_restarts_omitted = 0;
     if let Some(report) = &report {
         phases.deregister = report.phases_ms.deregister;
         phases.drain = report.phases_ms.drain;
         phases.cleanup = report.phases_ms.cleanup;
-        phases.exit = report
-            .released_ms
+        // The release is relative to the report's own T0: the exit only means something
+        // when T0 is that one.
+        sequence_ms = report.released_ms.filter(|_| t0_source == T0Source::Report);
+        phases.exit = sequence_ms
             .and_then(|released| i64::try_from(released).ok())
             .map(|released| u64::try_from(finished_unix_ms - (t0_unix_ms + released)).unwrap_or(0));
         deregister_lag_ms = report.last_accept_ms;
         outcome = Some(report.outcome);
+        container_restarts = report
+            .restarts
+            .iter()
+            .map(|restart| (restart.container.clone(), restart.outcome))
+            .collect();
+        container_restarts_omitted = report.restarts_omitted as u64;
     }
 
     Some(Observation {
         t0_unix_ms,
         t0_source,
         grace_seconds: u32::try_from(grace_seconds).unwrap_or(u32::MAX),
+        pod_grace_seconds: u32::try_from(spec_grace).unwrap_or(u32::MAX),
+        pod_created_unix_ms: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond()),
         deadline_unix_ms,
         finished_unix_ms,
         duration_ms: u64::try_from(finished_unix_ms - t0_unix_ms).unwrap_or(0),
         killed_containers,
         oom_killed_containers,
         outcome,
+        sequence_ms,
         phases,
         deregister_lag_ms,
+        container_restarts,
+        container_restarts_omitted,
         warnings,
     })
 }
@@ -282,7 +356,14 @@ mod tests {
             observation.duration_ms > 0 && observation.duration_ms < 30_000,
             "{observation:?}"
         );
-        assert!(!observation.sample().killed);
+        assert!(observation.own_grace_period());
+        let sample = observation.sample().unwrap();
+        assert!(!sample.killed && !sample.timed_out);
+        // The sequence in milliseconds from the report; the exit from finishedAt.
+        assert_eq!(observation.sequence_ms, Some(3149));
+        assert_eq!(sample.sequence_ms, Some(3149));
+        assert!(observation.phases.exit.is_some());
+        assert_eq!(observation.container_restart_shutdowns(), 0);
     }
 
     #[test]
@@ -308,12 +389,86 @@ mod tests {
         // The sidecar released the preStop hook at its own deadline first.
         assert!(observation.timed_out());
         assert_eq!(observation.grace_seconds, 5);
-        let sample = observation.sample();
-        assert!(sample.killed);
+        let sample = observation.sample().unwrap();
+        assert!(sample.killed && sample.timed_out);
+        assert_eq!(
+            sample.sequence_ms,
+            Some(3001),
+            "the sidecar's deadline, G − 2 s"
+        );
         assert!(
             sample.duration_ms >= u64::from(sample.grace_seconds) * 1000 - 1000,
             "{sample:?}"
         );
+    }
+
+    #[test]
+    fn a_timeout_is_a_censored_sequence_at_the_sidecars_deadline() {
+        let observation = observe(&fixture("timeout")).unwrap();
+        assert!(observation.app_timed_out());
+        let sample = observation.sample().unwrap();
+        assert!(sample.timed_out && !sample.killed);
+        // Released at G − 2 s: the sequence needed more than that.
+        assert_eq!(sample.sequence_ms, Some(28_001));
+        assert!(observation.pod_created_unix_ms.is_some());
+    }
+
+    #[test]
+    fn a_shorter_deletion_grace_period_is_not_the_apps_kill_or_timeout() {
+        // The killed pod's own grace period was 5 s; say it was 30 s and the deletion
+        // (an eviction, `kubectl delete --grace-period=5`) gave it 5.
+        let mut pod = fixture("killed");
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(30);
+        let observation = observe(&pod).unwrap();
+        assert_eq!(
+            (observation.grace_seconds, observation.pod_grace_seconds),
+            (5, 30)
+        );
+        assert!(observation.killed() && observation.timed_out());
+        assert!(!observation.own_grace_period());
+        assert!(!observation.app_killed() && !observation.app_timed_out());
+        assert_eq!(observation.sample(), None, "cut short: nothing to learn");
+        // A longer deletion grace period than the pod's own still censors.
+        let mut pod = fixture("killed");
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(3);
+        assert!(observe(&pod).unwrap().app_killed());
+    }
+
+    #[test]
+    fn container_restarts_are_counted_apart_from_the_pods_shutdown() {
+        let plain = observe(&fixture("acked")).unwrap();
+        let mut pod = fixture("acked");
+        let sidecar = &mut pod
+            .status
+            .as_mut()
+            .unwrap()
+            .init_container_statuses
+            .as_mut()
+            .unwrap()[0];
+        let terminated = sidecar.state.as_mut().unwrap().terminated.as_mut().unwrap();
+        let mut report: serde_json::Value =
+            serde_json::from_str(terminated.message.as_deref().unwrap()).unwrap();
+        report["v"] = serde_json::json!(2);
+        report["restarts"] = serde_json::json!([
+            {"container": "web", "t0": "2026-11-26T15:50:00.000Z", "outcome": "timeout",
+             "phases_ms": {"deregister": 20_000}, "released_ms": 28_000},
+            {"container": "web", "t0": "2026-11-26T15:55:00.000Z", "outcome": "acked",
+             "phases_ms": {"deregister": 1_000, "drain": 5, "cleanup": 10}, "released_ms": 1_015}
+        ]);
+        report["restarts_omitted"] = serde_json::json!(3);
+        terminated.message = Some(report.to_string());
+        let observation = observe(&pod).unwrap();
+        assert_eq!(
+            observation.container_restarts,
+            [
+                ("web".to_string(), Outcome::Timeout),
+                ("web".to_string(), Outcome::Acked)
+            ]
+        );
+        assert_eq!(observation.container_restart_shutdowns(), 5);
+        // The pod's own shutdown is exactly what it is without them.
+        assert_eq!(observation.sample(), plain.sample());
+        assert_eq!(observation.outcome, Some(Outcome::Acked));
     }
 
     #[test]

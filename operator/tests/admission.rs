@@ -46,7 +46,12 @@ fn index() -> MapIndex {
 struct OnePolicy;
 
 impl PolicyLookup for OnePolicy {
-    fn lookup(&self, namespace: &str, workload: &WorkloadRef) -> Option<PolicySettings> {
+    fn lookup(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        _workload_uid: Option<&str>,
+    ) -> Option<PolicySettings> {
         (namespace == "shop" && workload.policy_name() == "pod-web").then(|| PolicySettings {
             policy_name: "pod-web".into(),
             update_mode: UpdateMode::Initial,
@@ -61,6 +66,7 @@ impl PolicyLookup for OnePolicy {
                     port: 8080,
                     path: "/drain".into(),
                 }),
+                budget_millis: Some(2_400),
             }),
         })
     }

@@ -1,6 +1,7 @@
 //! Against a real API server (the local cluster, `make cluster-up`): the CRD installs, the
 //! API server refuses invalid policies with the CEL messages, applies the defaults, shows
-//! the printer columns, and keeps the status — histogram included — exactly.
+//! the printer columns, and keeps the status — histogram included — exactly; and the
+//! controller's history rules hold through a namespace's deletion and re-creation.
 //!
 //! Run by the cluster stage only: `cargo test -p lameduck-operator --features cluster-tests
 //! --test cluster`. Fails (never skips) when no cluster is reachable.
@@ -189,8 +190,10 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             &Sample {
                 at_unix_ms: 1_800_000_000_000 + i * 997,
                 duration_ms: 1_000 + (i as u64 * 7_919) % 20_000,
+                sequence_ms: Some(900 + (i as u64 * 7_919) % 20_000),
                 grace_seconds: 30,
                 killed: i == 39,
+                timed_out: i == 38 || i == 39,
                 deregister_lag_ms: Some(700 + i as u64 * 13),
                 phases: PhaseDurations {
                     deregister: Some(1_000),
@@ -205,6 +208,8 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
     let status = ShutdownPolicyStatus {
         samples: history.samples(),
         killed: 1,
+        timeouts: 2,
+        container_restart_shutdowns: 3,
         histogram: Some(history.to_state()),
         ..Default::default()
     };
@@ -251,14 +256,334 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             "P99",
             "Recommended",
             "Killed",
+            "Timeouts",
+            "Restarts",
             "Age"
         ]
     );
+    // Container restarts only in `-o wide`: the default view stays narrow.
+    let priorities: Vec<i64> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!(table["rows"][0]["cells"][3], 40);
     assert_eq!(table["rows"][0]["cells"][6], 1);
+    assert_eq!(table["rows"][0]["cells"][7], 2);
+    assert_eq!(table["rows"][0]["cells"][8], 3);
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces
         .delete("lameduck-it-crd", &DeleteParams::default())
         .await;
+}
+
+/// A shutdown of a pod of the Deployment created at `created_ms`, observed now.
+fn observation(created_ms: i64, i: i64) -> lameduck_operator::observe::Observation {
+    let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let t0 = now - 10_000 + i * 100;
+    lameduck_operator::observe::Observation {
+        t0_unix_ms: t0,
+        t0_source: lameduck_operator::observe::T0Source::Report,
+        grace_seconds: 30,
+        pod_grace_seconds: 30,
+        pod_created_unix_ms: Some(created_ms + 1_000),
+        deadline_unix_ms: t0 + 30_000,
+        finished_unix_ms: t0 + 3_000,
+        duration_ms: 3_000,
+        killed_containers: vec![],
+        oom_killed_containers: vec![],
+        outcome: Some(lameduck_proto::Outcome::Acked),
+        sequence_ms: Some(2_600),
+        phases: PhaseDurations {
+            deregister: Some(1_000),
+            drain: Some(100),
+            cleanup: Some(1_500),
+            exit: Some(400),
+        },
+        deregister_lag_ms: Some(500),
+        container_restarts: vec![],
+        container_restarts_omitted: 0,
+        warnings: vec![],
+    }
+}
+
+fn annotated_deployment() -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"lameduck.dev/inject": "true"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "lameduck/testapp:dev"}]}}
+        }
+    }))
+    .unwrap()
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..240 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out after 60 s waiting for {what}");
+}
+
+/// The controller's rules against the real API server: a namespace is deleted with its
+/// Deployment and policy while shutdowns are still observed, and created again with a
+/// Deployment of the same name: the new policy starts from 0 samples, and nothing is
+/// created or recorded in the namespace while it terminates.
+#[tokio::test]
+async fn a_namespace_created_again_with_the_same_workload_starts_from_no_samples() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = format!("lameduck-it-history-{}", std::process::id());
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(history_scenario(
+        client.clone(),
+        ns.clone(),
+    )))
+    .await;
+    // Whatever happened: release the ConfigMap that holds the namespace, delete it.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns);
+    let _ = configmaps
+        .patch(
+            "hold",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn history_scenario(client: Client, ns: String) {
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::controller::Action;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use lameduck_operator::controller::{
+        Context, ControllerMetrics, PolicyIndex, PolicyKey, workloads, writer,
+    };
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+
+    // What the leader reads: the policies (of this test's namespace only: the status
+    // writer writes every policy it knows, and other tests run at the same time) and the
+    // namespaces, from their watches.
+    let (policy_cache, policy_writer) = reflector::store();
+    tokio::spawn(
+        watcher(
+            Api::<ShutdownPolicy>::namespaced(client.clone(), &ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(policy_writer)
+        .for_each(|_| std::future::ready(())),
+    );
+    let index = PolicyIndex::from_store(policy_cache);
+    let (namespace_cache, cache_writer) = reflector::store();
+    tokio::spawn(
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(cache_writer)
+        .for_each(|_| std::future::ready(())),
+    );
+    index
+        .store()
+        .wait_until_ready()
+        .await
+        .expect("policy cache");
+    namespace_cache
+        .wait_until_ready()
+        .await
+        .expect("namespace cache");
+    let mut ctx = Context::new(
+        client.clone(),
+        index.clone(),
+        ControllerMetrics::default(),
+        None,
+    );
+    ctx.namespaces = Some(namespace_cache.clone());
+    let ctx = Arc::new(ctx);
+    let cached_policy = |ns: &str| index.find(ns, "Deployment", "web");
+
+    // 1. The first namespace: Deployment web, its policy, 9 shutdowns recorded.
+    let policies = namespace(&client, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let first = deployments
+        .create(&PostParams::default(), &annotated_deployment())
+        .await
+        .expect("create Deployment web");
+    let first_created = first
+        .creation_timestamp()
+        .expect("created")
+        .0
+        .as_millisecond();
+    workloads::reconcile(Arc::new(first.clone()), ctx.clone())
+        .await
+        .expect("reconcile web");
+    eventually("the policy in the cache", async || cached_policy(&ns)).await;
+    for i in 0..9 {
+        ctx.book
+            .lock()
+            .unwrap()
+            .entry(ns.clone(), "deployment-web".into())
+            .push(format!("web-{i}"), observation(first_created, i));
+    }
+    writer::write_statuses(&ctx, k8s_openapi::jiff::Timestamp::now())
+        .await
+        .expect("status write");
+    let recorded = eventually("9 samples in the cached policy", async || {
+        cached_policy(&ns).filter(|p| p.status.as_ref().is_some_and(|s| s.samples == 9))
+    })
+    .await;
+    let status = recorded.status.clone().expect("status");
+    assert_eq!(status.target_uid, first.uid());
+    assert!(
+        status
+            .recommendation
+            .and_then(|r| r.grace_period_seconds)
+            .is_some()
+    );
+
+    // 2. The namespace is deleted; a ConfigMap with a finalizer keeps it terminating.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let hold: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "hold", "finalizers": ["lameduck.dev/test-hold"]}
+    }))
+    .unwrap();
+    configmaps
+        .create(&PostParams::default(), &hold)
+        .await
+        .expect("create the hold");
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete the namespace");
+    eventually("the namespace terminating in the cache", async || {
+        ctx.namespace_terminating(&ns).then_some(())
+    })
+    .await;
+    // Shutdowns observed while it terminates, and a status tick: nothing is recorded.
+    for i in 9..12 {
+        ctx.book
+            .lock()
+            .unwrap()
+            .entry(ns.clone(), "deployment-web".into())
+            .push(format!("web-{i}"), observation(first_created, i));
+    }
+    writer::write_statuses(&ctx, k8s_openapi::jiff::Timestamp::now())
+        .await
+        .expect("status write while terminating");
+    eventually("the policy deleted with the namespace", async || {
+        (policies.get_opt("deployment-web").await.ok()?.is_none() && cached_policy(&ns).is_none())
+            .then_some(())
+    })
+    .await;
+    // The old Deployment reconciled meanwhile: no policy is created again…
+    let action = workloads::reconcile(Arc::new(first.clone()), ctx.clone())
+        .await
+        .expect("reconcile in a terminating namespace");
+    assert_eq!(action, Action::await_change());
+    // …not even when the Namespace cache has not seen the deletion: the API server's
+    // refusal (403, NamespaceTerminating) ends the reconcile without an error.
+    let blind = Arc::new(Context::new(
+        client.clone(),
+        index.clone(),
+        ControllerMetrics::default(),
+        None,
+    ));
+    let action = workloads::reconcile(Arc::new(first.clone()), blind)
+        .await
+        .expect("a refused create is not an error");
+    assert_eq!(action, Action::await_change());
+    assert!(
+        policies
+            .get_opt("deployment-web")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    ctx.book.lock().unwrap().retain(
+        |key: &PolicyKey| cached_policy(&key.namespace).is_some(),
+        |namespace| ctx.namespace_terminating(namespace),
+        k8s_openapi::jiff::Timestamp::now().as_millisecond(),
+    );
+    assert!(
+        ctx.book.lock().unwrap().is_empty(),
+        "nothing in memory outlives the namespace"
+    );
+
+    // 3. The namespace is gone; it is created again with a Deployment web.
+    configmaps
+        .patch(
+            "hold",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release the hold");
+    eventually("the namespace gone", async || {
+        namespaces.get_opt(&ns).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let policies = namespace(&client, &ns).await;
+    let second = deployments
+        .create(&PostParams::default(), &annotated_deployment())
+        .await
+        .expect("create Deployment web again");
+    assert_ne!(second.uid(), first.uid());
+    eventually("the new namespace in the cache", async || {
+        (namespace_cache
+            .get(&reflector::ObjectRef::new(&ns))
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_none()))
+        .then_some(())
+    })
+    .await;
+    workloads::reconcile(Arc::new(second.clone()), ctx.clone())
+        .await
+        .expect("reconcile the new web");
+    let fresh = eventually("the new policy in the cache", async || cached_policy(&ns)).await;
+    assert_ne!(fresh.uid(), recorded.uid());
+    // A late shutdown of a pod of the first Deployment: older than the new one, not its.
+    ctx.book
+        .lock()
+        .unwrap()
+        .entry(ns.clone(), "deployment-web".into())
+        .push("web-late".into(), observation(first_created, 20));
+    writer::write_statuses(&ctx, k8s_openapi::jiff::Timestamp::now())
+        .await
+        .expect("status write");
+    let fresh = eventually("the new policy's first status", async || {
+        policies
+            .get_status("deployment-web")
+            .await
+            .ok()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.target_uid.is_some()))
+    })
+    .await;
+    let status = fresh.status.expect("status");
+    assert_eq!(status.target_uid, second.uid());
+    assert_eq!(
+        status.samples, 0,
+        "a new workload with an old name: {status:?}"
+    );
+    assert_eq!(status.recommendation, None);
 }

@@ -260,7 +260,30 @@ impl Web<'_> {
 
     /// Deployment + Service; returns the Service's ClusterIP once it answers.
     pub async fn create(&self, ns: &str) -> Result<String> {
-        apply(ns, &self.deployment(ns))?;
+        self.create_deployment(ns, &self.deployment(ns)).await
+    }
+
+    /// Like [`Web::create`], each `GET /` held `request_millis` in flight (20 ms otherwise):
+    /// the HTTP server's graceful shutdown then has requests to wait for.
+    pub async fn create_with_request_millis(
+        &self,
+        ns: &str,
+        request_millis: u32,
+    ) -> Result<String> {
+        let mut deployment = self.deployment(ns);
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .context("the web container's env")?;
+        for var in env.iter_mut() {
+            if var["name"] == "REQUEST_MILLIS" {
+                var["value"] = json!(request_millis.to_string());
+            }
+        }
+        self.create_deployment(ns, &deployment).await
+    }
+
+    async fn create_deployment(&self, ns: &str, deployment: &Value) -> Result<String> {
+        apply(ns, deployment)?;
         apply(
             ns,
             &json!({
@@ -541,6 +564,24 @@ pub fn check_injected(pod: &Value, app: &str, policy_name: &str) -> Result<()> {
             && env.get("LAMEDUCK_CONTAINER").map(String::as_str) == Some("web"),
         "{name}: app env {env:?}"
     );
+    // The app and the sidecar plan with the grace period the kubelet enforces.
+    let sidecar_grace = side["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "LAMEDUCK_GRACE_SECONDS")
+        .and_then(|e| e["value"].as_str());
+    let grace = grace_of(pod).to_string();
+    ensure!(
+        env.get("LAMEDUCK_GRACE_SECONDS").map(String::as_str) == Some(grace.as_str())
+            && sidecar_grace == Some(grace.as_str()),
+        "{name}: LAMEDUCK_GRACE_SECONDS app {:?}, sidecar {sidecar_grace:?}, pod {grace}",
+        env.get("LAMEDUCK_GRACE_SECONDS")
+    );
+    ensure!(
+        env.contains_key("LAMEDUCK_FALLBACK_DELAY_MILLIS"),
+        "{name}: app env lacks LAMEDUCK_FALLBACK_DELAY_MILLIS: {env:?}"
+    );
     ensure!(
         c["lifecycle"]["preStop"]["exec"]["command"]
             == json!(["/lameduck/bin/lameduck", "prestop", "--container", "web"]),
@@ -613,6 +654,12 @@ pub fn grace_of(p: &Value) -> u64 {
 
 pub fn killed(ns: &str, name: &str) -> Result<u64> {
     Ok(policy(ns, name)?["status"]["killed"].as_u64().unwrap_or(0))
+}
+
+pub fn timeouts(ns: &str, name: &str) -> Result<u64> {
+    Ok(policy(ns, name)?["status"]["timeouts"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 /// One rolling restart of `name`, waiting until its old pods are gone.

@@ -90,14 +90,23 @@ impl PolicyIndex {
     }
 }
 
-/// What a policy prescribes for new pods.
-pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
+/// What a policy prescribes for new pods of the workload `workload_uid` (when known):
+/// its spec, and what it learned — the grace period, the deregister delay and the drain
+/// budget — only when its history describes that workload (`status.targetUID`), not an
+/// earlier one of the same name.
+pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> PolicySettings {
     let spec = &policy.spec;
-    let learned = policy
+    let recommendation = policy
         .status
         .as_ref()
-        .and_then(|s| s.recommendation)
-        .and_then(|r| r.deregister_delay_millis);
+        .filter(
+            |status| match (status.target_uid.as_deref(), workload_uid) {
+                (Some(recorded), Some(uid)) => recorded == uid,
+                _ => true,
+            },
+        )
+        .and_then(|status| status.recommendation);
+    let learned = recommendation.and_then(|r| r.deregister_delay_millis);
     let min_delay_millis =
         (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
     PolicySettings {
@@ -106,10 +115,7 @@ pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
             api::UpdateMode::Off => UpdateMode::Off,
             api::UpdateMode::Initial => UpdateMode::Initial,
         },
-        recommended_grace_seconds: policy
-            .status
-            .as_ref()
-            .and_then(|s| s.recommendation)
+        recommended_grace_seconds: recommendation
             .and_then(|r| r.grace_period_seconds)
             .map(i64::from),
         drain: Some(DrainSettings {
@@ -126,14 +132,20 @@ pub fn policy_settings(policy: &ShutdownPolicy) -> PolicySettings {
                 port: u16::try_from(http.port).unwrap_or(u16::MAX),
                 path: http.path.clone(),
             }),
+            budget_millis: recommendation.and_then(|r| r.drain_budget_millis),
         }),
     }
 }
 
 impl PolicyLookup for PolicyIndex {
-    fn lookup(&self, namespace: &str, workload: &WorkloadRef) -> Option<PolicySettings> {
+    fn lookup(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        workload_uid: Option<&str>,
+    ) -> Option<PolicySettings> {
         self.find(namespace, &workload.kind, &workload.name)
-            .map(|policy| policy_settings(&policy))
+            .map(|policy| policy_settings(&policy, workload_uid))
     }
 }
 
@@ -169,9 +181,11 @@ mod tests {
     fn finds_the_policy_by_name_or_by_target() {
         let mut recommended = policy("deployment-web", "Deployment", "web");
         recommended.status = Some(ShutdownPolicyStatus {
+            target_uid: Some("d-1".into()),
             recommendation: Some(RecommendationStatus {
                 grace_period_seconds: Some(42),
                 deregister_delay_millis: Some(3_500),
+                drain_budget_millis: Some(2_400),
                 ..Default::default()
             }),
             ..Default::default()
@@ -181,25 +195,39 @@ mod tests {
             kind: "Deployment".into(),
             name: "web".into(),
         };
-        let settings = index.lookup("shop", &web).unwrap();
+        for uid in [Some("d-1"), None] {
+            let settings = index.lookup("shop", &web, uid).unwrap();
+            assert_eq!(settings.policy_name, "deployment-web");
+            assert_eq!(settings.grace_override(), Some(42));
+            let drain = settings.drain.unwrap();
+            assert_eq!(drain.min_delay_millis, 3_500); // learned, above minDelaySeconds
+            assert_eq!(drain.max_delay_millis, 10_000);
+            assert_eq!(drain.budget_millis, Some(2_400));
+        }
+        // A new Deployment web (another uid): nothing the policy learned about the old one.
+        let settings = index.lookup("shop", &web, Some("d-2")).unwrap();
         assert_eq!(settings.policy_name, "deployment-web");
-        assert_eq!(settings.grace_override(), Some(42));
+        assert_eq!(settings.grace_override(), None);
         let drain = settings.drain.unwrap();
-        assert_eq!(drain.min_delay_millis, 3_500); // learned, above minDelaySeconds
-        assert_eq!(drain.max_delay_millis, 10_000);
+        assert_eq!(drain.min_delay_millis, 2_000, "the spec's minDelaySeconds");
+        assert_eq!(drain.budget_millis, None);
         let db = WorkloadRef {
             kind: "StatefulSet".into(),
             name: "db".into(),
         };
-        assert_eq!(index.lookup("shop", &db).unwrap().policy_name, "my-own");
-        assert_eq!(index.lookup("other", &db), None);
+        assert_eq!(
+            index.lookup("shop", &db, None).unwrap().policy_name,
+            "my-own"
+        );
+        assert_eq!(index.lookup("other", &db, None), None);
         assert_eq!(
             index.lookup(
                 "shop",
                 &WorkloadRef {
                     kind: "DaemonSet".into(),
                     name: "web".into()
-                }
+                },
+                None
             ),
             None
         );

@@ -46,6 +46,8 @@ pub use lookup::PolicyIndex;
 pub use record::PolicyRecord;
 
 use crate::api::ShutdownPolicy;
+use crate::observe::Observation;
+use lameduck_proto::Outcome;
 
 /// Field manager of the operator's writes.
 pub const FIELD_MANAGER: &str = "lameduck-operator";
@@ -121,11 +123,13 @@ impl StatusBook {
             .or_default()
     }
 
-    /// Drops queued observations of pods that finished before `unix_ms` (followers).
+    /// Drops queued observations of pods that finished before `unix_ms`, and the records
+    /// left with nothing (followers: they only queue).
     pub fn prune_before(&mut self, unix_ms: i64) {
-        for record in self.records.values_mut() {
+        self.records.retain(|_, record| {
             record.prune_before(unix_ms);
-        }
+            record.is_loaded() || record.has_pending()
+        });
     }
 
     /// Forgets the queued counts of unobserved pods (on taking the lease).
@@ -135,10 +139,38 @@ impl StatusBook {
         }
     }
 
-    /// Forgets policies that no longer exist.
-    pub fn retain(&mut self, exists: impl Fn(&PolicyKey) -> bool) {
-        self.records
-            .retain(|key, record| exists(key) || record.has_pending());
+    /// Forgets what describes objects that are gone: everything in a namespace being
+    /// deleted, the record of a policy that no longer exists (what it queued included), and
+    /// observations that waited [`FOLLOWER_RETENTION`] for a policy that never appeared.
+    pub fn retain(
+        &mut self,
+        exists: impl Fn(&PolicyKey) -> bool,
+        namespace_terminating: impl Fn(&str) -> bool,
+        now_unix_ms: i64,
+    ) {
+        self.records.retain(|key, record| {
+            if namespace_terminating(&key.namespace) {
+                return false;
+            }
+            if exists(key) {
+                return true;
+            }
+            if record.is_loaded() || record.is_closing() {
+                return false;
+            }
+            record.prune_before(now_unix_ms - FOLLOWER_RETENTION.as_millis() as i64);
+            record.has_pending_observations()
+        });
+    }
+
+    /// Number of policies with a record (the memory the book holds).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no policy has a record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 }
 
@@ -149,6 +181,18 @@ pub struct PolicyLabels {
     pub namespace: String,
     /// The policy's name.
     pub policy: String,
+}
+
+/// Label set of the container-restart shutdown counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// How the container's applications finished (`acked`, `timeout`, …; `omitted` for
+    /// restarts the report left out to fit its byte budget).
+    pub outcome: &'static str,
 }
 
 /// Label set of the reconcile error counter.
@@ -163,8 +207,14 @@ pub struct ControllerLabels {
 pub struct ControllerMetrics {
     /// Observed shutdowns, per policy.
     pub observations: Family<PolicyLabels, Counter>,
-    /// Pods SIGKILLed at their deadline, per policy.
+    /// Pods SIGKILLed at their own deadline, per policy.
     pub kills: Family<PolicyLabels, Counter>,
+    /// Shutdowns whose application did not acknowledge before the sidecar's deadline
+    /// (within the pod's own grace period), per policy.
+    pub timeouts: Family<PolicyLabels, Counter>,
+    /// Container-level shutdowns followed by a restart of the container, per policy and
+    /// outcome.
+    pub container_restart_shutdowns: Family<RestartLabels, Counter>,
     /// Terminating pods that disappeared unobserved, per policy.
     pub unobserved: Family<PolicyLabels, Counter>,
     /// The applied grace-period recommendation, per policy.
@@ -190,6 +240,16 @@ impl ControllerMetrics {
             "kills",
             "Pods SIGKILLed at their deadline, per ShutdownPolicy",
             metrics.kills.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Shutdowns whose application did not acknowledge before the sidecar's deadline, per ShutdownPolicy",
+            metrics.timeouts.clone(),
+        );
+        registry.register(
+            "container_restart_shutdowns",
+            "Container-level shutdowns followed by a restart of the container (not pod deletions), per ShutdownPolicy and outcome",
+            metrics.container_restart_shutdowns.clone(),
         );
         registry.register(
             "unobserved",
@@ -230,8 +290,56 @@ impl ControllerMetrics {
         };
         self.observations.remove(&labels);
         self.kills.remove(&labels);
+        self.timeouts.remove(&labels);
         self.unobserved.remove(&labels);
         self.recommendation.remove(&labels);
+        for outcome in RESTART_OUTCOMES {
+            self.container_restart_shutdowns.remove(&RestartLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                outcome: outcome.as_str(),
+            });
+        }
+        self.container_restart_shutdowns.remove(&RestartLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+            outcome: RESTARTS_OMITTED,
+        });
+    }
+}
+
+/// Every outcome a restart record can carry (the label values of the restart counter).
+const RESTART_OUTCOMES: [Outcome; 7] = [
+    Outcome::Acked,
+    Outcome::Timeout,
+    Outcome::NoApp,
+    Outcome::AppError,
+    Outcome::Disconnected,
+    Outcome::NoPrestop,
+    Outcome::Unknown,
+];
+
+/// The outcome label of restarts the report left out to fit its byte budget.
+pub const RESTARTS_OMITTED: &str = "omitted";
+
+impl ControllerMetrics {
+    /// Counts the container restarts an observation reports, by outcome.
+    pub fn count_container_restarts(&self, key: &PolicyKey, observation: &Observation) {
+        let omitted = (observation.container_restarts_omitted > 0)
+            .then_some((RESTARTS_OMITTED, observation.container_restarts_omitted));
+        let reported = observation
+            .container_restarts
+            .iter()
+            .map(|(_, outcome)| (outcome.as_str(), 1));
+        for (outcome, count) in reported.chain(omitted) {
+            self.container_restart_shutdowns
+                .get_or_create(&RestartLabels {
+                    namespace: key.namespace.clone(),
+                    policy: key.name.clone(),
+                    outcome,
+                })
+                .inc_by(count);
+        }
     }
 }
 
@@ -308,6 +416,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `namespace` is being deleted (a deletion timestamp in the Namespace cache).
+    /// Nothing is created or recorded there any more.
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_some_and(|store| {
+            store
+                .get(&reflector::ObjectRef::new(namespace))
+                .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
+        })
+    }
+
     /// Whether `namespace` carries `lameduck.dev/inject=enabled`.
     pub fn namespace_opted_in(&self, namespace: &str) -> bool {
         self.namespaces.as_ref().is_some_and(|store| {
@@ -463,14 +581,18 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
             }
             let store = ctx.policies.store().clone();
             if let Ok(mut book) = ctx.book.lock() {
-                book.retain(|key| {
-                    store
-                        .get(
-                            &kube::runtime::reflector::ObjectRef::new(&key.name)
-                                .within(&key.namespace),
-                        )
-                        .is_some()
-                });
+                book.retain(
+                    |key| {
+                        store
+                            .get(
+                                &kube::runtime::reflector::ObjectRef::new(&key.name)
+                                    .within(&key.namespace),
+                            )
+                            .is_some()
+                    },
+                    |namespace| ctx.namespace_terminating(namespace),
+                    Timestamp::now().as_millisecond(),
+                );
             }
         }
     };
@@ -500,10 +622,20 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
     let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
     // The controller's cache of every workload keeps only what reconciling reads.
     let (reader, writer) = reflector::store();
+    // A deleted workload's remaining shutdowns are not recorded (its record closes).
+    let on_delete = {
+        let ctx = ctx.clone();
+        move |event: &Result<watcher::Event<W>, watcher::Error>| {
+            if let Ok(watcher::Event::Delete(workload)) = event {
+                workloads::close_target(&ctx, workload);
+            }
+        }
+    };
     let trigger = watcher(workloads, list_config())
         .default_backoff()
         .modify(W::slim)
         .reflect(writer)
+        .inspect(on_delete)
         .applied_objects();
     // A namespace's opt-in label changed: look at its workloads again.
     let in_namespace = {

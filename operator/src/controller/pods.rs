@@ -2,7 +2,7 @@
 //! finished termination into one observation for its policy. No pod cache is kept (the
 //! watch events are handled and dropped): only the UIDs of terminating pods are remembered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -18,8 +18,8 @@ use crate::observe::{self, Observation};
 /// What became of a terminating pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Seen {
-    /// Its shutdown was observed.
-    Observed(Observation),
+    /// Its shutdown was observed (boxed: an observation is large, most events carry none).
+    Observed(Box<Observation>),
     /// It disappeared before its containers' final state was seen.
     Unobserved,
 }
@@ -34,6 +34,9 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct PodTracker {
     terminating: HashMap<String, Tracked>,
+    /// During a re-list: the followed pods it listed again. A pod deleted while the watch
+    /// was down gets no delete event; the re-list is how it is forgotten.
+    relisted: Option<HashSet<String>>,
 }
 
 impl PodTracker {
@@ -47,8 +50,35 @@ impl PodTracker {
         self.terminating.is_empty()
     }
 
+    /// The watch (re)lists every pod: what it does not list again is gone.
+    pub fn relist_started(&mut self) {
+        self.relisted = Some(HashSet::new());
+    }
+
+    /// The re-list is complete: forgets the followed pods it did not list. Returns the
+    /// policies of those that vanished before their shutdown was observed.
+    pub fn relist_done(&mut self) -> Vec<PolicyKey> {
+        let Some(listed) = self.relisted.take() else {
+            return Vec::new();
+        };
+        let mut vanished = Vec::new();
+        self.terminating.retain(|uid, tracked| {
+            let keep = listed.contains(uid);
+            if !keep && !tracked.observed {
+                vanished.push(tracked.key.clone());
+            }
+            keep
+        });
+        vanished
+    }
+
     /// A pod was added or changed.
     pub fn apply(&mut self, pod: &Pod) -> Option<(PolicyKey, Seen)> {
+        if let (Some(listed), Some(uid)) = (self.relisted.as_mut(), pod.uid())
+            && self.terminating.contains_key(&uid)
+        {
+            listed.insert(uid);
+        }
         if !observe::is_terminating(pod) {
             return None;
         }
@@ -63,7 +93,7 @@ impl PodTracker {
         }
         let observation = observe::observe(pod)?;
         tracked.observed = true;
-        Some((tracked.key.clone(), Seen::Observed(observation)))
+        Some((tracked.key.clone(), Seen::Observed(Box::new(observation))))
     }
 
     /// A pod was deleted from the API.
@@ -77,7 +107,7 @@ impl PodTracker {
         }
         let key = tracked.map(|t| t.key).or_else(|| policy_key(pod))?;
         Some(match observe::observe_deleted(pod) {
-            Some(observation) => (key, Seen::Observed(observation)),
+            Some(observation) => (key, Seen::Observed(Box::new(observation))),
             None => (key, Seen::Unobserved),
         })
     }
@@ -124,7 +154,22 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 tracker.apply(&pod).map(|s| (pod, s))
             }
             Ok(watcher::Event::Delete(pod)) => tracker.delete(&pod).map(|s| (pod, s)),
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Ok(watcher::Event::Init) => {
+                tracker.relist_started();
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                for key in tracker.relist_done() {
+                    if ctx.namespace_terminating(&key.namespace) {
+                        continue;
+                    }
+                    ctx.metrics.unobserved.get_or_create(&key.labels()).inc();
+                    if let Ok(mut book) = ctx.book.lock() {
+                        book.entry(key.namespace, key.name).push_unobserved();
+                    }
+                }
+                None
+            }
             Err(error) => {
                 tracing::warn!(%error, "pod watch failed; retrying");
                 None
@@ -137,6 +182,11 @@ pub async fn observe_pods(ctx: Arc<Context>) {
         let Some((pod, (key, seen))) = seen else {
             continue;
         };
+        // The last shutdowns of a namespace being deleted belong to nothing that lasts.
+        if ctx.namespace_terminating(&key.namespace) {
+            tracing::debug!(pod = %pod.name_any(), namespace = %key.namespace, "namespace being deleted: not recorded");
+            continue;
+        }
         let labels = key.labels();
         match seen {
             Seen::Observed(observation) => {
@@ -144,17 +194,29 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                     tracing::warn!(pod = %pod.name_any(), namespace = %key.namespace, "{warning}");
                 }
                 ctx.metrics.observations.get_or_create(&labels).inc();
-                if observation.killed() {
+                if observation.app_killed() {
                     ctx.metrics.kills.get_or_create(&labels).inc();
+                }
+                if observation.app_timed_out() {
+                    ctx.metrics.timeouts.get_or_create(&labels).inc();
+                }
+                ctx.metrics.count_container_restarts(&key, &observation);
+                if !observation.own_grace_period() {
+                    tracing::info!(
+                        pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
+                        grace_seconds = observation.grace_seconds, pod_grace_seconds = observation.pod_grace_seconds,
+                        "deleted with a shorter grace period than its own: a kill or timeout is not the application's"
+                    );
                 }
                 tracing::info!(
                     pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
-                    duration_ms = observation.duration_ms, killed = observation.killed(),
-                    outcome = observation.outcome.map(|o| o.as_str()), "observed shutdown"
+                    duration_ms = observation.duration_ms, sequence_ms = observation.sequence_ms,
+                    killed = observation.killed(), outcome = observation.outcome.map(|o| o.as_str()),
+                    container_restarts = observation.container_restart_shutdowns(), "observed shutdown"
                 );
                 if let Ok(mut book) = ctx.book.lock() {
                     book.entry(key.namespace, key.name)
-                        .push(pod.name_any(), observation);
+                        .push(pod.name_any(), *observation);
                 }
             }
             Seen::Unobserved => {
@@ -205,6 +267,31 @@ mod tests {
         assert_eq!(tracker.apply(&fixture("terminating")), None);
         let (_, seen) = tracker.delete(&fixture("terminating")).unwrap();
         assert_eq!(seen, Seen::Unobserved);
+    }
+
+    #[test]
+    fn a_relist_forgets_pods_deleted_while_the_watch_was_down() {
+        let mut tracker = PodTracker::default();
+        assert_eq!(tracker.apply(&fixture("terminating")), None);
+        let mut other = fixture("terminating");
+        other.metadata.uid = Some("still-there".into());
+        assert_eq!(tracker.apply(&other), None);
+        assert_eq!(tracker.len(), 2);
+        // The watch restarts; only `other` is listed again.
+        tracker.relist_started();
+        assert_eq!(tracker.apply(&other), None);
+        let vanished = tracker.relist_done();
+        assert_eq!(tracker.len(), 1, "nothing outlives the pod it followed");
+        assert_eq!(
+            vanished,
+            [PolicyKey {
+                namespace: "fixture-pods".into(),
+                name: "pod-acked".into()
+            }]
+        );
+        // Not during a re-list: nothing to forget.
+        assert!(tracker.relist_done().is_empty());
+        assert_eq!(tracker.len(), 1);
     }
 
     #[test]

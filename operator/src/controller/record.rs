@@ -1,6 +1,12 @@
 //! What the leader knows about one policy between two status patches, and the status it
 //! writes from it. Pure code: the status writer feeds it observations and pod counts and
 //! asks for the status to patch.
+//!
+//! The history belongs to one workload object, not to a name: the status records the
+//! workload's uid (`targetUID`), and when the reconciler reports another uid for the same
+//! name (the workload was deleted and created again) the history starts over, without the
+//! observations of pods older than the new workload. A record whose workload, namespace or
+//! policy is being deleted is closed: it takes nothing more.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -35,6 +41,25 @@ pub enum Notice {
         /// The grace period it was killed at.
         grace_seconds: u32,
     },
+    /// A pod's application did not acknowledge before the sidecar's deadline.
+    TimedOut {
+        /// The pod's name.
+        pod: String,
+        /// The pod's grace period.
+        grace_seconds: u32,
+        /// The sidecar's deadline, milliseconds after T0 (when the report gives it).
+        deadline_ms: Option<u64>,
+    },
+    /// The policy's target is another object than the one its history described: the
+    /// history starts over.
+    HistoryReset {
+        /// The uid the history described.
+        previous_uid: String,
+        /// The workload's uid now.
+        uid: String,
+        /// Samples forgotten.
+        samples: u64,
+    },
     /// The applied recommendation changed.
     RecommendationChanged {
         /// Before (None: the workload's own value).
@@ -44,13 +69,32 @@ pub enum Notice {
     },
 }
 
+/// The workload a policy governs, as the workload reconciler last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetIdentity {
+    /// The workload's uid.
+    pub uid: String,
+    /// Its `creationTimestamp` (second precision), Unix ms: pods created before it belong
+    /// to an earlier workload of the same name.
+    pub created_unix_ms: Option<i64>,
+}
+
 /// The leader's working copy of one policy's status.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRecord {
     loaded: bool,
+    /// The uid of the policy object the status was loaded from.
+    policy_uid: Option<String>,
+    /// The workload the history describes (`status.targetUID`).
+    history_target: Option<String>,
+    /// The workload the reconciler last reported for this policy.
+    target: Option<TargetIdentity>,
+    /// The workload, its namespace or the policy is being deleted: nothing is recorded.
+    closing: bool,
     history: History,
     killed: u64,
     timeouts: u64,
+    container_restart_shutdowns: u64,
     unobserved: u64,
     last_observation_ms: Option<i64>,
     /// `lastObservationTime` of the status when it was loaded: observations that finished
@@ -65,8 +109,12 @@ pub struct PolicyRecord {
 }
 
 impl PolicyRecord {
-    /// Queues an observation; it is folded in at the next status write.
+    /// Queues an observation; it is folded in at the next status write. A closed record
+    /// takes nothing.
     pub fn push(&mut self, pod: String, observation: Observation) {
+        if self.closing {
+            return;
+        }
         if self.pending.len() >= MAX_PENDING {
             self.dropped += 1;
             return;
@@ -87,7 +135,41 @@ impl PolicyRecord {
 
     /// Counts a terminating pod that disappeared before it could be observed.
     pub fn push_unobserved(&mut self) {
-        self.pending_unobserved += 1;
+        if !self.closing {
+            self.pending_unobserved += 1;
+        }
+    }
+
+    /// The workload the policy governs now (from its reconcile). A live workload reopens a
+    /// closed record: it is the one whose shutdowns are recorded from now on.
+    pub fn set_target(&mut self, target: TargetIdentity) {
+        self.target = Some(target);
+        self.closing = false;
+    }
+
+    /// The workload (`uid`, when known), its namespace or the policy is being deleted:
+    /// queued observations are dropped and nothing more is taken. A deletion of another
+    /// object than the current target (an earlier workload of the same name) changes
+    /// nothing.
+    pub fn close(&mut self, uid: Option<&str>) {
+        if let (Some(uid), Some(target)) = (uid, &self.target)
+            && target.uid != uid
+        {
+            return;
+        }
+        self.closing = true;
+        self.pending.clear();
+        self.pending_unobserved = 0;
+    }
+
+    /// Whether the record takes nothing (see [`PolicyRecord::close`]).
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether the record was loaded from a policy's status.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// Sets the pod counts reported by the workload reconciler.
@@ -97,7 +179,12 @@ impl PolicyRecord {
 
     /// Whether observations wait to be written.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || self.pending_unobserved > 0
+        self.has_pending_observations() || self.pending_unobserved > 0
+    }
+
+    /// Whether observed shutdowns wait to be written (unobserved counts aside).
+    pub fn has_pending_observations(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Observations dropped because their policy did not appear in time.
@@ -118,8 +205,42 @@ impl PolicyRecord {
         now: Timestamp,
     ) -> (ShutdownPolicyStatus, Recommendation) {
         let current = policy.status.clone().unwrap_or_default();
+        let policy_uid = policy.metadata.uid.clone();
+        if self.loaded && policy_uid != self.policy_uid {
+            // Another policy object under the same name: what was loaded described the old one.
+            self.reset_history();
+            self.loaded = false;
+        }
         if !self.loaded {
             self.load(&current);
+            self.policy_uid = policy_uid;
+        }
+        // What the status says now, for the RecommendationChanged notice (a reset below
+        // clears the applied value the recommender starts from).
+        let announced = self.applied;
+        if let Some(target) = self.target.clone() {
+            if let Some(previous) = self
+                .history_target
+                .take()
+                .filter(|previous| *previous != target.uid)
+            {
+                let samples = self.history.samples();
+                self.reset_history();
+                self.notices.push(Notice::HistoryReset {
+                    previous_uid: previous,
+                    uid: target.uid.clone(),
+                    samples,
+                });
+            }
+            self.history_target = Some(target.uid.clone());
+            // Pods older than the workload were an earlier workload's of the same name.
+            if let Some(created) = target.created_unix_ms {
+                self.pending.retain(|p| {
+                    p.observation
+                        .pod_created_unix_ms
+                        .is_none_or(|pod_created| pod_created >= created)
+                });
+            }
         }
         let settings = policy.spec.grace_period.settings();
         for PendingObservation { pod, observation } in std::mem::take(&mut self.pending) {
@@ -129,14 +250,24 @@ impl PolicyRecord {
             {
                 continue;
             }
-            self.history.record(&observation.sample(), &settings);
+            // A shutdown cut short by a shorter grace period than the pod's own says
+            // nothing about what the application needs: it is not a sample.
+            if let Some(sample) = observation.sample() {
+                self.history.record(&sample, &settings);
+            }
             self.last_observation_ms = self
                 .last_observation_ms
                 .max(Some(observation.finished_unix_ms));
-            if observation.timed_out() {
+            self.container_restart_shutdowns += observation.container_restart_shutdowns();
+            if observation.app_timed_out() {
                 self.timeouts += 1;
+                self.notices.push(Notice::TimedOut {
+                    pod: pod.clone(),
+                    grace_seconds: observation.grace_seconds,
+                    deadline_ms: observation.sequence_ms,
+                });
             }
-            if observation.killed() {
+            if observation.app_killed() {
                 self.killed += 1;
                 self.notices.push(Notice::Killed {
                     pod,
@@ -153,13 +284,13 @@ impl PolicyRecord {
             now_ms,
             self.applied,
         );
-        if recommendation.grace_period_seconds != self.applied {
+        if recommendation.grace_period_seconds != announced {
             self.notices.push(Notice::RecommendationChanged {
-                from: self.applied,
+                from: announced,
                 to: recommendation.grace_period_seconds,
             });
-            self.applied = recommendation.grace_period_seconds;
         }
+        self.applied = recommendation.grace_period_seconds;
 
         let summary = self.history.duration_summary();
         let [deregister, drain, cleanup, exit] = self.history.phase_summaries().map(|p| {
@@ -182,13 +313,13 @@ impl PolicyRecord {
                 generation,
             ),
             observed_generation: generation,
+            target_uid: self.history_target.clone(),
             samples: self.history.samples(),
             last_observation_time: self
                 .last_observation_ms
                 // metav1.Time has second precision: truncate so the status round-trips.
                 .and_then(|ms| Timestamp::from_second(ms.div_euclid(1000)).ok())
-                .map(Time)
-                .or(current.last_observation_time),
+                .map(Time),
             durations: summary.map(|s| DurationQuantiles {
                 p50: round(s.p50),
                 p90: round(s.p90),
@@ -196,6 +327,13 @@ impl PolicyRecord {
                 max: round(s.max),
             }),
             phases: summary.map(|_| PhaseQuantiles {
+                sequence: self
+                    .history
+                    .sequence_summary()
+                    .map(|(p50, p99)| PhaseQuantile {
+                        p50: round(p50),
+                        p99: round(p99),
+                    }),
                 deregister,
                 drain,
                 cleanup,
@@ -203,6 +341,7 @@ impl PolicyRecord {
             }),
             killed: self.killed,
             timeouts: self.timeouts,
+            container_restart_shutdowns: self.container_restart_shutdowns,
             unobserved: self.unobserved,
             recommendation: Some(RecommendationStatus {
                 grace_period_seconds: recommendation.grace_period_seconds,
@@ -210,6 +349,7 @@ impl PolicyRecord {
                 upper_bound: recommendation.upper_bound_seconds,
                 uncapped: recommendation.uncapped_seconds,
                 deregister_delay_millis: recommendation.deregister_delay_ms,
+                drain_budget_millis: recommendation.drain_budget_ms,
             })
             .filter(|r| *r != RecommendationStatus::default()),
             pods,
@@ -218,8 +358,21 @@ impl PolicyRecord {
         (status, recommendation)
     }
 
+    /// Forgets everything observed: the history now describes another object.
+    fn reset_history(&mut self) {
+        self.history = History::new();
+        self.killed = 0;
+        self.timeouts = 0;
+        self.container_restart_shutdowns = 0;
+        self.unobserved = 0;
+        self.last_observation_ms = None;
+        self.recorded_until_ms = None;
+        self.applied = None;
+    }
+
     fn load(&mut self, status: &ShutdownPolicyStatus) {
         self.loaded = true;
+        self.history_target = status.target_uid.clone();
         self.history = status
             .histogram
             .as_ref()
@@ -227,6 +380,7 @@ impl PolicyRecord {
             .unwrap_or_default();
         self.killed = status.killed;
         self.timeouts = status.timeouts;
+        self.container_restart_shutdowns = status.container_restart_shutdowns;
         self.unobserved = status.unobserved;
         self.last_observation_ms = status
             .last_observation_time
@@ -260,7 +414,7 @@ fn conditions(
             CONDITION_RECOMMENDATION_PROVIDED,
             true,
             if recommendation.low_confidence {
-                "KilledPodObserved"
+                "KillOrTimeoutObserved"
             } else {
                 "Recommended"
             },
@@ -367,17 +521,22 @@ mod tests {
             t0_unix_ms: t0,
             t0_source: T0Source::Report,
             grace_seconds: 30,
+            pod_grace_seconds: 30,
+            pod_created_unix_ms: Some(t0 - 3_600_000),
             deadline_unix_ms: t0 + 30_000,
             finished_unix_ms: t0 + duration_ms as i64,
             duration_ms,
             killed_containers: if killed { vec!["web".into()] } else { vec![] },
             oom_killed_containers: vec![],
             outcome: None,
+            sequence_ms: None,
             phases: PhaseDurations {
                 deregister: Some(2000),
                 ..Default::default()
             },
             deregister_lag_ms: Some(1500),
+            container_restarts: vec![],
+            container_restarts_omitted: 0,
             warnings: vec![],
         }
     }
@@ -398,7 +557,8 @@ mod tests {
         let (status, recommendation) = record.status(&policy, now);
         assert_eq!(status.samples, 6);
         assert_eq!(status.killed, 1);
-        assert_eq!(recommendation.grace_period_seconds, Some(45)); // the kill bump
+        let applied = recommendation.grace_period_seconds.unwrap();
+        assert!(applied >= 45, "the kill bump: {recommendation:?}");
         assert!(
             status
                 .conditions
@@ -412,7 +572,7 @@ mod tests {
         }));
         assert!(notices.contains(&Notice::RecommendationChanged {
             from: None,
-            to: Some(45)
+            to: Some(applied)
         }));
 
         // Through JSON, as the API server stores it, into a fresh record: nothing is lost.
@@ -456,6 +616,59 @@ mod tests {
         let (status, _) = follower.status(&policy, now);
         assert_eq!(status.samples, 5, "3 recorded before + 2 from the gap");
         assert_eq!(status.unobserved, 0);
+    }
+
+    #[test]
+    fn a_policy_created_again_under_its_name_is_loaded_afresh() {
+        let mut first = policy();
+        first.metadata.uid = Some("p-1".into());
+        let mut record = PolicyRecord::default();
+        for i in 0..3 {
+            record.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 4_000, false),
+            );
+        }
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        assert_eq!(record.status(&first, now).0.samples, 3);
+        // Deleted and created again between two writes: another object, an empty status.
+        let mut second = policy();
+        second.metadata.uid = Some("p-2".into());
+        record.push("web-9".into(), observation(NOW + 9_000, 4_000, false));
+        let (status, _) = record.status(&second, now);
+        assert_eq!(status.samples, 1, "{status:?}");
+    }
+
+    #[test]
+    fn a_new_target_keeps_the_history_of_the_same_workload() {
+        let mut policy = policy();
+        let mut record = PolicyRecord::default();
+        let target = TargetIdentity {
+            uid: "d-1".into(),
+            created_unix_ms: Some(NOW - 7_200_000),
+        };
+        record.set_target(target.clone());
+        for i in 0..3 {
+            record.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 4_000, false),
+            );
+        }
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        let (status, _) = record.status(&policy, now);
+        assert_eq!(status.target_uid.as_deref(), Some("d-1"));
+        policy.status = Some(status);
+        // A new leader: the same workload reported again, nothing is reset.
+        let mut restarted = PolicyRecord::default();
+        restarted.set_target(target);
+        let (again, _) = restarted.status(&policy, now);
+        assert_eq!(again.samples, 3);
+        assert!(
+            restarted
+                .take_notices()
+                .iter()
+                .all(|n| !matches!(n, Notice::HistoryReset { .. }))
+        );
     }
 
     #[test]

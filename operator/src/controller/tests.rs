@@ -269,12 +269,15 @@ fn observation(i: i64) -> Observation {
         t0_unix_ms: t0,
         t0_source: T0Source::Report,
         grace_seconds: 30,
+        pod_grace_seconds: 30,
+        pod_created_unix_ms: Some(t0 - 3_600_000),
         deadline_unix_ms: t0 + 30_000,
         finished_unix_ms: t0 + 6_000,
         duration_ms: 6_000,
         killed_containers: vec![],
         oom_killed_containers: vec![],
         outcome: Some(lameduck_proto::Outcome::Acked),
+        sequence_ms: Some(5_900),
         phases: PhaseDurations {
             deregister: Some(2_000),
             drain: Some(100),
@@ -282,6 +285,8 @@ fn observation(i: i64) -> Observation {
             exit: Some(0),
         },
         deregister_lag_ms: Some(1_200),
+        container_restarts: vec![],
+        container_restarts_omitted: 0,
         warnings: vec![],
     }
 }
@@ -318,7 +323,7 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
                     |body| {
                         assert_eq!(body["reason"], "RecommendationChanged");
                         assert_eq!(body["regarding"]["name"], object);
-                        assert!(body["note"].as_str().unwrap().contains("→ 10s"), "{body}");
+                        assert!(body["note"].as_str().unwrap().contains("→ 18s"), "{body}");
                     },
                     json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
                 )
@@ -335,11 +340,13 @@ async fn observations_are_written_in_one_status_patch_and_announced() {
     let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
     assert_eq!(status.samples, 4);
     assert_eq!(status.observed_generation, Some(1));
-    // 6 s → bucket edge ≤ 6.3 s × 1.2 + 2 = 9.6 → 10 s.
-    assert_eq!(
-        status.recommendation.and_then(|r| r.grace_period_seconds),
-        Some(10)
-    );
+    // Sequence 5.9 s → bucket edge 6.02 s × 1.2 + 2 s reserve + 0.1 s exit + 1 s precision
+    // + 1 s buffer = 11.3 → target 12 s; 4 samples: a new value is the upper bound, +50 %.
+    let recommendation = status.recommendation.unwrap();
+    assert_eq!(recommendation.upper_bound, Some(18));
+    assert_eq!(recommendation.grace_period_seconds, Some(18));
+    assert!(recommendation.drain_budget_millis.is_some());
+    assert!(status.phases.and_then(|p| p.sequence).is_some());
     assert!(
         status
             .conditions
@@ -382,15 +389,489 @@ fn a_deleted_policy_leaves_no_metric_series() {
         metrics.observations.get_or_create(&labels).inc();
         metrics.kills.get_or_create(&labels).inc();
         metrics.unobserved.get_or_create(&labels).inc();
+        metrics.timeouts.get_or_create(&labels).inc();
         metrics.recommendation.get_or_create(&labels).set(7);
+        let mut restarted = observation(0);
+        restarted.container_restarts = vec![
+            ("web".into(), lameduck_proto::Outcome::Timeout),
+            ("web".into(), lameduck_proto::Outcome::Acked),
+        ];
+        restarted.container_restarts_omitted = 2;
+        metrics.count_container_restarts(
+            &PolicyKey {
+                namespace: "shop".into(),
+                name: policy.into(),
+            },
+            &restarted,
+        );
     }
     metrics.forget_policy("shop", "deployment-web");
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("deployment-web"), "{text}");
+    // observations, kills, unobserved, timeouts, the gauge and 3 restart outcomes.
     assert_eq!(
         text.matches("policy=\"deployment-api\"").count(),
-        4,
+        8,
         "{text}"
     );
+    assert!(
+        text.contains("container_restart_shutdowns_total{namespace=\"shop\",policy=\"deployment-api\",outcome=\"omitted\"} 2"),
+        "{text}"
+    );
+}
+
+/// A pod that ran with the applied recommendation and timed out at the sidecar's deadline.
+fn timed_out_observation(i: i64, grace_seconds: u32) -> Observation {
+    let t0 = NOW - 30_000 + i * 1000;
+    let deadline = u64::from(grace_seconds) * 1000 - 2_000;
+    Observation {
+        grace_seconds,
+        pod_grace_seconds: grace_seconds,
+        deadline_unix_ms: t0 + i64::from(grace_seconds) * 1000,
+        finished_unix_ms: t0 + deadline as i64 + 500,
+        duration_ms: deadline + 500,
+        outcome: Some(lameduck_proto::Outcome::Timeout),
+        sequence_ms: Some(deadline + 1),
+        phases: PhaseDurations {
+            deregister: Some(1_001),
+            exit: Some(499),
+            ..PhaseDurations::default()
+        },
+        ..observation(i)
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_raises_the_recommendation_and_is_announced_on_policy_and_workload() {
+    // The policy already recommends a grace period from 6 shutdowns of 2.6 s.
+    let mut policy = user_policy("deployment-web");
+    let mut earlier = PolicyRecord::default();
+    for i in 0..6 {
+        let mut quick = observation(i - 100);
+        quick.sequence_ms = Some(2_600);
+        earlier.push(format!("old-{i}"), quick);
+    }
+    let (status, _) = earlier.status(&policy, Timestamp::from_millisecond(NOW - 60_000).unwrap());
+    let applied = status
+        .recommendation
+        .and_then(|r| r.grace_period_seconds)
+        .unwrap();
+    policy.status = Some(status);
+    let (ctx, mut api) = context(vec![policy]);
+    ctx.book
+        .lock()
+        .unwrap()
+        .entry("shop".into(), "deployment-web".into())
+        .push("web-t".into(), timed_out_observation(0, applied));
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let scenario = {
+        let (written, reasons) = (written.clone(), reasons.clone());
+        tokio::spawn(async move {
+            expect(
+                &mut api,
+                Method::PATCH,
+                "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies/deployment-web/status?&fieldManager=lameduck-operator",
+                |body| *written.lock().unwrap() = body.clone(),
+                serde_json::to_value(user_policy("deployment-web")).unwrap(),
+            )
+            .await;
+            for _ in 0..4 {
+                expect(
+                    &mut api,
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/shop/events?",
+                    |body| {
+                        reasons.lock().unwrap().push((
+                            body["reason"].as_str().unwrap_or_default().to_owned(),
+                            body["regarding"]["kind"].as_str().unwrap_or_default().to_owned(),
+                            body["type"].as_str().unwrap_or_default().to_owned(),
+                        ))
+                    },
+                    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
+                )
+                .await;
+            }
+        })
+    };
+    writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    let body = written.lock().unwrap().clone();
+    let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.timeouts, 1);
+    assert_eq!(status.killed, 0);
+    let raised = status
+        .recommendation
+        .and_then(|r| r.grace_period_seconds)
+        .unwrap();
+    assert!(
+        raised > applied,
+        "a timeout at {applied}s left the recommendation at {raised}s"
+    );
+    let reasons = reasons.lock().unwrap().clone();
+    let warning = |kind: &str| {
+        (
+            "ShutdownTimedOut".to_owned(),
+            kind.to_owned(),
+            "Warning".to_owned(),
+        )
+    };
+    assert!(reasons.contains(&warning("ShutdownPolicy")), "{reasons:?}");
+    assert!(reasons.contains(&warning("Deployment")), "{reasons:?}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|(reason, _, _)| reason == "RecommendationChanged")
+            .count(),
+        2,
+        "{reasons:?}"
+    );
+}
+
+/// Like [`expect`], answering with an error status.
+async fn expect_error(handle: &mut ApiHandle, method: Method, path: &str, code: u16, reply: Value) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+        .unwrap_or_else(|| panic!("client dropped before {method} {path}"));
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().to_string(), path);
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+}
+
+/// Fails when the controller sends any request within 100 ms.
+async fn expect_silence(handle: &mut ApiHandle, what: &str) {
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+    {
+        panic!("{what}: unexpected {} {}", request.method(), request.uri());
+    }
+}
+
+/// A context whose Namespace cache holds `shop` being deleted.
+fn context_in_terminating_namespace(policies: Vec<ShutdownPolicy>) -> (Arc<Context>, ApiHandle) {
+    let (ctx, api) = context(policies);
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    let mut writer = reflector::store::Writer::default();
+    let namespace: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> =
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "deletionTimestamp": "2027-01-15T08:00:00Z"}
+        }))
+        .unwrap();
+    writer.apply_watcher_event(&Event::Apply(namespace));
+    ctx.namespaces = Some(writer.as_reader());
+    (Arc::new(ctx), api)
+}
+
+/// The Deployment `web` as another object: `uid`, created at `created`.
+fn deployment_with_uid(uid: &str, created: &str) -> Deployment {
+    let mut deployment = deployment();
+    deployment.metadata.uid = Some(uid.into());
+    deployment.metadata.creation_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()),
+    );
+    deployment
+}
+
+/// A policy of Deployment `web` (uid `owner`) with `samples` shutdowns of 6 s recorded.
+fn policy_with_history(owner: &Deployment, samples: i64) -> ShutdownPolicy {
+    let mut policy = user_policy("deployment-web");
+    policy.metadata.uid = Some("p-1".into());
+    policy.metadata.owner_references = workloads::owner_reference(owner).map(|o| vec![o]);
+    let mut record = PolicyRecord::default();
+    record.set_target(record::TargetIdentity {
+        uid: owner.metadata.uid.clone().unwrap(),
+        created_unix_ms: None,
+    });
+    for i in 0..samples {
+        record.push(format!("old-{i}"), observation(i - 200));
+    }
+    let (status, _) = record.status(&policy, Timestamp::from_millisecond(NOW - 120_000).unwrap());
+    assert_eq!(status.samples, samples as u64);
+    policy.status = Some(status);
+    policy
+}
+
+#[tokio::test]
+async fn a_workload_in_a_terminating_namespace_gets_no_policy_and_records_nothing() {
+    let web = deployment();
+    let policy = policy_with_history(&web, 6);
+    let (ctx, mut api) = context_in_terminating_namespace(vec![policy]);
+    ctx.book
+        .lock()
+        .unwrap()
+        .entry("shop".into(), "deployment-web".into())
+        .push("web-late".into(), observation(1));
+    // Another workload of the namespace, without a policy: none is created.
+    let mut api_deployment = deployment();
+    api_deployment.metadata.name = Some("api".into());
+    for workload in [web, api_deployment] {
+        let action = workloads::reconcile(Arc::new(workload), ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+    expect_silence(&mut api, "reconcile in a terminating namespace").await;
+    {
+        let mut book = ctx.book.lock().unwrap();
+        let record = book.entry("shop".into(), "deployment-web".into());
+        assert!(record.is_closing());
+        assert!(!record.has_pending(), "the queued shutdown is dropped");
+        record.push("web-later".into(), observation(2));
+        assert!(!record.has_pending(), "and nothing more is taken");
+    }
+    let patches = writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(patches, 0);
+    expect_silence(&mut api, "status write in a terminating namespace").await;
+    // The book forgets the namespace's records.
+    let mut book = ctx.book.lock().unwrap();
+    book.retain(|_| true, |namespace| namespace == "shop", NOW);
+    assert!(book.is_empty());
+}
+
+#[tokio::test]
+async fn a_create_refused_in_a_terminating_namespace_is_not_an_error() {
+    // The Namespace cache has not seen the deletion yet: the API server refuses the create.
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect_error(
+            &mut api,
+            Method::POST,
+            "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies?&fieldManager=lameduck-operator",
+            403,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": "shutdownpolicies.lameduck.dev \"deployment-web\" is forbidden: unable to create new content in namespace shop because it is being terminated",
+                "details": {"name": "deployment-web", "group": "lameduck.dev", "kind": "shutdownpolicies",
+                            "causes": [{"reason": "NamespaceTerminating", "message": "namespace shop is being terminated", "field": "metadata.namespace"}]}
+            }),
+        )
+        .await;
+        // No pod count follows: the reconcile stops there.
+        expect_silence(&mut api, "after the refused create").await;
+    });
+    let action = workloads::reconcile(Arc::new(deployment()), ctx.clone())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn another_forbidden_create_is_still_an_error() {
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect_error(
+            &mut api,
+            Method::POST,
+            "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies?&fieldManager=lameduck-operator",
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                   "message": "shutdownpolicies.lameduck.dev is forbidden: User cannot create resource"}),
+        )
+        .await;
+    });
+    let error = workloads::reconcile(Arc::new(deployment()), ctx.clone())
+        .await
+        .expect_err("RBAC refusal");
+    scenario.await.unwrap();
+    assert!(error.to_string().contains("shop/deployment-web"), "{error}");
+}
+
+#[tokio::test]
+async fn a_workload_created_again_under_its_name_starts_from_no_samples() {
+    // The policy recorded 6 shutdowns of the Deployment web with uid d-0; web was deleted
+    // and created again (uid d-1) before the policy was garbage-collected.
+    let old = deployment_with_uid("d-0", "2027-01-15T07:00:00Z");
+    let policy = policy_with_history(&old, 6);
+    let previous = policy.status.clone().unwrap();
+    assert_eq!(previous.target_uid.as_deref(), Some("d-0"));
+    assert!(
+        previous
+            .recommendation
+            .and_then(|r| r.grace_period_seconds)
+            .is_some()
+    );
+    let (ctx, mut api) = context(vec![policy]);
+    let new = deployment_with_uid("d-1", "2027-01-15T07:58:00Z");
+    let created_ms = new
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .unwrap()
+        .0
+        .as_millisecond();
+    {
+        let mut book = ctx.book.lock().unwrap();
+        let record = book.entry("shop".into(), "deployment-web".into());
+        // One shutdown of a pod of the old Deployment, one of the new one.
+        let mut old_pod = observation(1);
+        old_pod.pod_created_unix_ms = Some(created_ms - 60_000);
+        record.push("web-old".into(), old_pod);
+        let mut new_pod = observation(2);
+        new_pod.pod_created_unix_ms = Some(created_ms + 5_000);
+        record.push("web-new".into(), new_pod);
+    }
+    // The reconcile of the new Deployment: the old one still owns the policy (no adoption
+    // over another controller), the pods are counted.
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+        api
+    });
+    workloads::reconcile(Arc::new(new), ctx.clone())
+        .await
+        .unwrap();
+    let mut api = scenario.await.unwrap();
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let scenario = {
+        let (written, reasons) = (written.clone(), reasons.clone());
+        tokio::spawn(async move {
+            expect(
+                &mut api,
+                Method::PATCH,
+                "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies/deployment-web/status?&fieldManager=lameduck-operator",
+                |body| *written.lock().unwrap() = body.clone(),
+                serde_json::to_value(user_policy("deployment-web")).unwrap(),
+            )
+            .await;
+            for _ in 0..4 {
+                expect(
+                    &mut api,
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/shop/events?",
+                    |body| reasons.lock().unwrap().push(body["reason"].as_str().unwrap_or_default().to_owned()),
+                    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": null}),
+                )
+                .await;
+            }
+        })
+    };
+    writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    let body = written.lock().unwrap().clone();
+    let status: ShutdownPolicyStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.target_uid.as_deref(), Some("d-1"));
+    assert_eq!(
+        status.samples, 1,
+        "only the new Deployment's pod: {status:?}"
+    );
+    assert_eq!(
+        status.recommendation, None,
+        "1 of 3 samples: nothing recommended"
+    );
+    assert!(
+        body["status"]["recommendation"].is_null(),
+        "the old recommendation is removed: {body}"
+    );
+    let reasons = reasons.lock().unwrap().clone();
+    assert_eq!(
+        reasons,
+        [
+            "HistoryReset",
+            "HistoryReset",
+            "RecommendationChanged",
+            "RecommendationChanged"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_workload_closes_its_record_but_not_a_newer_ones() {
+    let old = deployment_with_uid("d-0", "2027-01-15T07:00:00Z");
+    let new = deployment_with_uid("d-1", "2027-01-15T07:58:00Z");
+    let policy = policy_with_history(&old, 3);
+    let (ctx, mut api) = context(vec![policy]);
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PODS_PATH, |_| {}, pod_list()).await;
+        api
+    });
+    workloads::reconcile(Arc::new(new.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let _api = scenario.await.unwrap();
+    // The old object's delete event comes late: the new workload's record stays open.
+    workloads::close_target(&ctx, &old);
+    let closing = |ctx: &Context| {
+        ctx.book
+            .lock()
+            .unwrap()
+            .entry("shop".into(), "deployment-web".into())
+            .is_closing()
+    };
+    assert!(!closing(&ctx));
+    workloads::close_target(&ctx, &new);
+    assert!(closing(&ctx));
+}
+
+#[tokio::test]
+async fn nothing_is_written_into_a_policy_being_deleted() {
+    let mut policy = policy_with_history(&deployment(), 3);
+    policy.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_millisecond(NOW).unwrap(),
+        ));
+    let (ctx, mut api) = context(vec![policy]);
+    ctx.book
+        .lock()
+        .unwrap()
+        .entry("shop".into(), "deployment-web".into())
+        .push("web-1".into(), observation(1));
+    let patches = writer::write_statuses(&ctx, Timestamp::from_millisecond(NOW).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(patches, 0);
+    expect_silence(&mut api, "status write into a policy being deleted").await;
+}
+
+#[test]
+fn the_book_forgets_what_describes_objects_that_are_gone() {
+    let key = |name: &str| PolicyKey {
+        namespace: "shop".into(),
+        name: name.into(),
+    };
+    let mut book = StatusBook::default();
+    // A policy that existed (its record was loaded) and is gone: dropped, queue included.
+    let gone = book.entry("shop".into(), "deployment-gone".into());
+    let _ = gone.status(
+        &user_policy("deployment-gone"),
+        Timestamp::from_millisecond(NOW).unwrap(),
+    );
+    gone.push("web-1".into(), observation(1));
+    // Observations waiting for a policy that has not appeared yet: kept while recent.
+    book.entry("shop".into(), "deployment-soon".into())
+        .push("soon-1".into(), observation(50));
+    book.entry("shop".into(), "deployment-never".into())
+        .push("never-1".into(), observation(-400));
+    // A live policy: kept.
+    book.entry("shop".into(), "deployment-web".into());
+    book.retain(|k| *k == key("deployment-web"), |_| false, NOW);
+    assert_eq!(book.len(), 2);
+    let mut left: Vec<String> = [
+        "deployment-web",
+        "deployment-soon",
+        "deployment-gone",
+        "deployment-never",
+    ]
+    .into_iter()
+    .filter(|name| {
+        book.entry("shop".into(), (*name).into()).has_pending() || *name == "deployment-web"
+    })
+    .map(str::to_owned)
+    .collect();
+    left.sort();
+    assert_eq!(left, ["deployment-soon", "deployment-web"]);
 }

@@ -16,6 +16,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client};
 use lameduck_proto::names::{ANNOTATION_INJECT, LABEL_INJECTED};
 
+use super::record::TargetIdentity;
 use super::{Context, Error, Result};
 use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
 use crate::webhook::decide::flag;
@@ -120,16 +121,56 @@ pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
     Some(policy)
 }
 
+/// Closes the record of the workload's policy: the workload (or its namespace) is being
+/// deleted, and the shutdowns of its last pods are not recorded. A policy that governs a
+/// newer workload of the same name is left alone (the uid differs).
+pub fn close_target<W: Workload>(ctx: &Context, workload: &W) {
+    let (Some(namespace), Some(name)) = (workload.namespace(), workload.meta().name.as_deref())
+    else {
+        return;
+    };
+    let Some(policy) = ctx.policies.find(&namespace, &W::kind(&()), name) else {
+        return;
+    };
+    match ctx.book.lock() {
+        Ok(mut book) => book
+            .entry(namespace, policy.name_any())
+            .close(workload.meta().uid.as_deref()),
+        Err(_) => {
+            tracing::error!(policy = %policy.name_any(), "status book poisoned: cannot close the record")
+        }
+    }
+}
+
+/// Whether an API error is the refusal to create anything in a namespace being deleted
+/// (`403 Forbidden`, cause `NamespaceTerminating`).
+pub fn namespace_terminating_error(error: &kube::Error) -> bool {
+    let kube::Error::Api(status) = error else {
+        return false;
+    };
+    status.is_forbidden()
+        && status.details.as_ref().is_some_and(|details| {
+            details
+                .causes
+                .iter()
+                .any(|cause| cause.reason == "NamespaceTerminating")
+        })
+}
+
 /// Ensures the workload's policy exists (creating or adopting it) and reports its pod counts.
 #[tracing::instrument(skip(workload, ctx), fields(kind = %W::kind(&()), name = %workload.name_any(), namespace = workload.namespace().unwrap_or_default()))]
 pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = workload
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    // A change of the namespace label triggers a reconcile too (a watch on Namespaces).
-    if !opted_in(workload.as_ref(), ctx.namespace_opted_in(&namespace))
-        || workload.meta().deletion_timestamp.is_some()
-    {
+    // Nothing is created in, or recorded for, what is being deleted. A namespace's deletion
+    // triggers a reconcile of its workloads too (the watch on Namespaces).
+    if workload.meta().deletion_timestamp.is_some() || ctx.namespace_terminating(&namespace) {
+        close_target(&ctx, workload.as_ref());
+        return Ok(Action::await_change());
+    }
+    // A change of the namespace label triggers a reconcile too.
+    if !opted_in(workload.as_ref(), ctx.namespace_opted_in(&namespace)) {
         return Ok(Action::await_change());
     }
     let name = workload.name_any();
@@ -161,6 +202,12 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
             {
                 Ok(_) => tracing::info!(policy = %policy_name, "created ShutdownPolicy"),
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
+                // The Namespace cache had not seen the deletion yet.
+                Err(error) if namespace_terminating_error(&error) => {
+                    tracing::debug!(policy = %policy_name, "namespace being deleted: no ShutdownPolicy");
+                    close_target(&ctx, workload.as_ref());
+                    return Ok(Action::await_change());
+                }
                 Err(error) => {
                     return Err(Error::Kube {
                         action: "create ShutdownPolicy",
@@ -173,12 +220,20 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
         }
     };
 
-    if let Some(counts) = count_pods(&ctx.client, &namespace, workload.as_ref()).await? {
-        ctx.book
-            .lock()
-            .map_err(|_| Error::Poisoned)?
-            .entry(namespace.clone(), policy)
-            .set_pods(counts);
+    let target = TargetIdentity {
+        uid,
+        created_unix_ms: workload
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond()),
+    };
+    let counts = count_pods(&ctx.client, &namespace, workload.as_ref()).await?;
+    let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
+    let record = book.entry(namespace.clone(), policy);
+    record.set_target(target);
+    if let Some(counts) = counts {
+        record.set_pods(counts);
     }
     Ok(Action::requeue(RECHECK))
 }

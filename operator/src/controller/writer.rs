@@ -1,6 +1,8 @@
 //! The status writer: on every tick, folds the observations gathered since the last one
 //! into each policy's status and patches it — at most one status patch per policy per tick,
-//! and none when nothing changed. Kills and recommendation changes become Events.
+//! and none when nothing changed. Kills, timeouts, history resets and recommendation
+//! changes become Events. A policy being deleted, or in a namespace being deleted, gets
+//! nothing.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
@@ -14,9 +16,10 @@ use crate::api::{RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus};
 
 /// Top-level status fields that are omitted when empty; a merge patch must null them so
 /// that a value that went away is removed.
-const OPTIONAL_STATUS_FIELDS: [&str; 8] = [
+const OPTIONAL_STATUS_FIELDS: [&str; 9] = [
     "conditions",
     "observedGeneration",
+    "targetUID",
     "lastObservationTime",
     "durations",
     "phases",
@@ -34,9 +37,18 @@ pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
             continue;
         };
         let key = PolicyKey { namespace, name };
+        // Nothing is recorded into a policy that is going away, or whose namespace is.
+        let closing = policy.metadata.deletion_timestamp.is_some()
+            || ctx.namespace_terminating(&key.namespace);
         let (status, grace, notices) = {
             let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
             let record = book.entry(key.namespace.clone(), key.name.clone());
+            if closing {
+                record.close(None);
+            }
+            if record.is_closing() {
+                continue;
+            }
             let (status, recommendation) = record.status(&policy, now);
             (
                 status,
@@ -121,6 +133,37 @@ async fn publish(
             action: "ObserveShutdown".into(),
             secondary: None,
         },
+        Notice::TimedOut {
+            pod,
+            grace_seconds,
+            deadline_ms,
+        } => Event {
+            type_: EventType::Warning,
+            reason: "ShutdownTimedOut".into(),
+            note: Some(timed_out_note(
+                &pod,
+                grace_seconds,
+                deadline_ms,
+                policy.spec.grace_period.max_seconds,
+                status.recommendation.as_ref(),
+            )),
+            action: "ObserveShutdown".into(),
+            secondary: None,
+        },
+        Notice::HistoryReset {
+            previous_uid,
+            uid,
+            samples,
+        } => Event {
+            type_: EventType::Normal,
+            reason: "HistoryReset".into(),
+            note: Some(format!(
+                "{} {} is a new object (uid {uid}); the {samples} shutdowns recorded for the earlier one (uid {previous_uid}) are forgotten",
+                target.kind, target.name
+            )),
+            action: "Recommend".into(),
+            secondary: None,
+        },
         Notice::RecommendationChanged { from, to } => Event {
             type_: EventType::Normal,
             reason: "RecommendationChanged".into(),
@@ -172,6 +215,36 @@ fn killed_note(
     }
 }
 
+/// The note of a `ShutdownTimedOut` Event: the application did not acknowledge before the
+/// sidecar's deadline, so its preStop hook was released early (SIGTERM came while it was
+/// still draining or cleaning up). Like a kill, it says what new pods get, or that the
+/// maximum stops it.
+fn timed_out_note(
+    pod: &str,
+    grace_seconds: u32,
+    deadline_ms: Option<u64>,
+    max_seconds: u32,
+    recommendation: Option<&RecommendationStatus>,
+) -> String {
+    let deadline = deadline_ms.map_or(String::new(), |ms| {
+        format!(" ({:.1}s after the deletion)", ms as f64 / 1000.0)
+    });
+    let recommended = recommendation.and_then(|r| r.grace_period_seconds);
+    let head = format!(
+        "pod {pod}: the application did not finish its shutdown before the sidecar's deadline{deadline} \
+         in a {grace_seconds}s grace period; SIGTERM came during its drain or cleanup"
+    );
+    match recommended {
+        Some(r) if r > grace_seconds => format!("{head}; new pods get {r}s"),
+        _ if grace_seconds >= max_seconds || recommended.is_some_and(|r| r >= max_seconds) => {
+            format!(
+                "{head}; the policy's gracePeriod.maxSeconds ({max_seconds}s) is reached: raise it or make the shutdown faster"
+            )
+        }
+        _ => head,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +285,23 @@ mod tests {
         let note = killed_note("web-1", 30, 600, Some(&below));
         assert!(note.contains("new pods get at least 45s"), "{note}");
         assert!(!note.contains("maxSeconds"), "{note}");
+    }
+
+    #[test]
+    fn a_timeout_note_says_what_new_pods_get_or_that_the_maximum_stops_it() {
+        let raised = RecommendationStatus {
+            grace_period_seconds: Some(9),
+            ..Default::default()
+        };
+        let note = timed_out_note("web-1", 5, Some(3_001), 600, Some(&raised));
+        assert!(note.contains("pod web-1"), "{note}");
+        assert!(note.contains("(3.0s after the deletion)"), "{note}");
+        assert!(note.contains("new pods get 9s"), "{note}");
+        let at_max = RecommendationStatus {
+            grace_period_seconds: Some(10),
+            ..Default::default()
+        };
+        let note = timed_out_note("web-1", 10, None, 10, Some(&at_max));
+        assert!(note.contains("maxSeconds (10s) is reached"), "{note}");
     }
 }

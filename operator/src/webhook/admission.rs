@@ -177,7 +177,9 @@ impl Admitter {
             Decision::OptedOut => return (response, Outcome::OptedOut, None),
             Decision::NotOptedIn => return (response, Outcome::NotOptedIn, None),
         };
-        let policy = self.policies.lookup(namespace, &workload);
+        let policy = self
+            .policies
+            .lookup(namespace, &workload, workload_uid.as_deref());
         let policy_name = match &policy {
             Some(p) => p.policy_name.clone(),
             None => workload.policy_name(),

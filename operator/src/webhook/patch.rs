@@ -202,7 +202,12 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
         Some(_) => ops.push(add(&["spec", "volumes", "-"], volume)),
         None => ops.push(add(&["spec", "volumes"], json!([volume]))),
     }
-    let sidecar = to_value(&sidecar_container(plan, grace_seconds));
+    // The kubelet shares 12288 bytes of termination messages among every container of the
+    // pod: the regular and init containers, the sidecar, and one spare slot for a later
+    // `kubectl debug` ephemeral container.
+    let report_max_bytes =
+        lameduck_proto::report_budget(spec.containers.len() + init_containers.len() + 1 + 1);
+    let sidecar = to_value(&sidecar_container(plan, grace_seconds, report_max_bytes));
     if init_containers.is_empty() {
         ops.push(add(&["spec", "initContainers"], json!([sidecar])));
     } else {
@@ -212,7 +217,13 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
         if !containers.contains(&container.name) {
             continue;
         }
-        patch_app_container(&mut ops, i, container);
+        patch_app_container(
+            &mut ops,
+            i,
+            container,
+            grace_seconds,
+            plan.drain.delay_millis,
+        );
     }
     if plan.grace_override.is_some() {
         ops.push(add(
@@ -254,8 +265,17 @@ fn select_containers(containers: &[Container], list: Option<&String>) -> (Vec<us
     (selected, unknown)
 }
 
-/// Mount, env and preStop hook for one selected app container.
-fn patch_app_container(ops: &mut Vec<PatchOperation>, index: usize, container: &Container) {
+/// Mount, env and preStop hook for one selected app container. The env tells an SDK the
+/// grace period the kubelet enforces and the wait of a preStop hook that cannot reach the
+/// sidecar (the same fixed delay), so that it plans its own deadline when the sidecar is
+/// out of reach; values the container already sets are kept.
+fn patch_app_container(
+    ops: &mut Vec<PatchOperation>,
+    index: usize,
+    container: &Container,
+    grace_seconds: i64,
+    fallback_delay_millis: u64,
+) {
     let i = index.to_string();
     let base = ["spec", "containers", i.as_str()];
     fn path<'a>(base: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
@@ -269,9 +289,13 @@ fn patch_app_container(ops: &mut Vec<PatchOperation>, index: usize, container: &
     }
 
     let existing = container.env.as_deref().unwrap_or_default();
+    let grace = grace_seconds.to_string();
+    let fallback = fallback_delay_millis.to_string();
     let env: Vec<Value> = [
         (names::ENV_SOCKET, names::POD_APP_SOCKET_PATH),
         (names::ENV_CONTAINER, container.name.as_str()),
+        (names::ENV_GRACE_SECONDS, grace.as_str()),
+        (names::ENV_FALLBACK_DELAY_MILLIS, fallback.as_str()),
     ]
     .into_iter()
     .filter(|(name, _)| !existing.iter().any(|e| e.name == *name))
@@ -315,8 +339,13 @@ fn add_map_entries(
     }
 }
 
-/// The injected native sidecar.
-pub fn sidecar_container(plan: &InjectionPlan<'_>, grace_seconds: i64) -> Container {
+/// The injected native sidecar, for a pod whose grace period is `grace_seconds` and whose
+/// containers leave it `report_max_bytes` of termination message.
+pub fn sidecar_container(
+    plan: &InjectionPlan<'_>,
+    grace_seconds: i64,
+    report_max_bytes: usize,
+) -> Container {
     let config = plan.config;
     let drain = plan.drain;
     let mut env = vec![
@@ -337,7 +366,14 @@ pub fn sidecar_container(plan: &InjectionPlan<'_>, grace_seconds: i64) -> Contai
             names::ENV_MAX_DELAY_MILLIS,
             drain.max_delay_millis.to_string(),
         ),
+        value_env(names::ENV_REPORT_MAX_BYTES, report_max_bytes.to_string()),
     ];
+    if let Some(budget) = drain.budget_millis {
+        env.push(value_env(
+            names::ENV_DRAIN_BUDGET_MILLIS,
+            budget.to_string(),
+        ));
+    }
     if let (DrainMode::Http, Some(http)) = (drain.mode, drain.http.as_ref()) {
         env.push(value_env(names::ENV_HTTP_DRAIN_PORT, http.port.to_string()));
         env.push(value_env(names::ENV_HTTP_DRAIN_PATH, http.path.clone()));
@@ -429,4 +465,195 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 fn to_value(container: &Container) -> Value {
     // Serializing a k8s-openapi struct to a Value cannot fail (no maps with non-string keys).
     serde_json::to_value(container).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn web_pod() -> Pod {
+        pod(json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"containers": [{"name": "web", "image": "web"}, {"name": "worker", "image": "worker"}]}
+        }))
+    }
+
+    fn plan<'a>(
+        config: &'a InjectionConfig,
+        drain: &'a DrainSettings,
+        grace_override: Option<i64>,
+    ) -> InjectionPlan<'a> {
+        InjectionPlan {
+            config,
+            policy_name: "deployment-web",
+            drain,
+            grace_override,
+        }
+    }
+
+    /// The patched pod.
+    fn patched(pod: &Pod, plan: &InjectionPlan<'_>) -> Pod {
+        let PatchOutcome::Injected(injection) = build_patch(pod, plan) else {
+            panic!("not injected");
+        };
+        let mut value = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut value, &injection.patch).unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn env(container: &Container, name: &str) -> Option<String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    fn sidecar(pod: &Pod) -> &Container {
+        &pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+    }
+
+    #[test]
+    fn the_sidecars_env_and_the_apps_env_agree_on_the_grace_period() {
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        for (spec_grace, grace_override, want) in [
+            (None, None, "30"),
+            (Some(45), None, "45"),
+            (Some(45), Some(12), "12"),
+        ] {
+            let mut pod = web_pod();
+            pod.spec.as_mut().unwrap().termination_grace_period_seconds = spec_grace;
+            let pod = patched(&pod, &plan(&config, &drain, grace_override));
+            let spec = pod.spec.as_ref().unwrap();
+            assert_eq!(
+                spec.termination_grace_period_seconds
+                    .unwrap_or(DEFAULT_GRACE_SECONDS)
+                    .to_string(),
+                want
+            );
+            assert_eq!(
+                env(sidecar(&pod), names::ENV_GRACE_SECONDS).as_deref(),
+                Some(want)
+            );
+            for app in &spec.containers {
+                assert_eq!(
+                    env(app, names::ENV_GRACE_SECONDS).as_deref(),
+                    Some(want),
+                    "{}",
+                    app.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn app_containers_get_the_fallback_delay_of_the_drain_settings() {
+        let config = InjectionConfig::default();
+        let drain = DrainSettings {
+            delay_millis: 3_500,
+            ..DrainSettings::default()
+        };
+        let pod = patched(&web_pod(), &plan(&config, &drain, None));
+        for app in &pod.spec.as_ref().unwrap().containers {
+            assert_eq!(
+                env(app, names::ENV_FALLBACK_DELAY_MILLIS).as_deref(),
+                Some("3500")
+            );
+        }
+        assert_eq!(
+            env(sidecar(&pod), names::ENV_DELAY_MILLIS).as_deref(),
+            Some("3500")
+        );
+    }
+
+    #[test]
+    fn values_the_container_sets_are_kept() {
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        let pod = pod(json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"containers": [{"name": "web", "image": "web", "env": [
+                {"name": "LAMEDUCK_GRACE_SECONDS", "value": "7"},
+                {"name": "LAMEDUCK_FALLBACK_DELAY_MILLIS", "value": "100"},
+                {"name": "OTHER", "value": "x"}
+            ]}]}
+        }));
+        let pod = patched(&pod, &plan(&config, &drain, None));
+        let app = &pod.spec.as_ref().unwrap().containers[0];
+        let names: Vec<&str> = app.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "LAMEDUCK_GRACE_SECONDS",
+                "LAMEDUCK_FALLBACK_DELAY_MILLIS",
+                "OTHER",
+                "LAMEDUCK_SOCKET",
+                "LAMEDUCK_CONTAINER"
+            ]
+        );
+        assert_eq!(env(app, names::ENV_GRACE_SECONDS).as_deref(), Some("7"));
+        assert_eq!(
+            env(app, names::ENV_FALLBACK_DELAY_MILLIS).as_deref(),
+            Some("100")
+        );
+    }
+
+    #[test]
+    fn the_report_budget_counts_every_container_the_sidecar_and_a_spare_slot() {
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        let budget = |pod: &Pod| env(sidecar(pod), names::ENV_REPORT_MAX_BYTES);
+        // 2 containers + the sidecar + a spare: 4 → 12288 / 4.
+        let two = patched(&web_pod(), &plan(&config, &drain, None));
+        assert_eq!(budget(&two).as_deref(), Some("3072"));
+        // 1 container + 2 init containers (a mesh proxy and its init) + the sidecar + a spare.
+        let meshed = pod(json!({
+            "metadata": {"name": "web-1"},
+            "spec": {
+                "initContainers": [{"name": "mesh-init", "image": "m"}, {"name": "proxy", "image": "p", "restartPolicy": "Always"}],
+                "containers": [{"name": "web", "image": "web"}]
+            }
+        }));
+        let meshed = patched(&meshed, &plan(&config, &drain, None));
+        assert_eq!(
+            budget(&meshed),
+            Some(lameduck_proto::report_budget(5).to_string())
+        );
+        assert_eq!(budget(&meshed).as_deref(), Some("2457"));
+        // A single container: the kubelet's 4096 per message at most.
+        let single = pod(
+            json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+        );
+        assert_eq!(
+            budget(&patched(&single, &plan(&config, &drain, None))).as_deref(),
+            Some("4096")
+        );
+    }
+
+    #[test]
+    fn the_drain_budget_is_passed_only_when_learned() {
+        let config = InjectionConfig::default();
+        let unlearned = DrainSettings::default();
+        let pod = patched(&web_pod(), &plan(&config, &unlearned, None));
+        assert_eq!(env(sidecar(&pod), names::ENV_DRAIN_BUDGET_MILLIS), None);
+        let learned = DrainSettings {
+            budget_millis: Some(3_781),
+            ..DrainSettings::default()
+        };
+        let pod = patched(&web_pod(), &plan(&config, &learned, None));
+        assert_eq!(
+            env(sidecar(&pod), names::ENV_DRAIN_BUDGET_MILLIS).as_deref(),
+            Some("3781")
+        );
+        // The app containers never get it: it is the sidecar's plan.
+        for app in &pod.spec.as_ref().unwrap().containers {
+            assert_eq!(env(app, names::ENV_DRAIN_BUDGET_MILLIS), None);
+        }
+    }
 }

@@ -91,6 +91,9 @@ pub struct DrainSettings {
     pub max_delay_millis: u64,
     /// Target of the HTTP fallback; used when `mode` is [`DrainMode::Http`].
     pub http: Option<HttpDrain>,
+    /// The time the deregister phase must leave for drain and cleanup, learned by the
+    /// policy (`recommendation.drainBudgetMillis`); `None`: the sidecar's fixed share.
+    pub budget_millis: Option<u64>,
 }
 
 impl Default for DrainSettings {
@@ -103,6 +106,7 @@ impl Default for DrainSettings {
             quiet_period_millis: 1_000,
             max_delay_millis: 15_000,
             http: None,
+            budget_millis: None,
         }
     }
 }
@@ -133,8 +137,15 @@ impl PolicySettings {
 
 /// Finds the ShutdownPolicy for a pod's workload. Implementations read from memory only.
 pub trait PolicyLookup: Send + Sync + 'static {
-    /// The policy for `workload` in `namespace`, if one exists.
-    fn lookup(&self, namespace: &str, workload: &WorkloadRef) -> Option<PolicySettings>;
+    /// The policy for `workload` in `namespace`, if one exists. `workload_uid` (when the
+    /// webhook's cache knows it) keeps what a policy learned about an earlier workload of
+    /// the same name away from the new one's pods.
+    fn lookup(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        workload_uid: Option<&str>,
+    ) -> Option<PolicySettings>;
 }
 
 /// The lookup used until the ShutdownPolicy reflector is wired in: no policy anywhere.
@@ -142,7 +153,12 @@ pub trait PolicyLookup: Send + Sync + 'static {
 pub struct NoPolicies;
 
 impl PolicyLookup for NoPolicies {
-    fn lookup(&self, _namespace: &str, _workload: &WorkloadRef) -> Option<PolicySettings> {
+    fn lookup(
+        &self,
+        _namespace: &str,
+        _workload: &WorkloadRef,
+        _workload_uid: Option<&str>,
+    ) -> Option<PolicySettings> {
         None
     }
 }
