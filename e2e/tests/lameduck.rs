@@ -198,13 +198,19 @@ async fn t11_liveness_kill_restarts_one_container_and_the_pod_serves_again() {
             .as_str()
             .context("ClusterIP")?
             .to_string();
-        wait_for("the Service", Duration::from_secs(30), || Ok(http_ok(&ip).then_some(()))).await?;
-        let pod = live_pods(&ns, "lv")?
-            .first()
-            .cloned()
-            .context("no pod")?;
-        let name = pod["metadata"]["name"].as_str().context("pod name")?.to_string();
-        let pod_ip = pod["status"]["podIP"].as_str().context("pod IP")?.to_string();
+        wait_for("the Service", Duration::from_secs(30), || {
+            Ok(http_ok(&ip).then_some(()))
+        })
+        .await?;
+        let pod = live_pods(&ns, "lv")?.first().cloned().context("no pod")?;
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .context("pod name")?
+            .to_string();
+        let pod_ip = pod["status"]["podIP"]
+            .as_str()
+            .context("pod IP")?
+            .to_string();
         let dir = repo_root().join(".state/e2e-load");
         std::fs::create_dir_all(&dir)?;
 
@@ -233,7 +239,10 @@ async fn t11_liveness_kill_restarts_one_container_and_the_pod_serves_again() {
                 "the restarted container does not serve"
             );
         }
-        ensure!(restart_count("side")? == 0, "the side container was restarted or not ready");
+        ensure!(
+            restart_count("side")? == 0,
+            "the side container was restarted or not ready"
+        );
         let side_log = kubectl(&["logs", "-n", &ns, &name, "-c", "side"])?;
         ensure!(
             !side_log.contains("draining"),
@@ -291,7 +300,10 @@ fn http_get_status(ip: &str, port: u16, path: &str) -> Result<u16> {
 /// `POST path` to a pod of the local cluster; fails unless it answers 200.
 fn post(ip: &str, port: u16, path: &str) -> Result<()> {
     let status = request(ip, port, "POST", path)?;
-    ensure!(status == 200, "POST {path} to {ip}:{port} answered {status}");
+    ensure!(
+        status == 200,
+        "POST {path} to {ip}:{port} answered {status}"
+    );
     Ok(())
 }
 
