@@ -13,6 +13,7 @@ pub mod control;
 pub mod message;
 pub mod names;
 pub mod report;
+pub mod timing;
 
 pub use codec::{CodecError, LineDecoder, MAX_LINE_BYTES, decode_line, encode_line};
 pub use control::{ControlReply, ControlRequest};

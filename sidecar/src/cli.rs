@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use lameduck_proto::names;
+use lameduck_proto::{names, timing};
 
 use crate::settings::{DrainMode, Settings};
 
@@ -112,7 +112,7 @@ pub struct ServeArgs {
     pub max_delay_millis: u64,
     /// Time kept back before the grace deadline for SIGTERM to end the app (milliseconds;
     /// never more than half the grace period).
-    #[arg(long, env = names::ENV_EXIT_RESERVE_MILLIS, default_value_t = 2000)]
+    #[arg(long, env = names::ENV_EXIT_RESERVE_MILLIS, default_value_t = timing::DEFAULT_EXIT_RESERVE_MILLIS)]
     pub exit_reserve_millis: u64,
     /// Port of the app's HTTP drain endpoint on 127.0.0.1 (mode http).
     #[arg(long, env = names::ENV_HTTP_DRAIN_PORT, required_if_eq("drain_mode", "http"))]
@@ -165,14 +165,17 @@ pub struct PrestopArgs {
     #[arg(long, env = names::ENV_DIR, default_value = names::MOUNT_PATH)]
     pub dir: PathBuf,
     /// How long to wait when the sidecar cannot be reached (milliseconds, at most 60000).
-    #[arg(long, env = names::ENV_FALLBACK_DELAY_MILLIS, default_value_t = 5000)]
+    #[arg(long, env = names::ENV_FALLBACK_DELAY_MILLIS, default_value_t = timing::DEFAULT_FALLBACK_DELAY_MILLIS)]
     pub fallback_delay_millis: u64,
 }
 
 impl PrestopArgs {
     fn fallback_delay(&self) -> std::time::Duration {
         // Bounded: a mistyped value must not hold a pod's deletion for hours.
-        std::time::Duration::from_millis(self.fallback_delay_millis.min(60_000))
+        std::time::Duration::from_millis(
+            self.fallback_delay_millis
+                .min(timing::MAX_FALLBACK_DELAY_MILLIS),
+        )
     }
 }
 

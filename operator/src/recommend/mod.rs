@@ -51,14 +51,14 @@ const DECREASE_FRACTION: f64 = 0.2;
 /// SIGTERM: it releases every preStop hook by `T0 + G − min(2 s, G/2)`
 /// (`LAMEDUCK_EXIT_RESERVE_MILLIS`, which the webhook leaves at its default). The
 /// recommender plans with the whole 2 s, the reserve of any G of 4 s or more.
-pub const EXIT_RESERVE_MS: u64 = 2_000;
+pub const EXIT_RESERVE_MS: u64 = lameduck_proto::timing::DEFAULT_EXIT_RESERVE_MILLIS;
 /// `finishedAt` and `deletionTimestamp` have one-second precision: a duration read from
 /// them may be up to this much short of the truth.
 pub const SECOND_PRECISION_MS: u64 = 1_000;
 
 /// The sidecar's exit reserve for a grace period of `grace_seconds`: `min(2 s, G/2)`.
 pub fn exit_reserve_ms(grace_seconds: u32) -> u64 {
-    EXIT_RESERVE_MS.min(u64::from(grace_seconds) * 500)
+    lameduck_proto::timing::exit_reserve_millis(u64::from(grace_seconds) * 1000)
 }
 
 /// How the grace period is derived from the observations (the policy's `spec.gracePeriod`).

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 /// Time kept back from a budget for SIGTERM → exit, as the sidecar does (never more than
 /// half of the budget).
-pub(crate) const EXIT_RESERVE: Duration = Duration::from_secs(2);
+pub(crate) const EXIT_RESERVE: Duration =
+    Duration::from_millis(lameduck_proto::timing::DEFAULT_EXIT_RESERVE_MILLIS);
 /// What the preStop hook waits when it cannot reach the sidecar, unless
 /// `LAMEDUCK_FALLBACK_DELAY_MILLIS` says otherwise (the hook's own default).
-pub(crate) const DEFAULT_HOOK_FALLBACK: Duration = Duration::from_millis(5000);
+pub(crate) const DEFAULT_HOOK_FALLBACK: Duration =
+    Duration::from_millis(lameduck_proto::timing::DEFAULT_FALLBACK_DELAY_MILLIS);
 /// The hook never waits longer than this, whatever the environment says.
-pub(crate) const MAX_HOOK_FALLBACK: Duration = Duration::from_millis(60_000);
+pub(crate) const MAX_HOOK_FALLBACK: Duration =
+    Duration::from_millis(lameduck_proto::timing::MAX_FALLBACK_DELAY_MILLIS);
 
 /// `start + budget − min(2 s, budget / 2)`: the end of a budget with the exit reserve kept.
 pub(crate) fn reserve_deadline(start_unix_ms: u64, budget: Duration) -> u64 {
