@@ -44,6 +44,10 @@ pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCod
             Ended::Released => return ExitCode::SUCCESS,
             Ended::Lost(reason) => reason,
         };
+        if plan.give_up.is_none() {
+            // Gone before it said anything: as unreachable as a sidecar that never answered.
+            return fall_back(&reason, fallback).await;
+        }
         let Some(hold) = plan.hold_until().filter(|h| *h > Instant::now()) else {
             warn!(container, "{reason}; letting the container stop");
             return ExitCode::SUCCESS;

@@ -23,6 +23,8 @@ use crate::lines::LineReader;
 use crate::settings::{DrainMode, Settings, run_dir};
 use crate::state::{AppId, Persisted, Phase, State};
 
+/// How long a restored shutdown waits at least for its hook to reconnect.
+const HOOK_RECONNECT_WINDOW: Duration = Duration::from_secs(1);
 /// How long a new connection may take to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -136,7 +138,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     });
     for container in pending {
         info!(%container, "resuming the shutdown of a container after a sidecar restart");
-        tokio::spawn(sequence(shared.clone(), container));
+        tokio::spawn(resume(shared.clone(), container));
     }
     loop {
         tokio::select! {
@@ -331,14 +333,26 @@ async fn handle_control(stream: UnixStream, shared: Arc<Shared>) {
         Ok(ControlRequest::Probe {}) => {
             send(&mut write, &ControlReply::Ready {}).await;
         }
-        Ok(ControlRequest::Prestop { container }) => prestop(&shared, &container, &mut write).await,
+        Ok(ControlRequest::Prestop { container }) => {
+            prestop(&shared, &container, &mut lines, &mut write).await;
+        }
         Ok(ControlRequest::Unknown) => warn!("closing control connection: unknown request"),
         Err(e) => warn!("closing control connection: {e}"),
     }
 }
 
-/// Starts (or joins) `container`'s shutdown and answers when it may be stopped.
-async fn prestop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, container: &str, write: &mut W) {
+/// Starts (or joins) `container`'s shutdown and answers when it may be stopped. A hook
+/// whose connection ends before that (the kubelet gave up on it, or the container died)
+/// no longer holds the shutdown open.
+async fn prestop<R, W>(
+    shared: &Arc<Shared>,
+    container: &str,
+    lines: &mut LineReader<R>,
+    write: &mut W,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (deadline, first) =
         shared.update(|s| s.begin(container, std::time::Instant::now(), SystemTime::now()));
     if first {
@@ -360,29 +374,73 @@ async fn prestop<W: AsyncWrite + Unpin>(shared: &Arc<Shared>, container: &str, w
     let outcome = loop {
         let mut changed = shared.changed.subscribe();
         if let Some(outcome) = shared.read(|s| s.release(container, false)) {
-            break outcome;
+            break Some(outcome);
         }
         tokio::select! {
             _ = changed.changed() => {}
             _ = sleep_until(deadline) => {
-                break shared.update(|s| {
+                break Some(shared.update(|s| {
                     s.expire(container, std::time::Instant::now());
                     s.release(container, true).unwrap_or(Outcome::Timeout)
-                });
+                }));
             }
+            // A hook sends nothing after `prestop`: anything but silence is its end.
+            _ = lines.next_line() => break None,
         }
     };
-    shared.update(|s| s.mark_released(container, std::time::Instant::now()));
+    let now = std::time::Instant::now();
+    let Some(outcome) = outcome else {
+        warn!(%container, "the preStop hook went away before its release");
+        return shared.update(|s| s.hook_left(container, now));
+    };
+    shared.update(|s| {
+        s.mark_released(container, now);
+        s.hook_left(container, now);
+    });
     info!(%container, %outcome, "releasing the preStop hook");
     let _ = send(write, &ControlReply::Release { outcome }).await;
+}
+
+/// A shutdown restored from the state file: it goes on once a hook of the container
+/// reconnects. A hook holds on only until the deregister phase's planned end, so one that
+/// has not come back by then (and at least a second after the restart) gave up: the
+/// shutdown is over.
+async fn resume(shared: Arc<Shared>, container: String) {
+    let Some(planned_end) = shared.read(|s| s.planned_end(&container)) else {
+        return;
+    };
+    let give_up = Instant::from_std(planned_end).max(Instant::now() + HOOK_RECONNECT_WINDOW);
+    loop {
+        let mut changed = shared.changed.subscribe();
+        if shared.read(|s| s.has_hook(&container)) {
+            return sequence(shared, container).await;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = sleep_until(give_up) => {
+                if shared.update(|s| s.abandon_if_no_hook(&container, std::time::Instant::now())) {
+                    warn!(%container, "no preStop hook came back after the restart; the container's shutdown is over");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// One container's shutdown sequence: deregister until the phase ends, then drain, then
 /// wait for its applications or the deadline.
 async fn sequence(shared: Arc<Shared>, container: String) {
+    let Some(id) = shared.read(|s| s.live_shutdown(&container)) else {
+        return;
+    };
+    // Ends with its shutdown: released, or replaced by a later one of the container.
+    let live = |s: &State| s.live_shutdown(&container) == Some(id);
     loop {
         let mut changed = shared.changed.subscribe();
-        let Some(end) = shared.read(|s| s.deregister_end(&container)) else {
+        let Some(end) = shared
+            .read(|s| live(s).then(|| s.deregister_end(&container)))
+            .flatten()
+        else {
             return;
         };
         let end = Instant::from_std(end);
@@ -395,20 +453,21 @@ async fn sequence(shared: Arc<Shared>, container: String) {
         }
     }
     shared.update(|s| s.start_drain(&container, std::time::Instant::now()));
-    let (mode, port, path, deadline) = shared.read(|s| {
+    let (mode, port, path, deadline, http_done) = shared.read(|s| {
         let settings = s.settings();
         (
             settings.drain_mode,
             settings.http_drain_port,
             settings.http_drain_path.clone(),
             s.deadline(&container),
+            s.http_done(&container),
         )
     });
     let Some(deadline) = deadline.map(Instant::from_std) else {
         return;
     };
     info!(%container, "deregister phase over: draining");
-    if mode == DrainMode::Http {
+    if mode == DrainMode::Http && !http_done {
         let shared = shared.clone();
         let container = container.clone();
         tokio::spawn(async move {
@@ -430,7 +489,7 @@ async fn sequence(shared: Arc<Shared>, container: String) {
     }
     loop {
         let mut changed = shared.changed.subscribe();
-        if shared.read(|s| s.all_finished(&container)) {
+        if shared.read(|s| !live(s) || s.all_finished(&container)) {
             return info!(%container, "every app of the container finished");
         }
         tokio::select! {

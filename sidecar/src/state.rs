@@ -55,6 +55,9 @@ struct App {
     pid: u32,
     /// Whether its connection is still open.
     connected: bool,
+    /// Restored from the state file: the process was connected when the previous sidecar
+    /// died and has not reconnected yet.
+    placeholder: bool,
     last_total: Option<u64>,
     drained_at: Option<Instant>,
     finished: Option<Finished>,
@@ -73,6 +76,8 @@ struct Finished {
 /// hook's release.
 #[derive(Debug)]
 struct Shutdown {
+    /// Tells this shutdown from a later one of the same container.
+    id: u64,
     t0: Instant,
     t0_wall: SystemTime,
     /// Every hook of this container is released by then.
@@ -85,6 +90,11 @@ struct Shutdown {
     drain_started: Option<Instant>,
     http_finished: Option<Instant>,
     released: Option<Instant>,
+    /// preStop hooks of this container waiting for their release right now.
+    hooks: u32,
+    /// When a restarted sidecar resumed this shutdown (or a process rejoined it): traffic
+    /// is observed again from then on.
+    resumed_at: Option<Instant>,
 }
 
 impl Shutdown {
@@ -115,6 +125,19 @@ pub struct Persisted {
     /// Restart records dropped.
     #[serde(default)]
     pub restarts_omitted: usize,
+    /// Application processes taking part in a shutdown in progress, so that a restarted
+    /// sidecar waits for them to reconnect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<PersistedApp>,
+}
+
+/// An application process that was connected when the state was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedApp {
+    /// Its container.
+    pub container: String,
+    /// Its process id (a reconnection of the same process says the same).
+    pub pid: u32,
 }
 
 /// One container's shutdown as persisted; times are Unix milliseconds.
@@ -153,6 +176,7 @@ pub struct State {
     shutdowns: BTreeMap<String, Shutdown>,
     restarts: VecDeque<RestartReport>,
     restarts_omitted: usize,
+    next_shutdown: u64,
 }
 
 impl State {
@@ -165,6 +189,7 @@ impl State {
             shutdowns: BTreeMap::new(),
             restarts: VecDeque::new(),
             restarts_omitted: 0,
+            next_shutdown: 0,
         }
     }
 
@@ -189,11 +214,22 @@ impl State {
             self.apps
                 .retain(|_, a| a.container != container || (a.connected && a.finished.is_none()));
         }
+        // The same process reconnecting to a restarted sidecar takes its place back.
+        let before = self.apps.len();
+        self.apps.retain(|_, a| {
+            !(a.placeholder && a.finished.is_none() && a.container == container && a.pid == pid)
+        });
+        if self.apps.len() != before
+            && let Some(s) = self.shutdowns.get_mut(container)
+        {
+            s.resumed_at = Some(Instant::now());
+        }
         self.next_id += 1;
         let app = App {
             container: container.to_owned(),
             pid,
             connected: true,
+            placeholder: false,
             last_total: None,
             drained_at: None,
             finished: None,
@@ -229,13 +265,19 @@ impl State {
             self.restarts.pop_front();
             self.restarts_omitted += 1;
         }
+        // What is left of the earlier processes belongs to the record, not to what follows.
+        self.apps
+            .retain(|_, a| a.container != container || (a.connected && a.finished.is_none()));
     }
 
     /// The shutdown an application takes part in: its container's, or for an application
     /// that did not say its container, the first shutdown of any container.
     fn shutdown_of(&self, app: &App) -> Option<&Shutdown> {
         if app.container.is_empty() {
-            self.shutdowns.values().min_by_key(|s| s.t0)
+            self.shutdowns
+                .values()
+                .filter(|s| s.released.is_none())
+                .min_by_key(|s| s.t0)
         } else {
             self.shutdowns.get(&app.container)
         }
@@ -265,8 +307,11 @@ impl State {
         now: Instant,
         now_wall: SystemTime,
     ) -> (Instant, bool) {
-        match self.shutdowns.get(container) {
-            Some(s) if s.released.is_none() => return (s.deadline, false),
+        match self.shutdowns.get_mut(container) {
+            Some(s) if s.released.is_none() => {
+                s.hooks += 1;
+                return (s.deadline, false);
+            }
             // A second kill of a container whose new process never connected.
             Some(_) => self.archive(container),
             None => {}
@@ -279,9 +324,11 @@ impl State {
         let rule = rule(s, connected);
         let deadline = now + s.release_budget();
         let drain_by = deregister::latest_drain_start(now, deadline, s.drain_budget);
+        self.next_shutdown += 1;
         self.shutdowns.insert(
             container.to_owned(),
             Shutdown {
+                id: self.next_shutdown,
                 t0: now,
                 t0_wall: now_wall,
                 deadline,
@@ -292,6 +339,8 @@ impl State {
                 drain_started: None,
                 http_finished: None,
                 released: None,
+                hooks: 1,
+                resumed_at: None,
             },
         );
         // Activity before T0 is no baseline for growth after it.
@@ -335,7 +384,10 @@ impl State {
         }
         let container = app.container.clone();
         let shutdown = if container.is_empty() {
-            self.shutdowns.values_mut().min_by_key(|s| s.t0)
+            self.shutdowns
+                .values_mut()
+                .filter(|s| s.released.is_none())
+                .min_by_key(|s| s.t0)
         } else {
             self.shutdowns.get_mut(&container)
         };
@@ -403,22 +455,114 @@ impl State {
     /// When `container`'s deregister phase ends given what is known now.
     pub fn deregister_end(&self, container: &str) -> Option<Instant> {
         let s = self.shutdowns.get(container)?;
-        Some(
-            s.deregister_end
-                .unwrap_or_else(|| deregister::phase_end(s.rule, s.t0, &s.accepts, s.drain_by)),
-        )
+        if let Some(end) = s.deregister_end {
+            return Some(end);
+        }
+        // Processes that have not reconnected to a restarted sidecar cannot report
+        // traffic: wait for them, at most until the planned end.
+        if self
+            .apps_of(container)
+            .any(|a| a.placeholder && a.finished.is_none())
+        {
+            return Some(s.planned_end());
+        }
+        let end = deregister::phase_end(s.rule, s.t0, &s.accepts, s.drain_by);
+        Some(match (s.rule, s.resumed_at) {
+            // Traffic went unobserved while the sidecar was away: one more quiet period.
+            (Rule::Adaptive { quiet_period, .. }, Some(resumed)) => {
+                end.max((resumed + quiet_period).min(s.drain_by))
+            }
+            _ => end,
+        })
+    }
+
+    /// A hook of `container` stopped waiting: released, or its connection ended (the
+    /// kubelet gave up on it, or the container died). When no hook of the container waits
+    /// any more, its shutdown is over: what is unfinished timed out, and the next process
+    /// of the container is its restart.
+    pub fn hook_left(&mut self, container: &str, now: Instant) {
+        let Some(s) = self.shutdowns.get_mut(container) else {
+            return;
+        };
+        s.hooks = s.hooks.saturating_sub(1);
+        if s.hooks == 0 && s.released.is_none() {
+            self.expire(container, now);
+            self.mark_released(container, now);
+        }
+    }
+
+    /// A restored shutdown that no hook rejoined: its hook gave up while the sidecar was
+    /// away, so the shutdown is over. Returns whether it was abandoned.
+    pub fn abandon_if_no_hook(&mut self, container: &str, now: Instant) -> bool {
+        let abandoned = self
+            .shutdowns
+            .get(container)
+            .is_some_and(|s| s.hooks == 0 && s.released.is_none());
+        if abandoned {
+            self.expire(container, now);
+            self.mark_released(container, now);
+        }
+        abandoned
+    }
+
+    /// The id of `container`'s shutdown that is still in progress.
+    pub fn live_shutdown(&self, container: &str) -> Option<u64> {
+        self.shutdowns
+            .get(container)
+            .filter(|s| s.released.is_none())
+            .map(|s| s.id)
+    }
+
+    /// Whether a hook of `container` is waiting.
+    pub fn has_hook(&self, container: &str) -> bool {
+        self.shutdowns.get(container).is_some_and(|s| s.hooks > 0)
+    }
+
+    /// The latest end of `container`'s deregister phase.
+    pub fn planned_end(&self, container: &str) -> Option<Instant> {
+        self.shutdowns.get(container).map(Shutdown::planned_end)
+    }
+
+    /// Whether `container`'s shutdown is over (released) or gone.
+    pub fn is_over(&self, container: &str) -> bool {
+        self.shutdowns
+            .get(container)
+            .is_none_or(|s| s.released.is_some())
     }
 
     /// Ends `container`'s deregister phase and starts its drain; false if already started.
     pub fn start_drain(&mut self, container: &str, now: Instant) -> bool {
-        match self.shutdowns.get_mut(container) {
+        let started = match self.shutdowns.get_mut(container) {
             Some(s) if s.drain_started.is_none() => {
                 s.deregister_end = Some(now);
                 s.drain_started = Some(now);
                 true
             }
             _ => false,
+        };
+        // A process that did not come back to a restarted sidecar by now drains on its own
+        // (docs/protocol.md §6); it is no longer waited for.
+        for app in self
+            .apps
+            .values_mut()
+            .filter(|a| a.container == container && a.placeholder && a.finished.is_none())
+        {
+            app.finished = Some(Finished {
+                outcome: Outcome::Disconnected,
+                error: None,
+                at: now,
+                acknowledged: false,
+            });
         }
+        started
+    }
+
+    /// Whether `container`'s HTTP drain call already returned (a resumed drain does not
+    /// call again).
+    pub fn http_done(&self, container: &str) -> bool {
+        self.shutdowns
+            .get(container)
+            .is_some_and(|s| s.http_finished.is_some())
     }
 
     /// Records that `container`'s HTTP drain call returned (or failed).
@@ -590,12 +734,23 @@ impl State {
                 .collect(),
             restarts: self.restarts.iter().cloned().collect(),
             restarts_omitted: self.restarts_omitted,
+            apps: self
+                .apps
+                .values()
+                .filter(|a| a.finished.is_none() && (a.connected || a.placeholder))
+                .filter(|a| !self.is_over(&a.container))
+                .map(|a| PersistedApp {
+                    container: a.container.clone(),
+                    pid: a.pid,
+                })
+                .collect(),
         }
     }
 
-    /// A sidecar resuming what an earlier run of its container persisted. A deregister
-    /// phase in progress counts the restart as traffic: it lasts at least one more quiet
-    /// period, which gives the applications time to reconnect and report.
+    /// A sidecar resuming what an earlier run of its container persisted. The processes
+    /// that were connected are waited for (at most until the deregister phase's planned
+    /// end) and traffic is observed for one more quiet period after the restart; no hook
+    /// waits until one reconnects.
     pub fn restore(
         settings: Settings,
         persisted: Persisted,
@@ -614,23 +769,48 @@ impl State {
         };
         for p in persisted.shutdowns {
             let t0 = at(p.t0);
-            let mut accepts = Accepts::default();
-            if p.drain_started.is_none() {
-                accepts.record(now);
-            }
+            state.next_shutdown += 1;
             let shutdown = Shutdown {
+                id: state.next_shutdown,
                 t0,
                 t0_wall: UNIX_EPOCH + Duration::from_millis(p.t0),
                 deadline: at(p.deadline),
                 drain_by: at(p.drain_by),
                 rule: rule(&state.settings, p.adaptive),
-                accepts,
+                accepts: Accepts::default(),
                 deregister_end: p.deregister_end.map(at),
                 drain_started: p.drain_started.map(at),
                 http_finished: p.http_finished.map(at),
                 released: p.released.map(at),
+                hooks: 0,
+                resumed_at: Some(now),
             };
             state.shutdowns.insert(p.container, shutdown);
+        }
+        for app in persisted.apps {
+            state.next_id += 1;
+            let draining = state
+                .shutdowns
+                .get(&app.container)
+                .is_some_and(|s| s.drain_started.is_some());
+            state.apps.insert(
+                state.next_id,
+                App {
+                    container: app.container,
+                    pid: app.pid,
+                    connected: false,
+                    placeholder: true,
+                    last_total: None,
+                    drained_at: None,
+                    // After `drain` an SDK does not reconnect: it finishes on its own.
+                    finished: draining.then(|| Finished {
+                        outcome: Outcome::Disconnected,
+                        error: None,
+                        at: now,
+                        acknowledged: false,
+                    }),
+                },
+            );
         }
         state.restarts = persisted.restarts.into();
         state.restarts_omitted = persisted.restarts_omitted;

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -234,23 +236,85 @@ fn sidecar_killed_mid_deregister_and_restarted_resumes_the_shutdown() {
 }
 
 #[test]
-fn sidecar_killed_mid_drain_and_restarted_resumes_the_drain() {
+fn sidecar_killed_mid_drain_lets_the_hook_go_and_reports_the_app_disconnected() {
+    // Past the deregister phase there is no traffic to protect: the hook lets the
+    // container go (an SDK finishes its drain and cleanup on its own, SIGTERM or not), and
+    // the restarted sidecar reports the app that never came back `disconnected`.
     let mut sidecar = Sidecar::start(30, &["--drain-mode", "delay", "--delay-millis", "200"]);
     let mut app = RawApp::hello(&sidecar, "web");
     let mut hook = sidecar.exec_prestop("web");
     app.expect("deregister");
-    let drain = app.expect("drain");
+    app.expect("drain");
     sidecar.kill();
     sidecar.restart();
-    let mut again = RawApp::hello(&sidecar, "web");
-    again.expect("deregister");
-    let resumed = again.expect("drain");
-    assert_eq!(resumed["deadline_unix_ms"], drain["deadline_unix_ms"]);
-    again.send(json!({"type":"done","ok":true}));
-    hook.wait(Instant::now() + Duration::from_secs(10))
+    let took = hook
+        .wait(Instant::now() + Duration::from_secs(10))
         .expect("hook hung");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     let (report, log) = sidecar.stop();
-    assert_eq!(report.outcome, Outcome::Acked, "{report:?}\n{log}");
+    assert_eq!(report.outcome, Outcome::Disconnected, "{report:?}\n{log}");
+}
+
+#[test]
+fn sidecar_killed_mid_deregister_with_the_rust_sdk_loses_no_request() {
+    let mut sidecar = Sidecar::start(30, FAST);
+    let mut app = App::start(&sidecar, "web", 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (counts, clients) = start_load(&app.addr, 4, stop.clone());
+    thread::sleep(Duration::from_millis(300));
+    let mut hook = sidecar.exec_prestop("web");
+    thread::sleep(Duration::from_millis(300));
+    sidecar.kill();
+    thread::sleep(Duration::from_millis(500));
+    sidecar.restart();
+    // The "load balancer" stops sending a while after the restart.
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let termination = kubelet_terminate(&mut hook, &mut app.child, sidecar.grace);
+    let (report, log) = sidecar.stop();
+    let ok = counts.ok.load(Ordering::Relaxed) as usize;
+    assert_eq!(
+        counts.failed.load(Ordering::Relaxed),
+        0,
+        "failed requests while the sidecar was away:\n{log}\n{}",
+        app.output()
+    );
+    assert!(ok > 20, "too little load: {ok}");
+    assert!(termination.sigkill_at.is_none(), "{termination:?}");
+    assert!(
+        termination.prestop > Duration::from_millis(2300),
+        "the hook let go before the traffic stopped: {termination:?}"
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Acked,
+        "{report:?}\n{log}\n{}",
+        app.output()
+    );
+    assert_eq!(app.flushed_records(), ok, "lost records:\n{}", app.output());
+}
+
+#[test]
+fn a_hook_the_kubelet_gave_up_on_ends_the_shutdown_and_the_next_process_serves() {
+    // A probe with its own shorter terminationGracePeriodSeconds: the kubelet stops waiting
+    // for the hook and kills the container; the restarted process must not inherit the
+    // dead shutdown.
+    let sidecar = Sidecar::start(30, &["--drain-mode", "delay", "--delay-millis", "5000"]);
+    let mut old = RawApp::hello(&sidecar, "web");
+    let mut hook = sidecar.exec_prestop("web");
+    old.expect("deregister");
+    signal(hook.child.id(), libc::SIGKILL);
+    let _ = hook.child.wait();
+    drop(old);
+    thread::sleep(Duration::from_millis(200));
+    let mut new = RawApp::connect(&sidecar);
+    new.send(json!({"type":"hello","v":1,"container":"web","pid":5151}));
+    new.expect("welcome");
+    assert_serving(
+        &mut new,
+        "the process after the kubelet gave up on the hook",
+    );
 }
 
 #[test]

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use lameduck_proto::{
-    AppMessage, CodecError, LineDecoder, PROTOCOL_VERSION, SidecarMessage, decode_line,
+    AppMessage, CodecError, LineDecoder, PROTOCOL_VERSION, SidecarMessage, decode_line, encode_line,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::oneshot;
@@ -172,15 +172,24 @@ async fn handshake(shared: &Arc<Shared>, path: &Path, attempt: u32) -> Result<Me
             return Err(Ended::Unreachable);
         }
     };
-    let (reader, writer) = stream.into_split();
-    *shared.writer.lock().await = Some(writer);
+    let (reader, mut writer) = stream.into_split();
     let hello = AppMessage::Hello {
         v: PROTOCOL_VERSION,
         container: shared.config.container.clone(),
         pid: std::process::id(),
     };
-    if !shared.send(&hello).await {
-        return Err(Ended::Unreachable);
+    // `hello` goes out before the writer is shared: the activity reporter may be running
+    // (traffic while the sidecar was away) and must not speak first.
+    match tokio::time::timeout(CONNECT_TIMEOUT, writer.write_all(&encode_line(&hello))).await {
+        Ok(Ok(())) => *shared.writer.lock().await = Some(writer),
+        Ok(Err(err)) => {
+            log_unreachable(path, attempt, &err.to_string());
+            return Err(Ended::Unreachable);
+        }
+        Err(_) => {
+            log_unreachable(path, attempt, "hello timed out");
+            return Err(Ended::Unreachable);
+        }
     }
     let mut messages = Messages::new(reader);
     loop {

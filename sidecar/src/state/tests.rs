@@ -325,22 +325,135 @@ fn a_restored_sidecar_resumes_where_the_last_one_stopped() {
     state.activity(web, 1, t0);
     state.activity(web, 2, t0 + 100 * MS);
     let before = state.plan_unix_ms("web").unwrap();
-    // Archive a restart record too, to see it survive.
     let persisted = state.persisted();
+    assert_eq!(persisted.apps.len(), 1, "the connected process is kept");
     let json = serde_json::to_string(&persisted).unwrap();
     let back: Persisted = serde_json::from_str(&json).unwrap();
     assert_eq!(back, persisted);
 
-    // The new process starts 3 s later (wall clock moved on as much).
+    // The new sidecar starts 3 s later (the wall clock moved on as much).
     let now = t0 + 3 * S;
-    let restored = State::restore(settings, back, now, t0_wall + 3 * S);
+    let mut restored = State::restore(settings, back, now, t0_wall + 3 * S);
     assert_eq!(restored.pending(), vec!["web".to_owned()]);
+    assert!(!restored.has_hook("web"), "no hook until one reconnects");
     let after = restored.plan_unix_ms("web").unwrap();
     assert_eq!(before, after, "same deadline and planned end");
     assert_eq!(restored.deadline("web"), Some(t0 + 28 * S));
-    // The restart counts as traffic: one more quiet period from the restart.
-    assert_eq!(restored.deregister_end("web"), Some(now + S));
+    // The process has not reconnected: it is waited for, until the planned end.
+    assert_eq!(restored.deregister_end("web"), restored.planned_end("web"));
+    assert_eq!(restored.release("web", false), None);
+    // It reconnects (same pid) and rejoins the shutdown; traffic is observed afresh.
+    let again = restored.register("web", 1);
+    assert!(is_deregistering(restored.phase_of(again)));
+    let end = restored.deregister_end("web").unwrap();
+    assert!(end >= Instant::now() + 900 * MS, "one more quiet period");
     assert_eq!(restored.report().t0, state.report().t0);
+    assert_eq!(
+        restored.report().last_accept_ms,
+        None,
+        "the restart is no accept"
+    );
+    let (_, joined) = restored.begin("web", now, SystemTime::now());
+    assert!(!joined, "the reconnecting hook joins");
+    assert!(restored.has_hook("web"));
+}
+
+#[test]
+fn a_process_that_does_not_come_back_after_a_restart_mid_drain_is_disconnected() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    assert!(matches!(state.phase_of(web), Phase::Drain { .. }));
+    let mut restored = State::restore(
+        test_settings(),
+        state.persisted(),
+        t0 + 2 * S,
+        SystemTime::now(),
+    );
+    restored.begin("web", t0 + 2 * S, SystemTime::now());
+    // An SDK does not reconnect after `drain`: the hook is released, not with `no-app`.
+    assert_eq!(restored.release("web", false), Some(Outcome::Disconnected));
+}
+
+#[test]
+fn a_restored_shutdown_no_hook_came_back_to_is_over() {
+    let mut state = State::new(test_settings());
+    let t0 = begin(&mut state, "web");
+    let mut restored = State::restore(
+        test_settings(),
+        state.persisted(),
+        t0 + S,
+        SystemTime::now(),
+    );
+    assert!(restored.abandon_if_no_hook("web", t0 + 20 * S));
+    assert!(restored.pending().is_empty());
+    let new = restored.register("web", 9);
+    assert_eq!(
+        restored.phase_of(new),
+        Phase::Serving,
+        "the next process serves"
+    );
+}
+
+#[test]
+fn a_hook_that_goes_away_ends_its_containers_shutdown() {
+    // The kubelet killed the hook (a probe's shorter grace period) or the container died:
+    // the next process of the container is its restart, not part of a dead shutdown.
+    let mut state = State::new(test_settings());
+    let old = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.hook_left("web", t0 + 3 * S);
+    assert!(state.pending().is_empty());
+    let new = state.register("web", 2);
+    assert_eq!(state.phase_of(new), Phase::Serving);
+    let report = state.report();
+    assert_eq!(report.restarts.len(), 1);
+    assert_eq!(report.restarts[0].outcome, Outcome::Timeout);
+    assert!(
+        report.apps.iter().all(|a| a.pid != Some(1)),
+        "the old process went with the record: {report:?}"
+    );
+    let _ = old;
+}
+
+#[test]
+fn a_released_hook_leaving_changes_nothing() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.done(web, true, None, t0 + 2 * S);
+    state.mark_released("web", t0 + 2 * S);
+    state.hook_left("web", t0 + 2 * S);
+    assert_eq!(state.report().outcome, Outcome::Acked);
+}
+
+#[test]
+fn a_second_kill_without_a_new_process_drops_the_old_entries() {
+    let mut state = State::new(test_settings());
+    let web = state.register("web", 1);
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.done(web, true, None, t0 + 2 * S);
+    state.mark_released("web", t0 + 2 * S);
+    // Killed again before any new process connected.
+    state.begin("web", t0 + 60 * S, SystemTime::now());
+    state.start_drain("web", t0 + 65 * S);
+    assert_eq!(state.release("web", false), Some(Outcome::NoApp));
+    let report = state.report();
+    assert!(report.apps.is_empty(), "{report:?}");
+    assert_eq!(report.restarts[0].outcome, Outcome::Acked);
+}
+
+#[test]
+fn an_app_without_a_container_name_ignores_finished_shutdowns() {
+    let mut state = State::new(test_settings());
+    let t0 = begin(&mut state, "web");
+    state.start_drain("web", t0 + S);
+    state.mark_released("web", t0 + S);
+    let anonymous = state.register("", 3);
+    assert_eq!(state.phase_of(anonymous), Phase::Serving);
 }
 
 #[test]
