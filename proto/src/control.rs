@@ -14,6 +14,11 @@ pub enum ControlRequest {
     Prestop {
         /// The app container whose hook is running.
         container: String,
+        /// A grace period shorter than the pod's that can apply to this container: the
+        /// `terminationGracePeriodSeconds` of its liveness or startup probe, which the
+        /// kubelet uses when the probe kills it. The container's shutdown plans with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_seconds: Option<u64>,
     },
     /// Startup probe: answered with `ready` once the sidecar serves both sockets.
     Probe {},

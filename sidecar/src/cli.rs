@@ -75,7 +75,13 @@ impl Command {
         match self {
             Command::Serve(args) => crate::serve::run(args.into_settings()).await,
             Command::Prestop(args) => {
-                crate::clients::prestop(&args.dir, &args.container, args.fallback_delay()).await
+                crate::clients::prestop(
+                    &args.dir,
+                    &args.container,
+                    args.grace_seconds,
+                    args.fallback_delay(),
+                )
+                .await
             }
             Command::Probe(args) => crate::clients::probe(&args.dir).await,
         }
@@ -161,6 +167,10 @@ pub struct PrestopArgs {
     /// The app container whose hook this is.
     #[arg(long, env = names::ENV_CONTAINER)]
     pub container: String,
+    /// The grace period of a probe kill when the container's liveness or startup probe sets
+    /// its own, shorter than the pod's (seconds): the container's shutdown plans with it.
+    #[arg(long)]
+    pub grace_seconds: Option<u64>,
     /// The shared directory (sockets in DIR/run).
     #[arg(long, env = names::ENV_DIR, default_value = names::MOUNT_PATH)]
     pub dir: PathBuf,

@@ -32,7 +32,12 @@ const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
 /// until then, reconnecting meanwhile in case the kubelet restarts the sidecar (which
 /// resumes the shutdown from its state file). It never waits past the first deadline the
 /// sidecar announced.
-pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCode {
+pub async fn prestop(
+    dir: &Path,
+    container: &str,
+    grace_seconds: Option<u64>,
+    fallback: Duration,
+) -> ExitCode {
     let socket = run_dir(dir).join(names::CONTROL_SOCKET);
     let mut stream = match connect(&socket).await {
         Ok(stream) => stream,
@@ -40,7 +45,7 @@ pub async fn prestop(dir: &Path, container: &str, fallback: Duration) -> ExitCod
     };
     let mut plan = Plan::default();
     loop {
-        let reason = match wait_for_release(stream, container, &mut plan).await {
+        let reason = match wait_for_release(stream, container, grace_seconds, &mut plan).await {
             Ended::Released => return ExitCode::SUCCESS,
             Ended::Lost(reason) => reason,
         };
@@ -136,10 +141,16 @@ async fn reconnect(socket: &Path, until: Instant) -> Option<UnixStream> {
 }
 
 /// Sends `prestop` and waits for `release` on one connection.
-async fn wait_for_release(stream: UnixStream, container: &str, plan: &mut Plan) -> Ended {
+async fn wait_for_release(
+    stream: UnixStream,
+    container: &str,
+    grace_seconds: Option<u64>,
+    plan: &mut Plan,
+) -> Ended {
     let (read, mut write) = stream.into_split();
     let request = ControlRequest::Prestop {
         container: container.to_owned(),
+        grace_seconds,
     };
     if let Err(e) = write.write_all(&encode_line(&request)).await {
         return Ended::Lost(format!("the sidecar closed the connection: {e}"));

@@ -333,8 +333,12 @@ async fn handle_control(stream: UnixStream, shared: Arc<Shared>) {
         Ok(ControlRequest::Probe {}) => {
             send(&mut write, &ControlReply::Ready {}).await;
         }
-        Ok(ControlRequest::Prestop { container }) => {
-            prestop(&shared, &container, &mut lines, &mut write).await;
+        Ok(ControlRequest::Prestop {
+            container,
+            grace_seconds,
+        }) => {
+            let grace = grace_seconds.map(Duration::from_secs);
+            prestop(&shared, &container, grace, &mut lines, &mut write).await;
         }
         Ok(ControlRequest::Unknown) => warn!("closing control connection: unknown request"),
         Err(e) => warn!("closing control connection: {e}"),
@@ -347,14 +351,21 @@ async fn handle_control(stream: UnixStream, shared: Arc<Shared>) {
 async fn prestop<R, W>(
     shared: &Arc<Shared>,
     container: &str,
+    grace: Option<Duration>,
     lines: &mut LineReader<R>,
     write: &mut W,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (deadline, first) =
-        shared.update(|s| s.begin(container, std::time::Instant::now(), SystemTime::now()));
+    let (deadline, first) = shared.update(|s| {
+        s.begin_within(
+            container,
+            grace,
+            std::time::Instant::now(),
+            SystemTime::now(),
+        )
+    });
     if first {
         info!(%container, "preStop hook: the container's shutdown begins");
         tokio::spawn(sequence(shared.clone(), container.to_owned()));

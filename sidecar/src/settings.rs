@@ -54,9 +54,16 @@ impl Settings {
     /// Time from T0 to the moment every preStop hook must have returned: `G − reserve`,
     /// with the reserve capped at half of G so that short grace periods still leave time
     /// for the shutdown itself.
+    #[cfg(test)]
     pub fn release_budget(&self) -> Duration {
-        self.grace
-            .saturating_sub(self.exit_reserve.min(self.grace / 2))
+        self.release_budget_within(self.grace)
+    }
+
+    /// The release budget for a container whose hook may be cut at `grace` (at most the
+    /// pod's grace period).
+    pub fn release_budget_within(&self, grace: Duration) -> Duration {
+        let grace = grace.min(self.grace);
+        grace.saturating_sub(self.exit_reserve.min(grace / 2))
     }
 
     /// Path of the application socket.

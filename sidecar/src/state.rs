@@ -301,9 +301,22 @@ impl State {
 
     /// Starts `container`'s shutdown (its T0), or joins the one in progress. Returns the
     /// hard deadline by which the hook is released, and whether this call started it.
+    #[cfg(test)]
     pub fn begin(
         &mut self,
         container: &str,
+        now: Instant,
+        now_wall: SystemTime,
+    ) -> (Instant, bool) {
+        self.begin_within(container, None, now, now_wall)
+    }
+
+    /// [`State::begin`] for a container whose hook the kubelet may cut at `grace` (its
+    /// probe's own grace period), shorter than the pod's.
+    pub fn begin_within(
+        &mut self,
+        container: &str,
+        grace: Option<Duration>,
         now: Instant,
         now_wall: SystemTime,
     ) -> (Instant, bool) {
@@ -322,7 +335,7 @@ impl State {
             .values()
             .any(|a| a.container == container && a.connected && a.finished.is_none());
         let rule = rule(s, connected);
-        let deadline = now + s.release_budget();
+        let deadline = now + s.release_budget_within(grace.unwrap_or(s.grace));
         let drain_by = deregister::latest_drain_start(now, deadline, s.drain_budget);
         self.next_shutdown += 1;
         self.shutdowns.insert(

@@ -522,3 +522,21 @@ fn long_app_error_in_a_pod_of_4_containers_still_parses() {
 fn long_app_error_in_a_pod_of_6_containers_still_parses() {
     long_error_in_a_crowded_pod(6);
 }
+
+#[test]
+fn a_probe_kill_with_a_shorter_grace_period_releases_the_hook_within_it() {
+    // The pod's G is 30 s, the liveness probe's own grace period 4 s: the app that never
+    // finishes is given up on by 4 s − 2 s, before the kubelet would cut the hook.
+    let sidecar = Sidecar::start(30, &[]);
+    let mut app = RawApp::hello(&sidecar, "web");
+    let mut hook = exec_prestop_with(sidecar.dir.path(), "web", 5000, &["--grace-seconds", "4"]);
+    let (phase_end, deadline) = plan_of(&app.expect("deregister"));
+    assert!(deadline - phase_end >= 1000 - 50, "{phase_end} {deadline}");
+    let took = hook
+        .wait(Instant::now() + Duration::from_secs(6))
+        .expect("hook hung");
+    assert!(
+        took >= 1900 * MS && took < 2800 * MS,
+        "released after {took:?}, not by the probe's 4 s − 2 s"
+    );
+}

@@ -311,9 +311,18 @@ fn patch_app_container(
         None => {}
     }
 
-    let pre_stop = json!({"exec": {"command": [
-        names::POD_BIN_PATH, "prestop", "--container", container.name,
-    ]}});
+    let mut command = vec![
+        names::POD_BIN_PATH.to_owned(),
+        "prestop".to_owned(),
+        "--container".to_owned(),
+        container.name.clone(),
+    ];
+    if let Some(probe_grace) = probe_grace_seconds(container).filter(|g| *g < grace_seconds) {
+        // The kubelet cuts a probe kill's hook at the probe's own grace period: the
+        // container's shutdown must plan with it, or its app gets SIGTERM mid-sequence.
+        command.extend(["--grace-seconds".to_owned(), probe_grace.to_string()]);
+    }
+    let pre_stop = json!({"exec": {"command": command}});
     match container.lifecycle {
         Some(_) => ops.push(add(&path(&base, &["lifecycle", "preStop"]), pre_stop)),
         None => ops.push(add(
@@ -321,6 +330,17 @@ fn patch_app_container(
             json!({"preStop": pre_stop}),
         )),
     }
+}
+
+/// The shortest `terminationGracePeriodSeconds` the container's liveness or startup probe
+/// sets (the grace period the kubelet gives when that probe kills it), if any.
+fn probe_grace_seconds(container: &Container) -> Option<i64> {
+    [&container.liveness_probe, &container.startup_probe]
+        .into_iter()
+        .flatten()
+        .filter_map(|probe| probe.termination_grace_period_seconds)
+        .map(|g| g.max(0))
+        .min()
 }
 
 /// Adds entries to `metadata.<field>`, creating the map when the pod has none.
@@ -549,6 +569,46 @@ mod tests {
                     app.name
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_probes_shorter_grace_period_reaches_the_containers_hook() {
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        let prestop_of = |pod: &Pod| -> Vec<String> {
+            let container = &pod.spec.as_ref().unwrap().containers[0];
+            let hook = container
+                .lifecycle
+                .as_ref()
+                .unwrap()
+                .pre_stop
+                .as_ref()
+                .unwrap();
+            hook.exec.as_ref().unwrap().command.clone().unwrap()
+        };
+        for (liveness, startup, want) in [
+            (None, None, None),
+            (Some(10), None, Some("10")),
+            (Some(10), Some(4), Some("4")),
+            (Some(60), None, None), // not shorter than the pod's 30 s
+        ] {
+            let mut pod = web_pod();
+            let c = &mut pod.spec.as_mut().unwrap().containers[0];
+            let probe = |g: Option<i64>| {
+                g.map(|g| Probe {
+                    termination_grace_period_seconds: Some(g),
+                    ..Default::default()
+                })
+            };
+            c.liveness_probe = probe(liveness);
+            c.startup_probe = probe(startup);
+            let command = prestop_of(&patched(&pod, &plan(&config, &drain, None)));
+            let flag = command
+                .iter()
+                .position(|a| a == "--grace-seconds")
+                .map(|i| command[i + 1].as_str());
+            assert_eq!(flag, want, "{liveness:?} {startup:?}: {command:?}");
         }
     }
 

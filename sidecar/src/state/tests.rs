@@ -478,3 +478,17 @@ fn restore_keeps_released_shutdowns_and_restart_records() {
     assert_eq!(report.restarts.len(), 1);
     assert_eq!(report.released_ms, Some(1000));
 }
+
+#[test]
+fn a_probes_shorter_grace_period_bounds_that_containers_shutdown() {
+    let mut state = State::new(test_settings());
+    let t0 = Instant::now();
+    let (deadline, _) = state.begin_within("web", Some(10 * S), t0, SystemTime::now());
+    assert_eq!(deadline, t0 + 8 * S, "10 s less the 2 s reserve");
+    let (other, _) = state.begin_within("side", Some(90 * S), t0, SystemTime::now());
+    assert_eq!(
+        other,
+        t0 + 28 * S,
+        "never longer than the pod's grace period"
+    );
+}

@@ -238,6 +238,16 @@ impl Drop for Hook {
 
 /// Execs `lameduck-sidecar prestop` against `dir`.
 pub fn exec_prestop(dir: &Path, container: &str, fallback_millis: u64) -> Hook {
+    exec_prestop_with(dir, container, fallback_millis, &[])
+}
+
+/// Execs `lameduck-sidecar prestop` against `dir` with `extra` flags.
+pub fn exec_prestop_with(
+    dir: &Path,
+    container: &str,
+    fallback_millis: u64,
+    extra: &[&str],
+) -> Hook {
     static HOOKS: AtomicU64 = AtomicU64::new(0);
     let n = HOOKS.fetch_add(1, Ordering::Relaxed);
     let log = dir.join(format!("prestop-{container}-{n}.log"));
@@ -246,6 +256,7 @@ pub fn exec_prestop(dir: &Path, container: &str, fallback_millis: u64) -> Hook {
         .arg(dir)
         .arg("--fallback-delay-millis")
         .arg(fallback_millis.to_string())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log).expect("hook log")))
         .spawn()
