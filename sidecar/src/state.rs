@@ -816,7 +816,7 @@ impl State {
                     last_total: None,
                     drained_at: None,
                     // After `drain` an SDK does not reconnect: it finishes on its own.
-                    finished: draining.then(|| Finished {
+                    finished: draining.then_some(Finished {
                         outcome: Outcome::Disconnected,
                         error: None,
                         at: now,
