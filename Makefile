@@ -23,7 +23,7 @@ include $(ROOT)/e2e/lameduck.mk
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 .PHONY: deps
 deps: ## install build and test dependencies (idempotent)
