@@ -88,7 +88,7 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
         }
         summary(
             "1 injection",
-            "2/2 pods injected as in DESIGN.md; policy deployment-web owned by the Deployment",
+            "2/2 pods injected as in docs/architecture.md; policy deployment-web owned by the Deployment",
         );
         Ok(())
     })

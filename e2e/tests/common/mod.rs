@@ -500,7 +500,7 @@ pub fn env_names(c: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The pod spec matches DESIGN.md "The pod after injection".
+/// The pod spec matches docs/architecture.md, "The pod after injection".
 pub fn check_injected(pod: &Value, app: &str, policy_name: &str) -> Result<()> {
     let name = pod["metadata"]["name"].as_str().unwrap_or("?");
     let spec = &pod["spec"];

@@ -74,10 +74,10 @@ workload!(Deployment);
 workload!(StatefulSet);
 workload!(DaemonSet);
 
-/// Whether the workload's pods are injected, in the webhook's order (DESIGN.md "Opting
-/// in"): `lameduck.dev/inject` on the pod template, then on the workload (`"true"` or
-/// `"false"`, case and surrounding blanks ignored), then the namespace's
-/// `lameduck.dev/inject=enabled` label (`namespace_enabled`).
+/// Whether the workload's pods are injected, in the webhook's order (docs/tuning.md,
+/// "Which workloads get a policy"): `lameduck.dev/inject` on the pod template, then on the
+/// workload (`"true"` or `"false"`, case and surrounding blanks ignored), then the
+/// namespace's `lameduck.dev/inject=enabled` label (`namespace_enabled`).
 pub fn opted_in<W: Workload>(workload: &W, namespace_enabled: bool) -> bool {
     let template = flag(
         workload

@@ -197,8 +197,8 @@ fn the_kill_floor_is_capped_at_max() {
 
 #[test]
 fn a_timeout_pushes_the_recommendation_up_at_once() {
-    // The case: 6 shutdowns of 2.6 s, the recommendation applied, then one pod of
-    // that grace period times out at its deadline G − 2 s.
+    // 6 shutdowns of 2.6 s, the recommendation applied, then one pod of that grace period
+    // times out at its deadline G − 2 s.
     let settings = GracePeriodSettings::default();
     let samples: Vec<_> = (0..6).map(|i| reported(i * SECOND, 2_600)).collect();
     let mut h = history(&samples, &settings);

@@ -1,6 +1,6 @@
-//! The opt-in decision (DESIGN.md "Opting in") and the resolution of a pod's owning
-//! workload. Pure: the metadata comes through [`MetadataIndex`], which the webhook backs
-//! with metadata-only reflector stores and the tests with a map.
+//! The opt-in decision (docs/tuning.md, "Which workloads get a policy") and the resolution
+//! of a pod's owning workload. Pure: the metadata comes through [`MetadataIndex`], which the
+//! webhook backs with metadata-only reflector stores and the tests with a map.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lameduck_proto::names;
@@ -89,7 +89,8 @@ pub enum Decision {
     NotOptedIn,
 }
 
-/// Decides whether the pod is injected: first match wins (DESIGN.md "Opting in").
+/// Decides whether the pod is injected: first match wins — the pod's `lameduck.dev/inject`
+/// annotation, then its workload's, then the namespace label `lameduck.dev/inject=enabled`.
 pub fn decide(pod: &ObjectMeta, namespace: &str, index: &dyn MetadataIndex) -> Decision {
     match flag(
         pod.annotations

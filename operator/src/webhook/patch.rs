@@ -1,5 +1,6 @@
-//! The pure patch builder: from a pod and the injection settings to the JSONPatch of
-//! DESIGN.md ("The pod after injection"). No I/O; the webhook and `inject` both use it.
+//! The pure patch builder: from a pod and the injection settings to the JSONPatch of the
+//! injected pod (docs/architecture.md, "The pod after injection"). No I/O; the webhook and
+//! `inject` both use it.
 
 use std::collections::BTreeMap;
 

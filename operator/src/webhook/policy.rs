@@ -97,7 +97,7 @@ pub struct DrainSettings {
 }
 
 impl Default for DrainSettings {
-    /// The defaults of `ShutdownPolicy.spec.drain` (DESIGN.md).
+    /// The defaults of `ShutdownPolicy.spec.drain` (docs/protocol.md §4, docs/tuning.md).
     fn default() -> Self {
         Self {
             mode: DrainMode::Auto,
