@@ -252,7 +252,7 @@ impl State {
         let outcome = if apps.is_empty() {
             Outcome::NoApp
         } else {
-            worst_of(&apps, true)
+            worst_of(&apps)
         };
         self.restarts.push_back(RestartReport {
             container: container.to_owned(),
@@ -843,16 +843,11 @@ fn rule(s: &Settings, connected: bool) -> Rule {
     }
 }
 
-/// The worst outcome of some applications; `unfinished_is_timeout` says what one still
-/// running counts as.
-fn worst_of(apps: &[&App], unfinished_is_timeout: bool) -> Outcome {
+/// The worst outcome of the applications of a finished shutdown; one still running when
+/// its container's shutdown ended had timed out.
+fn worst_of(apps: &[&App]) -> Outcome {
     apps.iter().fold(Outcome::Acked, |worst, a| {
-        let outcome = match &a.finished {
-            Some(f) => f.outcome,
-            None if unfinished_is_timeout => Outcome::Timeout,
-            None => Outcome::Acked,
-        };
-        worst.worst(outcome)
+        worst.worst(a.finished.as_ref().map_or(Outcome::Timeout, |f| f.outcome))
     })
 }
 
