@@ -68,9 +68,12 @@ impl CertResolver {
     /// Installs a new certificate chain and key (PEM); the next handshake uses it.
     pub fn set_pem(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), CertError> {
         let key = certified_key(chain_pem, key_pem)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = Some(Arc::new(key));
-        }
+        // The slot only ever holds a whole key: a panic elsewhere while it was locked
+        // cannot have left it half-written, so a poisoned lock is used as it is.
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(key));
         Ok(())
     }
 
@@ -79,16 +82,20 @@ impl CertResolver {
         let Ok(leaf) = CertificateDer::from_pem_slice(chain_pem) else {
             return false;
         };
-        self.current
-            .read()
-            .ok()
-            .and_then(|c| c.as_ref().map(|k| k.cert.first() == Some(&leaf)))
-            .unwrap_or(false)
+        self.installed()
+            .is_some_and(|k| k.cert.first() == Some(&leaf))
     }
 
     /// Whether a certificate is installed.
     pub fn is_loaded(&self) -> bool {
-        self.current.read().map(|c| c.is_some()).unwrap_or(false)
+        self.installed().is_some()
+    }
+
+    fn installed(&self) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The rustls server configuration that resolves through `self` (ALPN h2, http/1.1).
@@ -107,7 +114,7 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().and_then(|c| c.clone())
+        self.installed()
     }
 }
 
@@ -464,11 +471,20 @@ impl CertManager {
         Ok(certs)
     }
 
-    /// Reconciles every `interval` until cancelled; failures are logged and retried.
-    pub async fn run(self, interval: Duration, token: CancellationToken) {
+    /// Reconciles every `interval` until cancelled, handing each installed set to
+    /// `installed` (the expiry metric); failures are logged and retried.
+    pub async fn run(
+        self,
+        interval: Duration,
+        mut installed: impl FnMut(&StoredCerts) + Send,
+        token: CancellationToken,
+    ) {
         loop {
-            if let Err(error) = self.reconcile().await {
-                tracing::warn!(%error, "webhook certificate reconcile failed; retrying");
+            match self.reconcile().await {
+                Ok(stored) => installed(&stored),
+                Err(error) => {
+                    tracing::warn!(%error, "webhook certificate reconcile failed; retrying")
+                }
             }
             tokio::select! {
                 () = token.cancelled() => return,

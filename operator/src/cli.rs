@@ -185,7 +185,14 @@ pub struct RunArgs {
     /// Address of the plain-HTTP admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "LAMEDUCK_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
-    /// How long open webhook connections may finish after SIGTERM.
+    /// After SIGTERM, how long the webhook keeps admitting while `/readyz` fails, so that
+    /// the API server stops sending admissions here before the listener closes (pod
+    /// creation meanwhile is not admitted uninjected). The pod's grace period must exceed
+    /// the delay plus `--shutdown-drain`.
+    #[arg(long, env = "LAMEDUCK_SHUTDOWN_DELAY", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub shutdown_delay: Duration,
+    /// How long open webhook connections may finish their requests once the listener is
+    /// closed (HTTP/2 connections are told to go away).
     #[arg(long, env = "LAMEDUCK_SHUTDOWN_DRAIN", value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_drain: Duration,
     /// The operator's namespace (downward API).

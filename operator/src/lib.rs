@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod observe;
 pub mod recommend;
 pub mod runtime;
+pub mod watches;
 pub mod webhook;

@@ -1,29 +1,114 @@
-//! `run`: wires the operator together — certificates, metadata caches, the webhook and
-//! admin servers, Events, the policy index and the leader-only controller —
-//! and shuts it down gracefully on SIGTERM (a second signal exits at once).
+//! `run`: wires the operator together — certificates, the replica's watches, the webhook
+//! and admin servers, Events and the leader-only controller — supervises every task, and
+//! shuts down the way lameduck shuts down everyone else's pods.
+//!
+//! Supervision: every long-running task is owned by a [`Supervisor`]. A task that ends
+//! before shutdown (a watch stream, the certificate loop, the controller losing its lease)
+//! ends the process with a log line naming it, after the same graceful shutdown a SIGTERM
+//! gets; the kubelet restarts the container.
+//!
+//! Shutdown (SIGTERM): `/readyz` fails at once and the controller hands over its lease
+//! (writing what it observed first), but the webhook keeps admitting for
+//! `--shutdown-delay`: until the API server's endpoints and the node's service rules stop
+//! sending admissions here, a closed listener would make the API server skip the webhook
+//! (`failurePolicy: Ignore`) and admit pods without the sidecar. Then the listener closes
+//! and open connections finish for up to `--shutdown-drain` (HTTP/2 ones are told to go
+//! away, so the API server reconnects to another replica). A second signal exits at once.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::{Id, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertFiles, CertManager, CertPolicy, CertResolver};
 use crate::cli::RunArgs;
-use crate::controller::{self, ControllerConfig, ControllerMetrics, PolicyIndex};
+use crate::controller::{self, ControllerConfig, ControllerMetrics};
 use crate::metrics::Metrics;
+use crate::watches::{Change, Watches};
 use crate::webhook::admission::Admitter;
 use crate::webhook::policy::PolicyLookup;
-use crate::webhook::{cache, server};
+use crate::webhook::server::{self, Readiness};
 
-/// Runs the operator until SIGTERM/SIGINT.
+/// The process's long-running tasks, by name. Each is expected to run until shutdown.
+#[derive(Default)]
+pub struct Supervisor {
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<Id, &'static str>,
+}
+
+impl Supervisor {
+    /// Spawns `task` under `name`.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for the next task to end: its name and why (`Ok` if it returned `Ok`).
+    /// Pending forever when no task is left.
+    pub async fn next_exit(&mut self) -> (&'static str, anyhow::Result<()>) {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(error) => (
+                error.id(),
+                Err(if error.is_panic() {
+                    anyhow!("panicked")
+                } else {
+                    anyhow!("cancelled")
+                }),
+            ),
+        };
+        (self.names.remove(&id).unwrap_or("unnamed task"), result)
+    }
+
+    /// Stops every task still running.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Ready when every watch has its initial list (the ShutdownPolicy index included: a pod
+/// admitted before it would miss its recommended grace period), a serving certificate is
+/// loaded, and the process is not shutting down.
+struct OperatorReadiness {
+    watches: Watches,
+    resolver: Arc<CertResolver>,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness for OperatorReadiness {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            Err("shutting down")
+        } else if !self.resolver.is_loaded() {
+            Err("no serving certificate yet")
+        } else if !self.watches.is_ready() {
+            Err("watches not synced yet")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT, or until one of its tasks ends (an error then).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         webhook_addr,
         admin_addr,
+        shutdown_delay,
         shutdown_drain,
         namespace,
         pod_name,
@@ -34,10 +119,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
-    let token = CancellationToken::new();
+    let mut tasks = Supervisor::default();
+    // Cancelled after the shutdown delay: the servers stop accepting, the loops stop.
+    let stop = CancellationToken::new();
+    // Cancelled at the first signal: the controller hands over its lease.
+    let hand_over = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let resolver = Arc::new(CertResolver::default());
-    let ready = Arc::new(AtomicBool::new(false));
 
     // Certificates: external files, or self-managed in a Secret.
     match (&certs.tls_cert_file, &certs.tls_key_file) {
@@ -49,7 +137,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             files
                 .load(&resolver)
                 .context("loading the webhook certificate files")?;
-            tokio::spawn(files.watch(resolver.clone(), certs.cert_check_interval, token.clone()));
+            let watch = files.watch(resolver.clone(), certs.cert_check_interval, stop.clone());
+            tasks.spawn("certificate files", async move {
+                watch.await;
+                Ok(())
+            });
         }
         _ => {
             let mut names = vec![
@@ -71,125 +163,165 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 resolver: resolver.clone(),
             };
             let expiry = metrics.serving_cert_expiry.clone();
-            let interval = certs.cert_check_interval;
-            let token = token.clone();
-            tokio::spawn(async move {
-                loop {
-                    match manager.reconcile().await {
-                        Ok(stored) => {
-                            expiry.set(stored.serving_not_after);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "webhook certificate reconcile failed; retrying")
-                        }
-                    }
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = tokio::time::sleep(interval) => {}
-                    }
-                }
+            let run = manager.run(
+                certs.cert_check_interval,
+                move |stored| {
+                    expiry.set(stored.serving_not_after);
+                },
+                stop.clone(),
+            );
+            tasks.spawn("certificates", async move {
+                run.await;
+                Ok(())
             });
         }
     }
 
-    // Metadata caches for the opt-in decision.
-    let (caches, caches_run) = cache::start(&client);
-    let caches_task = tokio::spawn(caches_run);
-    {
-        let caches = caches.clone();
-        let resolver = resolver.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if caches.wait_until_ready().await.is_ok() {
-                tracing::info!("metadata caches synced");
-            }
-            while !resolver.is_loaded() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("webhook ready");
-        });
-    }
-
-    // The grace-period seam: every replica keeps a ShutdownPolicy index for the webhook;
-    // the controller (adoption, observations, status) runs on the Lease holder only.
+    // One watch per kind: the webhook reads the stores, the leader's controllers subscribe.
+    let (watches, watches_run) = Watches::start(&client);
+    tasks.spawn("watches", async move {
+        watches_run.await;
+        Err(anyhow!("the watch streams ended"))
+    });
     let controller_metrics = metrics
         .with_registry(ControllerMetrics::register)
         .unwrap_or_default();
-    let (policy_index, policy_reflector) = {
+    {
+        // A deleted policy's metric series go with it.
+        let deletions = watches.policies.reflected().subscribe();
         let metrics = controller_metrics.clone();
-        PolicyIndex::with_deletions(client.clone(), move |policy| {
-            metrics.forget_policy(
-                policy.metadata.namespace.as_deref().unwrap_or_default(),
-                policy.metadata.name.as_deref().unwrap_or_default(),
-            );
-        })
-    };
-    tokio::spawn(policy_reflector);
-    let policies: Arc<dyn PolicyLookup> = Arc::new(policy_index.clone());
+        tasks.spawn("policy metrics", async move {
+            deletions
+                .for_each(|change| {
+                    if let Change::Deleted(policy) = change {
+                        metrics.forget_policy(
+                            policy.metadata.namespace.as_deref().unwrap_or_default(),
+                            policy.metadata.name.as_deref().unwrap_or_default(),
+                        );
+                    }
+                    std::future::ready(())
+                })
+                .await;
+            Err(anyhow!("the ShutdownPolicy watch ended"))
+        });
+    }
+    let readiness = Arc::new(OperatorReadiness {
+        watches: watches.clone(),
+        resolver: resolver.clone(),
+        shutting_down: AtomicBool::new(false),
+    });
+
+    // The controller (adoption, observations, status) runs on the Lease holder only.
+    let policies: Arc<dyn PolicyLookup> = Arc::new(watches.policies.clone());
     let identity = pod_name
         .clone()
         .unwrap_or_else(|| format!("lameduck-operator-{}", std::process::id()));
-    let mut controller = tokio::spawn(controller::run(
-        client.clone(),
-        ControllerConfig::new(policy_index, identity, namespace.clone())
-            .with_metrics(controller_metrics)
-            .with_namespaces(caches.namespaces()),
-    ));
+    {
+        let controller = controller::run(
+            client.clone(),
+            ControllerConfig::new(watches.clone(), identity, namespace.clone())
+                .with_metrics(controller_metrics),
+            hand_over.clone(),
+        );
+        let hand_over = hand_over.clone();
+        tasks.spawn("controller", async move {
+            controller.await.context("the ShutdownPolicy controller")?;
+            // Only the hand-over at shutdown ends it without an error; keep it "running"
+            // until the supervisor stops everything.
+            if hand_over.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+            Err(anyhow!("the ShutdownPolicy controller stopped"))
+        });
+    }
 
     let (events_tx, events_rx) = mpsc::channel(256);
-    tokio::spawn(server::publish_events(client.clone(), pod_name, events_rx));
+    tasks.spawn("events", async move {
+        server::publish_events(client.clone(), pod_name, events_rx).await;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
 
     let state = server::WebhookState {
         admitter: Admitter {
             config,
             policies,
-            index: Arc::new(caches),
+            index: Arc::new(watches.clone()),
         },
         metrics,
         events: Some(events_tx),
-        ready,
+        ready: readiness.clone(),
     };
     let acceptor = TlsAcceptor::from(Arc::new(resolver.server_config()));
     let webhook_listener = server::bind(webhook_addr).await?;
     let admin_listener = server::bind(admin_addr).await?;
     tracing::info!(%webhook_addr, %admin_addr, "serving");
-    let webhook = tokio::spawn(server::serve_tls(
-        webhook_listener,
-        acceptor,
-        server::webhook_router(state.clone()),
-        token.clone(),
-        shutdown_drain,
-    ));
-    let admin = tokio::spawn(server::serve_plain(
-        admin_listener,
-        server::admin_router(state),
-        token.clone(),
-    ));
+    tasks.spawn(
+        WEBHOOK_SERVER,
+        server::serve_tls(
+            webhook_listener,
+            acceptor,
+            server::webhook_router(state.clone()),
+            stop.clone(),
+            shutdown_drain,
+        )
+        .map(Ok),
+    );
+    tasks.spawn(
+        ADMIN_SERVER,
+        server::serve_plain(admin_listener, server::admin_router(state), stop.clone()).map(Ok),
+    );
 
-    // Losing the lease ends the process: it restarts as a follower (the webhook keeps
-    // serving on the other replica meanwhile).
-    let controller_failure = tokio::select! {
+    let failure = tokio::select! {
         () = shutdown_signal() => None,
-        result = &mut controller => Some(match result {
-            Ok(Ok(())) => anyhow::anyhow!("the controller stopped"),
-            Ok(Err(error)) => anyhow::Error::new(error).context("the ShutdownPolicy controller stopped"),
-            Err(error) => anyhow::anyhow!("the controller task failed: {error}"),
-        }),
+        (name, result) = tasks.next_exit() => {
+            let error = match result {
+                Ok(()) => anyhow!("task `{name}` ended"),
+                Err(error) => error.context(format!("task `{name}` failed")),
+            };
+            tracing::error!("{error:#}; shutting down so that the kubelet restarts the operator");
+            Some(error)
+        }
     };
-    controller.abort();
-    tracing::info!("shutting down: draining the webhook server");
-    token.cancel();
-    tokio::select! {
-        _ = async { let _ = tokio::join!(webhook, admin); } => {}
-        () = shutdown_signal() => tracing::warn!("second signal: exiting now"),
+    readiness.shutting_down.store(true, Ordering::Relaxed);
+    hand_over.cancel();
+    tracing::info!(
+        delay = ?shutdown_delay,
+        "shutting down: /readyz fails; the webhook keeps admitting until the API server stops sending here"
+    );
+    let interrupted = tokio::select! {
+        () = tokio::time::sleep(shutdown_delay) => false,
+        () = shutdown_signal() => true,
+    };
+    stop.cancel();
+    if interrupted {
+        tracing::warn!("second signal: exiting now");
+    } else {
+        tracing::info!("closing the webhook listener; draining open connections");
+        let servers = async {
+            let mut running = [WEBHOOK_SERVER, ADMIN_SERVER].len();
+            while running > 0 {
+                let (name, _) = tasks.next_exit().await;
+                if name == WEBHOOK_SERVER || name == ADMIN_SERVER {
+                    running -= 1;
+                }
+            }
+        };
+        tokio::select! {
+            () = servers => {}
+            () = shutdown_signal() => tracing::warn!("second signal: exiting now"),
+        }
     }
-    caches_task.abort();
-    match controller_failure {
+    tasks.shutdown().await;
+    match failure {
         Some(error) => Err(error),
         None => Ok(()),
     }
 }
+
+/// Task names the shutdown waits for.
+const WEBHOOK_SERVER: &str = "webhook server";
+const ADMIN_SERVER: &str = "admin server";
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

@@ -20,8 +20,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use lameduck_operator::certs::{CertManager, CertPolicy, CertResolver};
 use lameduck_operator::metrics::Metrics;
+use lameduck_operator::watches::Watches;
 use lameduck_operator::webhook::admission::Admitter;
-use lameduck_operator::webhook::cache;
 use lameduck_operator::webhook::patch::InjectionConfig;
 use lameduck_operator::webhook::policy::NoPolicies;
 use lameduck_operator::webhook::server::{self, WebhookState};
@@ -65,7 +65,7 @@ struct Webhook {
 
 async fn start_webhook(client: &Client) -> Webhook {
     let resolver = Arc::new(CertResolver::default());
-    let (caches, run) = cache::start(client);
+    let (caches, run) = Watches::start(client);
     tokio::spawn(run);
     caches.wait_until_ready().await.expect("caches");
     let state = WebhookState {

@@ -3,63 +3,49 @@
 
 use std::future::Future;
 
-use futures::StreamExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
 use crate::api::{self, ShutdownPolicy};
+use crate::watches::{self, Reflected};
 use crate::webhook::policy::{
     DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef,
 };
 
-/// An in-memory index of every ShutdownPolicy, kept current by a reflector. Cheap to clone.
+/// An in-memory index of every ShutdownPolicy, kept current by the replica's one watch of
+/// ShutdownPolicies (see [`crate::watches`]). Cheap to clone.
 #[derive(Clone)]
 pub struct PolicyIndex {
-    store: Store<ShutdownPolicy>,
+    reflected: Reflected<ShutdownPolicy>,
 }
 
 impl PolicyIndex {
     /// The index and the future that keeps it current (run it on every replica: the webhook
     /// reads it; it ends only when the watch stream ends).
-    pub fn new(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        Self::with_deletions(client, |_| {})
-    }
-
-    /// Like [`PolicyIndex::new`], calling `on_delete` for every policy the watch reports
-    /// deleted (the controller drops the policy's metric series there).
-    pub fn with_deletions(
-        client: Client,
-        on_delete: impl Fn(&ShutdownPolicy) + Send + 'static,
-    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (store, writer) = reflector::store();
+    pub fn start(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let api = Api::<ShutdownPolicy>::all(client);
-        let driver = watcher(api, super::list_config())
-            .default_backoff()
-            // Nothing reads them; a policy's managed fields are as large as its spec.
-            .modify(|policy| policy.metadata.managed_fields = None)
-            .reflect(writer)
-            .for_each(move |event| {
-                match event {
-                    Ok(watcher::Event::Delete(policy)) => on_delete(&policy),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "ShutdownPolicy watch failed; retrying");
-                    }
-                }
-                std::future::ready(())
-            });
-        (Self { store }, driver)
+        // Nothing reads them; a policy's managed fields are as large as its spec.
+        let (reflected, driver) = watches::reflect(api, "ShutdownPolicy", |policy| {
+            policy.metadata.managed_fields = None
+        });
+        (Self { reflected }, driver)
     }
 
-    /// An index over an existing store (tests, or a store shared with other readers).
+    /// An index over an existing store (tests, or a store fed by hand).
     pub fn from_store(store: Store<ShutdownPolicy>) -> Self {
-        Self { store }
+        Self {
+            reflected: Reflected::from_store(store),
+        }
     }
 
     /// The underlying store.
-    pub fn store(&self) -> &Store<ShutdownPolicy> {
-        &self.store
+    pub fn store(&self) -> Store<ShutdownPolicy> {
+        self.reflected.store()
+    }
+
+    /// The store and its changes (the controllers subscribe to them).
+    pub fn reflected(&self) -> &Reflected<ShutdownPolicy> {
+        &self.reflected
     }
 
     /// The policy governing `kind`/`name` in `namespace`: the one named `<kind>-<name>` if
@@ -75,12 +61,13 @@ impl PolicyIndex {
                 && policy.spec.target_ref.name == name
         };
         let by_name = format!("{kind}-{name}").to_lowercase();
-        if let Some(policy) = self.store.get(&ObjectRef::new(&by_name).within(namespace))
+        let store = self.reflected.store();
+        if let Some(policy) = store.get(&ObjectRef::new(&by_name).within(namespace))
             && targets(&policy)
         {
             return Some(policy);
         }
-        self.store
+        store
             .state()
             .into_iter()
             .filter(|policy| {
@@ -151,6 +138,7 @@ impl PolicyLookup for PolicyIndex {
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::reflector;
     use kube::runtime::watcher::Event;
 
     use super::*;

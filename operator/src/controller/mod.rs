@@ -2,16 +2,9 @@
 //! writer. They run on the Lease holder only; losing the lease ends [`run`] with
 //! [`Error::LostLease`] (the process exits and restarts as a follower).
 //!
-//! The webhook side wires it in its `run` subcommand:
-//!
-//! ```ignore
-//! let (policies, policy_reflector) = lameduck_operator::controller::PolicyIndex::new(client.clone());
-//! tokio::spawn(policy_reflector);                      // every replica: the webhook reads it
-//! let admitter_policies: Arc<dyn PolicyLookup> = Arc::new(policies.clone());
-//! let metrics = metrics.with_registry(ControllerMetrics::register).unwrap_or_default();
-//! let config = ControllerConfig::new(policies, identity, namespace).with_metrics(metrics);
-//! lameduck_operator::controller::run(client, config).await?;   // returns only on error
-//! ```
+//! The operator's `run` subcommand wires it (`crate::runtime`): the replica's watches
+//! ([`crate::watches::Watches`]) are started first, on every replica; [`run`] subscribes
+//! to them when it wins the lease.
 
 pub mod lookup;
 pub mod pods;
@@ -27,13 +20,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use lameduck_proto::names::{NAMESPACE_INJECT_ENABLED, NAMESPACE_LABEL_INJECT};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,9 +38,10 @@ use prometheus_client::registry::Registry;
 pub use lookup::PolicyIndex;
 pub use record::PolicyRecord;
 
-use crate::api::ShutdownPolicy;
 use crate::observe::Observation;
+use crate::watches::{Change, Watches};
 use lameduck_proto::Outcome;
+use tokio_util::sync::CancellationToken;
 
 /// Field manager of the operator's writes.
 pub const FIELD_MANAGER: &str = "lameduck-operator";
@@ -77,9 +71,6 @@ pub enum Error {
     /// An object lacks a field the controller needs.
     #[error("object without {0}")]
     MissingField(&'static str),
-    /// A lock was poisoned by a panicking task.
-    #[error("internal state poisoned")]
-    Poisoned,
 }
 
 /// The controller's result type.
@@ -346,8 +337,11 @@ impl ControllerMetrics {
 /// How the controller runs.
 #[derive(Clone)]
 pub struct ControllerConfig {
-    /// The ShutdownPolicy index (shared with the webhook; its reflector must be running).
-    pub policies: PolicyIndex,
+    /// The replica's watches (their futures must be running): the ShutdownPolicy index
+    /// shared with the webhook, the workloads that trigger adoption, and the Namespaces
+    /// whose `lameduck.dev/inject=enabled` label opts in every workload of the namespace
+    /// that does not say otherwise.
+    pub watches: Watches,
     /// This replica's identity in the lease (the pod name).
     pub identity: String,
     /// Namespace of the Lease (the operator's own).
@@ -360,36 +354,25 @@ pub struct ControllerConfig {
     pub status_interval: Duration,
     /// Metrics.
     pub metrics: ControllerMetrics,
-    /// The Namespace cache (the webhook's): its `lameduck.dev/inject=enabled` label opts
-    /// in every workload of the namespace that does not say otherwise. Without it, only
-    /// annotations opt workloads in.
-    pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl ControllerConfig {
     /// Defaults: Lease `lameduck-operator`, 12 s lease (a crashed leader is replaced within
     /// about 13 s: the lease runs out at most 12 s after its last renewal), status every 5 s.
     pub fn new(
-        policies: PolicyIndex,
+        watches: Watches,
         identity: impl Into<String>,
         lease_namespace: impl Into<String>,
     ) -> Self {
         Self {
-            policies,
+            watches,
             identity: identity.into(),
             lease_namespace: lease_namespace.into(),
             lease_name: LEASE_NAME.into(),
             lease_seconds: 12,
             status_interval: Duration::from_secs(5),
             metrics: ControllerMetrics::default(),
-            namespaces: None,
         }
-    }
-
-    /// Reads the namespace opt-in label from `namespaces` (a running reflector's store).
-    pub fn with_namespaces(mut self, namespaces: Store<PartialObjectMeta<Namespace>>) -> Self {
-        self.namespaces = Some(namespaces);
-        self
     }
 
     /// Uses registered metrics.
@@ -416,6 +399,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// The status book. A panic while it was held (which ends the process: every task is
+    /// supervised) leaves its contents as they were; an observation is never dropped for
+    /// the lock's sake.
+    pub fn book(&self) -> std::sync::MutexGuard<'_, StatusBook> {
+        self.book.lock().unwrap_or_else(|poisoned| {
+            tracing::error!("the status book's lock was poisoned by a panic; using its contents");
+            poisoned.into_inner()
+        })
+    }
+
     /// Whether `namespace` is being deleted (a deletion timestamp in the Namespace cache).
     /// Nothing is created or recorded there any more.
     pub fn namespace_terminating(&self, namespace: &str) -> bool {
@@ -461,9 +454,15 @@ impl Context {
 }
 
 /// Runs the controller: waits for the lease, then adoption, the pod observer and the status
-/// writer until the lease is lost ([`Error::LostLease`]) or leader election fails. Returns
-/// only with an error; cancel it (drop the future) to stop, which releases the lease.
-pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
+/// writer until the lease is lost ([`Error::LostLease`]), leader election fails, or
+/// `shutdown` is cancelled. On `shutdown` a leader writes what it observed one last time and
+/// returns `Ok(())`; dropping the future releases the lease, so the next leader starts at
+/// once and nothing observed is lost.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
         .with_namespace(&config.lease_namespace)
         .with_identity(&config.identity)
@@ -474,11 +473,11 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
     let (mut leader, lease_task) = manager.watch().await;
     let mut ctx = Context::new(
         client,
-        config.policies.clone(),
+        config.watches.policies.clone(),
         config.metrics.clone(),
         Some(config.identity.clone()),
     );
-    ctx.namespaces = config.namespaces.clone();
+    ctx.namespaces = Some(config.watches.namespaces.store());
     let ctx = Arc::new(ctx);
     // Every replica observes pods, the followers too: pods that finish while the lease
     // changes hands (up to a lease duration) are gone from the API by the time a new
@@ -491,9 +490,7 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
         loop {
             ticks.tick().await;
             let cutoff = Timestamp::now().as_millisecond() - FOLLOWER_RETENTION.as_millis() as i64;
-            if let Ok(mut book) = ctx.book.lock() {
-                book.prune_before(cutoff);
-            }
+            ctx.book().prune_before(cutoff);
         }
     };
     tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
@@ -508,15 +505,14 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
                 }
                 () = &mut observer => return Err(Error::LostLease),
                 () = &mut follower_pruning => {}
+                () = shutdown.cancelled() => return Ok(()),
             }
         }
     }
     tracing::info!(identity = %config.identity, "leading: starting the ShutdownPolicy controller");
-    if let Ok(mut book) = ctx.book.lock() {
-        // The old leader counted those it saw; the followers' counts would double them.
-        book.forget_unobserved();
-    }
-    let work = lead(ctx, config.status_interval);
+    // The old leader counted those it saw; the followers' counts would double them.
+    ctx.book().forget_unobserved();
+    let work = lead(ctx.clone(), config.watches.clone(), config.status_interval);
     tokio::pin!(work);
     loop {
         tokio::select! {
@@ -530,6 +526,18 @@ pub async fn run(client: Client, config: ControllerConfig) -> Result<()> {
                     tracing::warn!("lost the leader lease; exiting");
                     return Err(Error::LostLease);
                 }
+            }
+            () = shutdown.cancelled() => {
+                // Still the leader: what was observed since the last write goes into the
+                // statuses now, before the lease is released.
+                match writer::write_statuses(&ctx, Timestamp::now()).await {
+                    Ok(patches) => {
+                        ctx.metrics.status_patches.inc_by(patches as u64);
+                        tracing::info!(patches, "wrote the statuses before handing over the lease");
+                    }
+                    Err(error) => tracing::warn!(%error, "last status write failed"),
+                }
+                return Ok(());
             }
         }
     }
@@ -545,21 +553,15 @@ async fn lease_error(
 }
 
 /// The leader's work: never returns while the API server is reachable.
-async fn lead(ctx: Arc<Context>, status_interval: Duration) {
-    // The statuses are loaded from the index: wait until it has listed every policy.
-    if ctx.policies.store().wait_until_ready().await.is_err() {
+async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
+    // The statuses are loaded from the index, and adoption reads the namespace label: wait
+    // until every watch has its initial list.
+    if watches.wait_until_ready().await.is_err() {
         return;
     }
-    // Adoption reads the namespace label: without the listed namespaces, workloads opted
-    // in by their namespace would wait for their next change.
-    if let Some(namespaces) = &ctx.namespaces
-        && namespaces.wait_until_ready().await.is_err()
-    {
-        return;
-    }
-    let deployments = adopt::<Deployment>(ctx.clone());
-    let statefulsets = adopt::<StatefulSet>(ctx.clone());
-    let daemonsets = adopt::<DaemonSet>(ctx.clone());
+    let deployments = adopt::<Deployment>(ctx.clone(), &watches);
+    let statefulsets = adopt::<StatefulSet>(ctx.clone(), &watches);
+    let daemonsets = adopt::<DaemonSet>(ctx.clone(), &watches);
     let writer = async {
         let mut ticks = tokio::time::interval(status_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -579,21 +581,16 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
                     tracing::warn!(%error, "status write failed");
                 }
             }
-            let store = ctx.policies.store().clone();
-            if let Ok(mut book) = ctx.book.lock() {
-                book.retain(
-                    |key| {
-                        store
-                            .get(
-                                &kube::runtime::reflector::ObjectRef::new(&key.name)
-                                    .within(&key.namespace),
-                            )
-                            .is_some()
-                    },
-                    |namespace| ctx.namespace_terminating(namespace),
-                    Timestamp::now().as_millisecond(),
-                );
-            }
+            let store = ctx.policies.store();
+            ctx.book().retain(
+                |key| {
+                    store
+                        .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
+                        .is_some()
+                },
+                |namespace| ctx.namespace_terminating(namespace),
+                Timestamp::now().as_millisecond(),
+            );
         }
     };
     tokio::join!(deployments, statefulsets, daemonsets, writer);
@@ -603,44 +600,32 @@ async fn lead(ctx: Arc<Context>, status_interval: Duration) {
 /// seconds, so anything older was recorded by it (or its successor saw it as a follower).
 const FOLLOWER_RETENTION: Duration = Duration::from_secs(120);
 
-/// Objects per page of a watch's initial list. The default (500) holds a few MiB of JSON and
-/// its decoded objects at once, a peak the allocator keeps long after the list.
-pub(crate) const LIST_PAGE_SIZE: u32 = 100;
-
-/// The configuration of the controller's watches: any cached version, small pages.
-pub(crate) fn list_config() -> watcher::Config {
-    watcher::Config::default()
-        .any_semantic()
-        .page_size(LIST_PAGE_SIZE)
-}
-
 /// Reconciles of one workload kind that may run at once.
 const RECONCILE_CONCURRENCY: u16 = 4;
 
-async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
-    let workloads = Api::<W>::all(ctx.client.clone());
-    let policies = Api::<ShutdownPolicy>::all(ctx.client.clone());
-    // The controller's cache of every workload keeps only what reconciling reads.
-    let (reader, writer) = reflector::store();
+/// Adoption of one workload kind, triggered by the replica's watches (subscribed now: the
+/// first pass reconciles every workload the store already holds).
+async fn adopt<W: workloads::Workload>(ctx: Arc<Context>, watches: &Watches) {
+    let workloads = W::reflected(watches);
+    let reader = workloads.store();
     // A deleted workload's remaining shutdowns are not recorded (its record closes).
-    let on_delete = {
+    let trigger = {
         let ctx = ctx.clone();
-        move |event: &Result<watcher::Event<W>, watcher::Error>| {
-            if let Ok(watcher::Event::Delete(workload)) = event {
-                workloads::close_target(&ctx, workload);
-            }
-        }
+        workloads.subscribe().filter_map(move |change| {
+            std::future::ready(match change {
+                Change::Applied(workload) => Some(workload),
+                Change::Deleted(workload) => {
+                    workloads::close_target(&ctx, workload.as_ref());
+                    None
+                }
+            })
+        })
     };
-    let trigger = watcher(workloads, list_config())
-        .default_backoff()
-        .modify(W::slim)
-        .reflect(writer)
-        .inspect(on_delete)
-        .applied_objects();
-    // A namespace's opt-in label changed: look at its workloads again.
+    // A namespace's opt-in label changed: look at its workloads again. The namespace store
+    // holds the change before it is passed on, so the reconcile reads the new label.
     let in_namespace = {
         let reader = reader.clone();
-        move |namespace: PartialObjectMeta<Namespace>| {
+        move |namespace: Arc<PartialObjectMeta<Namespace>>| {
             let name = namespace.name_any();
             reader
                 .state()
@@ -650,10 +635,10 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         }
     };
-    let namespaces = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
-    Controller::for_stream(trigger, reader)
-        .owns(policies, list_config())
-        .watches(namespaces, list_config(), in_namespace)
+    Controller::for_shared_stream(trigger, reader)
+        .owns_shared_stream(watches.policies.reflected().applied())
+        .watches_shared_stream(watches.namespaces.applied(), in_namespace)
+        .reconcile_all_on(futures::stream::once(std::future::ready(())))
         // Each reconcile may create a policy and list pods: at start-up with hundreds of
         // workloads, unbounded concurrency holds hundreds of responses in memory at once
         // (a peak the allocator keeps).

@@ -145,7 +145,7 @@ pub async fn observe_pods(ctx: Arc<Context>) {
     let api = Api::<Pod>::all(ctx.client.clone());
     let config = watcher::Config::default()
         .labels(&format!("{LABEL_INJECTED}=true"))
-        .page_size(super::LIST_PAGE_SIZE);
+        .page_size(crate::watches::LIST_PAGE_SIZE);
     let mut tracker = PodTracker::default();
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
@@ -164,9 +164,7 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                         continue;
                     }
                     ctx.metrics.unobserved.get_or_create(&key.labels()).inc();
-                    if let Ok(mut book) = ctx.book.lock() {
-                        book.entry(key.namespace, key.name).push_unobserved();
-                    }
+                    ctx.book().entry(key.namespace, key.name).push_unobserved();
                 }
                 None
             }
@@ -214,16 +212,13 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                     killed = observation.killed(), outcome = observation.outcome.map(|o| o.as_str()),
                     container_restarts = observation.container_restart_shutdowns(), "observed shutdown"
                 );
-                if let Ok(mut book) = ctx.book.lock() {
-                    book.entry(key.namespace, key.name)
-                        .push(pod.name_any(), *observation);
-                }
+                ctx.book()
+                    .entry(key.namespace, key.name)
+                    .push(pod.name_any(), *observation);
             }
             Seen::Unobserved => {
                 ctx.metrics.unobserved.get_or_create(&labels).inc();
-                if let Ok(mut book) = ctx.book.lock() {
-                    book.entry(key.namespace, key.name).push_unobserved();
-                }
+                ctx.book().entry(key.namespace, key.name).push_unobserved();
             }
         }
     }

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::*;
-use crate::api::{CONDITION_RECOMMENDATION_PROVIDED, PodCounts, ShutdownPolicyStatus};
+use crate::api::{
+    CONDITION_RECOMMENDATION_PROVIDED, PodCounts, ShutdownPolicy, ShutdownPolicyStatus,
+};
 use crate::observe::{Observation, T0Source};
 use crate::recommend::PhaseDurations;
 

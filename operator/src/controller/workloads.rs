@@ -19,6 +19,7 @@ use lameduck_proto::names::{ANNOTATION_INJECT, LABEL_INJECTED};
 use super::record::TargetIdentity;
 use super::{Context, Error, Result};
 use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
+use crate::watches::{Reflected, Watches};
 use crate::webhook::decide::flag;
 
 /// How often a workload is looked at again without any change (pod counts drift).
@@ -43,11 +44,16 @@ pub trait Workload:
     /// controller's cache holds every workload of the cluster: at 500 Deployments the
     /// managed fields alone are several MiB.
     fn slim(&mut self);
+    /// The replica's watch of this kind.
+    fn reflected(watches: &Watches) -> &Reflected<Self>;
 }
 
 macro_rules! workload {
-    ($kind:ty) => {
+    ($kind:ty, $field:ident) => {
         impl Workload for $kind {
+            fn reflected(watches: &Watches) -> &Reflected<Self> {
+                &watches.$field
+            }
             fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
                 self.spec
                     .as_ref()?
@@ -70,9 +76,9 @@ macro_rules! workload {
         }
     };
 }
-workload!(Deployment);
-workload!(StatefulSet);
-workload!(DaemonSet);
+workload!(Deployment, deployments);
+workload!(StatefulSet, stateful_sets);
+workload!(DaemonSet, daemon_sets);
 
 /// Whether the workload's pods are injected, in the webhook's order (docs/tuning.md,
 /// "Which workloads get a policy"): `lameduck.dev/inject` on the pod template, then on the
@@ -132,14 +138,9 @@ pub fn close_target<W: Workload>(ctx: &Context, workload: &W) {
     let Some(policy) = ctx.policies.find(&namespace, &W::kind(&()), name) else {
         return;
     };
-    match ctx.book.lock() {
-        Ok(mut book) => book
-            .entry(namespace, policy.name_any())
-            .close(workload.meta().uid.as_deref()),
-        Err(_) => {
-            tracing::error!(policy = %policy.name_any(), "status book poisoned: cannot close the record")
-        }
-    }
+    ctx.book()
+        .entry(namespace, policy.name_any())
+        .close(workload.meta().uid.as_deref());
 }
 
 /// Whether an API error is the refusal to create anything in a namespace being deleted
@@ -229,7 +230,7 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
             .map(|t| t.0.as_millisecond()),
     };
     let counts = count_pods(&ctx.client, &namespace, workload.as_ref()).await?;
-    let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
+    let mut book = ctx.book();
     let record = book.entry(namespace.clone(), policy);
     record.set_target(target);
     if let Some(counts) = counts {

@@ -41,7 +41,7 @@ pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
         let closing = policy.metadata.deletion_timestamp.is_some()
             || ctx.namespace_terminating(&key.namespace);
         let (status, grace, notices) = {
-            let mut book = ctx.book.lock().map_err(|_| Error::Poisoned)?;
+            let mut book = ctx.book();
             let record = book.entry(key.namespace.clone(), key.name.clone());
             if closing {
                 record.close(None);

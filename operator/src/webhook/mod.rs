@@ -2,11 +2,11 @@
 //!
 //! Pure parts: [`policy`] (the ShutdownPolicy seam), [`decide`] (opt-in and workload
 //! resolution), [`patch`] (the JSONPatch builder), [`admission`] (AdmissionReview in →
-//! AdmissionReview out). I/O parts: [`cache`] (metadata reflectors), [`server`] (axum over
-//! rustls, events, metrics endpoints).
+//! AdmissionReview out). I/O part: [`server`] (axum over rustls, events, metrics
+//! endpoints). The stores the decision reads are the replica's watches
+//! ([`crate::watches`]), shared with the controller.
 
 pub mod admission;
-pub mod cache;
 pub mod decide;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -40,8 +40,35 @@ pub struct WebhookState {
     pub metrics: Arc<Metrics>,
     /// Queue of Events to send; full → dropped and counted.
     pub events: Option<mpsc::Sender<SkippedNotice>>,
-    /// Set once the caches are synced and a certificate is loaded.
-    pub ready: Arc<AtomicBool>,
+    /// Whether the replica should be sent admissions (`/readyz`).
+    pub ready: Arc<dyn Readiness>,
+}
+
+/// What `/readyz` reports: `Ok` when admissions may be sent here, else why not.
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok(())`, or the reason the replica is not ready.
+    fn check(&self) -> Result<(), &'static str>;
+}
+
+/// Always ready (tests, benchmarks).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlwaysReady;
+
+impl Readiness for AlwaysReady {
+    fn check(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// A readiness flag set by hand.
+impl Readiness for AtomicBool {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not ready")
+        }
+    }
 }
 
 /// The TLS router: `POST /mutate`, `GET /healthz`.
@@ -103,14 +130,9 @@ async fn metrics(State(state): State<WebhookState>) -> Response {
 }
 
 async fn readyz(State(state): State<WebhookState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "caches or certificate not ready",
-        )
-            .into_response()
+    match state.ready.check() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 

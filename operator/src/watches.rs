@@ -1,0 +1,376 @@
+//! One watch per resource kind per replica: a reflector keeps a [`Store`] current and fans
+//! its changes out to whoever subscribes, at any time.
+//!
+//! Every replica runs these watches from start-up (the webhook reads the stores on the
+//! admission path); the leader's controllers subscribe when they win the lease. A change
+//! reaches the subscribers only after the store holds it, so a reconcile triggered by a
+//! change always reads that change (a controller with its own second watch could be
+//! triggered before the store it reads caught up, and decide on the old state).
+//!
+//! kube's shared streams (`reflect_shared`) cannot serve a subscriber that arrives after
+//! the writer was moved into its stream, and their receivers apply backpressure to the
+//! root stream: a follower's idle controller would stall the webhook's caches. A tokio
+//! broadcast never blocks the reflector: a subscriber that falls behind by more than the
+//! channel's capacity is given every object of the store again (a full resync), which is
+//! what a controller needs after missing changes.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, StreamExt, stream};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use lameduck_proto::names;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::controller::PolicyIndex;
+use crate::controller::workloads::Workload;
+use crate::webhook::decide::{MetaSummary, MetadataIndex};
+
+/// Changes a subscriber may fall behind by before it is resynced from the store.
+const FAN_OUT_CAPACITY: usize = 1024;
+
+/// Objects per page of a watch's initial list. The default (500) holds a few MiB of JSON and
+/// its decoded objects at once, a peak the allocator keeps long after the list.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// The configuration of every watch: any cached version, small pages.
+pub fn list_config() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE)
+}
+
+/// One change of a watched object, as the store already holds it.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// Created, modified, or listed (initially or after a resync).
+    Applied(Arc<K>),
+    /// Deleted.
+    Deleted(Arc<K>),
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Applied(object) => Self::Applied(object.clone()),
+            Self::Deleted(object) => Self::Deleted(object.clone()),
+        }
+    }
+}
+
+/// A reflector's store and the fan-out of its changes. Cheap to clone.
+pub struct Reflected<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store: Store<K>,
+    changes: broadcast::Sender<Change<K>>,
+}
+
+impl<K> Clone for Reflected<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+}
+
+impl<K> Reflected<K>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    /// The store (read it; ready once the initial list is in).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every change from now on. A subscriber that falls more than the channel's capacity
+    /// behind gets every object of the store as `Applied` instead of what it missed.
+    pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        let store = self.store.clone();
+        BroadcastStream::new(self.changes.subscribe()).flat_map(move |received| match received {
+            Ok(change) => stream::iter(vec![change]),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    kind = %K::kind(&Default::default()),
+                    missed,
+                    "a subscriber fell behind its watch; resyncing it from the store"
+                );
+                stream::iter(
+                    store
+                        .state()
+                        .into_iter()
+                        .map(Change::Applied)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        })
+    }
+
+    /// The objects created, modified or listed from now on (see [`Reflected::subscribe`]).
+    pub fn applied(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.subscribe().filter_map(|change| {
+            std::future::ready(match change {
+                Change::Applied(object) => Some(object),
+                Change::Deleted(_) => None,
+            })
+        })
+    }
+
+    /// A reflected store fed by hand (tests): no watch behind it.
+    pub fn from_store(store: Store<K>) -> Self {
+        let (changes, _) = broadcast::channel(FAN_OUT_CAPACITY);
+        Self { store, changes }
+    }
+}
+
+/// Starts the one watch of `api`'s kind: `slim` trims each object before it is stored
+/// (what no reader needs), `label` names the kind in logs. Returns the reflected store and
+/// the future that keeps it current; the future ends only if the watch stream ends.
+pub fn reflect<K>(
+    api: Api<K>,
+    label: &'static str,
+    slim: fn(&mut K),
+) -> (Reflected<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (store, writer) = reflector::store();
+    let (changes, _) = broadcast::channel(FAN_OUT_CAPACITY);
+    let reflected = Reflected {
+        store,
+        changes: changes.clone(),
+    };
+    let driver = watcher(api, list_config())
+        .default_backoff()
+        .modify(slim)
+        // The store applies each event before it is passed on: subscribers read it there.
+        .reflect(writer)
+        .for_each(move |event| {
+            // `send` fails only without subscribers (a follower's controllers): nothing
+            // waits for the change then.
+            match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    let _ = changes.send(Change::Applied(Arc::new(object)));
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    let _ = changes.send(Change::Deleted(Arc::new(object)));
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(error) => tracing::warn!(kind = label, %error, "watch failed; retrying"),
+            }
+            std::future::ready(())
+        });
+    (reflected, driver)
+}
+
+/// The replica's watches, one per kind: what the webhook reads on the admission path and
+/// what the leader's controllers are triggered by and read. Cheap to clone.
+#[derive(Clone)]
+pub struct Watches {
+    /// ReplicaSets, metadata only (a pod's owner chain).
+    pub replica_sets: Reflected<PartialObjectMeta<ReplicaSet>>,
+    /// Deployments, trimmed by [`Workload::slim`].
+    pub deployments: Reflected<Deployment>,
+    /// StatefulSets, trimmed by [`Workload::slim`].
+    pub stateful_sets: Reflected<StatefulSet>,
+    /// DaemonSets, trimmed by [`Workload::slim`].
+    pub daemon_sets: Reflected<DaemonSet>,
+    /// Namespaces, metadata only (the opt-in label, the deletion timestamp).
+    pub namespaces: Reflected<PartialObjectMeta<Namespace>>,
+    /// ShutdownPolicies.
+    pub policies: PolicyIndex,
+}
+
+impl Watches {
+    /// Starts every watch: returns the stores and the future that keeps them current (it
+    /// ends only if a watch stream ends: run it supervised, for the life of the process).
+    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (replica_sets, rs) = reflect(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            "ReplicaSet",
+            slim_meta,
+        );
+        let (deployments, deploy) = reflect(
+            Api::<Deployment>::all(client.clone()),
+            "Deployment",
+            Deployment::slim,
+        );
+        let (stateful_sets, sts) = reflect(
+            Api::<StatefulSet>::all(client.clone()),
+            "StatefulSet",
+            StatefulSet::slim,
+        );
+        let (daemon_sets, ds) = reflect(
+            Api::<DaemonSet>::all(client.clone()),
+            "DaemonSet",
+            DaemonSet::slim,
+        );
+        let (namespaces, ns) = reflect(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            "Namespace",
+            slim_meta,
+        );
+        let (policies, sdp) = PolicyIndex::start(client.clone());
+        let watches = Self {
+            replica_sets,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+            namespaces,
+            policies,
+        };
+        let run = async move {
+            futures::future::join(futures::future::join5(rs, deploy, sts, ds, ns), sdp).await;
+        };
+        (watches, run)
+    }
+
+    /// Resolves once every store has its initial list.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.replica_sets.store().wait_until_ready().await?;
+        self.deployments.store().wait_until_ready().await?;
+        self.stateful_sets.store().wait_until_ready().await?;
+        self.daemon_sets.store().wait_until_ready().await?;
+        self.namespaces.store().wait_until_ready().await?;
+        self.policies.store().wait_until_ready().await
+    }
+
+    /// Whether every store has its initial list.
+    pub fn is_ready(&self) -> bool {
+        fn listed<K>(reflected: &Reflected<K>) -> bool
+        where
+            K: Resource + Clone + Send + Sync + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+        {
+            reflected
+                .store()
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+        }
+        listed(&self.replica_sets)
+            && listed(&self.deployments)
+            && listed(&self.stateful_sets)
+            && listed(&self.daemon_sets)
+            && listed(&self.namespaces)
+            && listed(self.policies.reflected())
+    }
+}
+
+/// The metadata caches need names, owners, labels and annotations; managedFields is the
+/// bulk.
+fn slim_meta<K>(meta: &mut PartialObjectMeta<K>) {
+    meta.metadata.managed_fields = None;
+}
+
+fn meta_summary<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<MetaSummary>
+where
+    K: Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .map(|object| MetaSummary::from_meta(object.meta()))
+}
+
+impl MetadataIndex for Watches {
+    fn workload(&self, kind: &str, namespace: &str, name: &str) -> Option<MetaSummary> {
+        match kind {
+            "ReplicaSet" => meta_summary(&self.replica_sets.store(), namespace, name),
+            "Deployment" => meta_summary(&self.deployments.store(), namespace, name),
+            "StatefulSet" => meta_summary(&self.stateful_sets.store(), namespace, name),
+            "DaemonSet" => meta_summary(&self.daemon_sets.store(), namespace, name),
+            _ => None,
+        }
+    }
+
+    fn namespace_label(&self, namespace: &str) -> Option<String> {
+        self.namespaces
+            .store()
+            .get(&ObjectRef::new(namespace))
+            .and_then(|ns| ns.labels().get(names::NAMESPACE_LABEL_INJECT).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
+
+    fn config_map(name: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "shop"},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_resynced_from_the_store() {
+        let (reader, mut writer) = reflector::store::<ConfigMap>();
+        for i in 0..3 {
+            writer.apply_watcher_event(&Event::Apply(config_map(&format!("cm-{i}"))));
+        }
+        let reflected = Reflected::from_store(reader);
+        let subscriber = reflected.subscribe();
+        // More changes than the channel holds: the oldest are overwritten.
+        for _ in 0..FAN_OUT_CAPACITY + 5 {
+            let _ = reflected
+                .changes
+                .send(Change::Applied(Arc::new(config_map("cm-0"))));
+        }
+        drop(reflected);
+        let changes: Vec<_> = subscriber.collect().await;
+        let resynced: Vec<String> = changes
+            .iter()
+            .take(3)
+            .filter_map(|c| match c {
+                Change::Applied(o) => o.metadata.name.clone(),
+                Change::Deleted(_) => None,
+            })
+            .collect();
+        let mut sorted = resynced.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["cm-0", "cm-1", "cm-2"], "{resynced:?}");
+        // The resync stands in for what was missed; what is still in the channel follows.
+        assert_eq!(changes.len(), 3 + FAN_OUT_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_deletions_and_applies_in_order() {
+        let (reader, _writer) = reflector::store::<ConfigMap>();
+        let reflected = Reflected::from_store(reader);
+        let subscriber = reflected.subscribe();
+        let _ = reflected
+            .changes
+            .send(Change::Applied(Arc::new(config_map("a"))));
+        let _ = reflected
+            .changes
+            .send(Change::Deleted(Arc::new(config_map("a"))));
+        drop(reflected);
+        let changes: Vec<_> = subscriber.collect().await;
+        assert!(matches!(
+            changes.as_slice(),
+            [Change::Applied(_), Change::Deleted(_)]
+        ));
+    }
+}
