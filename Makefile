@@ -17,29 +17,26 @@ CARGO_STATIC := RUSTFLAGS="-C target-feature=+crt-static" cargo build --release 
 
 export CACHE_DIR STATE_DIR
 
+# The areas `make help` groups the targets by, in the order it prints them. Every target,
+# in this file or an included one, sits under a `##@ Area` header naming one of them
+# (hack/check-help.sh, run by `make lint`, fails otherwise).
+HELP_AREAS := Setup Build Test Cluster End-to-end Benchmarks Demo
+
 include $(ROOT)/sdk/go/go.mk
 include $(ROOT)/e2e/cluster/cluster.mk
 include $(ROOT)/e2e/lameduck.mk
 
+##@ Setup
+
 .PHONY: help
-help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+help: ## list the targets by area
+	@awk -v order="$(HELP_AREAS)" -f $(ROOT)/hack/help.awk $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: ## install build and test dependencies (idempotent)
 	@$(ROOT)/hack/deps.sh
 
-.PHONY: fmt
-fmt: ## format Rust and Go code
-	cargo fmt --all
-	cd sdk/go && gofmt -w .
-
-.PHONY: lint
-lint: deps ## cargo fmt --check, clippy -D warnings, go vet
-	cargo fmt --all -- --check
-	cargo clippy --locked --workspace --all-targets -- -D warnings
-	cargo clippy --locked -p lameduck-e2e --features cluster --all-targets -- -D warnings
-	cargo clippy --locked -p lameduck-operator --features cluster-tests --all-targets -- -D warnings
+##@ Build
 
 .PHONY: build
 build: ## debug build of every workspace binary (the process-level tests exec them)
@@ -49,6 +46,21 @@ build: ## debug build of every workspace binary (the process-level tests exec th
 static: ## static release binaries (sidecar, operator, example apps)
 	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-example-web
 	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-example-web
+
+.PHONY: fmt
+fmt: ## format Rust and Go code
+	cargo fmt --all
+	cd sdk/go && gofmt -w .
+
+##@ Test
+
+.PHONY: lint
+lint: deps ## make help lists every target; cargo fmt --check, clippy -D warnings
+	$(ROOT)/hack/check-help.sh
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked -p lameduck-e2e --features cluster --all-targets -- -D warnings
+	cargo clippy --locked -p lameduck-operator --features cluster-tests --all-targets -- -D warnings
 
 .PHONY: unit
 unit: build ## Rust unit and process-level tests (no cluster needed)
@@ -72,6 +84,12 @@ webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the loca
 	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-operator \
 	  --features cluster-tests --test apiserver --test cluster
 
+##@ Benchmarks
+
+.PHONY: bench
+bench: static ## benchmarks; figures go to README.md / docs/
+	$(ROOT)/hack/bench.sh
+
 .PHONY: bench-webhook
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
 	$(ROOT)/operator/bench/webhook.sh
@@ -80,9 +98,7 @@ bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), i
 bench-operator-scale: ## operator RSS (leader, follower) with 5,000 injected pods in 500 workloads (local cluster)
 	$(ROOT)/hack/bench-operator-scale.sh
 
-.PHONY: bench
-bench: static ## benchmarks; figures go to README.md / docs/
-	$(ROOT)/hack/bench.sh
+##@ Demo
 
 .PHONY: demo
 demo: ## the main job: local cluster, lameduck, rollouts under load side by side (out/demo/)

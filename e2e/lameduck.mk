@@ -11,9 +11,13 @@ E2E_CHART := $(ROOT)/charts/lameduck
 
 .PHONY: lameduck-static lameduck-images lameduck-install vegeta chart-lint e2e-test e2e-drills
 
+##@ Build
+
 # Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses.
 lameduck-static: ## static release binaries of the sidecar, the operator and the Rust example
 	CARGO_TARGET_DIR=$(ROOT)/target $(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+
+##@ Cluster
 
 # Each image is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED).
 lameduck-images: lameduck-static go-build ## build and import the lameduck images (…:dev)
@@ -24,10 +28,17 @@ lameduck-images: lameduck-static go-build ## build and import the lameduck image
 	IMAGE_BINARY_PATH=/lameduck-example-go-web $(CLUSTER_DIR)/image.sh lameduck/example-go-web:dev $(ROOT)/target/go/go-web; \
 	IMAGE_BINARY_PATH=/lameduck-example-go-naive $(CLUSTER_DIR)/image.sh lameduck/example-go-naive:dev $(ROOT)/target/go/go-naive
 
+lameduck-install: lameduck-images ## helm upgrade --install lameduck on the local cluster with the local images
+	$(ROOT)/hack/install-local.sh
+
+##@ Setup
+
 vegeta: $(VEGETA) ## the load tool of the e2e suite, into $(CACHE_DIR)/bin (idempotent)
 $(VEGETA):
 	@mkdir -p $(CACHE_DIR)/bin
 	GOBIN=$(CACHE_DIR)/bin go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+
+##@ Test
 
 # The dry-run renders into `default`, which exists on every cluster.
 chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the cluster)
@@ -38,14 +49,13 @@ chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the 
 	  kubectl apply --dry-run=server -n default -f - >/dev/null && \
 	echo "chart-lint: helm lint and server-side dry-run clean"
 
+##@ End-to-end
+
 e2e-test: lameduck-images vegeta ## the end-to-end suite: helm install + scenarios (needs make cluster-up)
 	@source <($(CLUSTER_DIR)/env.sh) && \
 	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
 	  cargo test --locked -p lameduck-e2e --features cluster --test lameduck -- \
 	  --test-threads=$(E2E_THREADS) --nocapture
-
-lameduck-install: lameduck-images ## helm upgrade --install lameduck on the local cluster with the local images
-	$(ROOT)/hack/install-local.sh
 
 e2e-drills: lameduck-images vegeta ## reliability drills: leader failover, cert rotation, sidecar kill, 200-pod burst, node view (needs make cluster-up)
 	@source <($(CLUSTER_DIR)/env.sh) && \

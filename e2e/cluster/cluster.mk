@@ -8,6 +8,8 @@ CLUSTER_SMOKE_THREADS ?= 3
 
 .PHONY: cluster-deps cluster-up cluster-down cluster-status images cluster-smoke
 
+##@ Cluster
+
 cluster-deps: ## install the cluster's Debian packages and build/cache k8s, etcd, helm (idempotent)
 	@$(CLUSTER_DIR)/deps.sh
 
@@ -24,6 +26,8 @@ cluster-status: ## show the local cluster's daemons, node and pods
 #   $(CLUSTER_DIR)/image.sh NAME:TAG STATIC_BINARY [ENTRYPOINT...]
 images: cluster-up ## build the local OCI images and import them into the cluster's containerd
 	@$(CLUSTER_DIR)/images.sh
+
+##@ Test
 
 cluster-smoke: ## the cluster smoke suite (needs make cluster-up)
 	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-e2e --features cluster \
