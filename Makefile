@@ -32,9 +32,10 @@ include $(ROOT)/e2e/lameduck.mk
 help: ## list the targets by area
 	@awk -v order="$(HELP_AREAS)" -f $(ROOT)/hack/help.awk $(MAKEFILE_LIST)
 
+# The build and test toolchain only; the cluster's packages and binaries are cluster-deps.
 .PHONY: deps
-deps: ## install build and test dependencies (idempotent)
-	@$(ROOT)/hack/deps.sh
+deps: ## check the Rust and Go toolchains, add clippy and rustfmt (idempotent)
+	@$(ROOT)/hack/toolchain-deps.sh
 
 ##@ Build
 
@@ -42,10 +43,12 @@ deps: ## install build and test dependencies (idempotent)
 build: ## debug build of every workspace binary (the process-level tests exec them)
 	cargo build --locked --workspace --bins
 
+# Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses: the
+# images and the benchmarks take the binaries from there.
 .PHONY: static
-static: ## static release binaries (sidecar, operator, example apps)
-	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-example-web
-	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-example-web
+static: ## static release binaries (sidecar, operator, Rust example) into target/$(TARGET)/release
+	CARGO_TARGET_DIR=$(ROOT)/target $(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-operator $(STATIC_DIR)/lameduck-example-web
 
 .PHONY: fmt
 fmt: ## format Rust and Go code
