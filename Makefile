@@ -90,16 +90,16 @@ webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the loca
 ##@ Benchmarks
 
 .PHONY: bench
-bench: static ## benchmarks; figures go to README.md / docs/
-	$(ROOT)/hack/bench.sh
+bench: static ## sidecar size, idle RSS, start-to-probe and shutdown overhead (figures in README.md)
+	$(ROOT)/bench/run.sh
 
 .PHONY: bench-webhook
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
-	$(ROOT)/operator/bench/webhook.sh
+	$(ROOT)/bench/webhook.sh
 
 .PHONY: bench-operator-scale
 bench-operator-scale: ## operator RSS (leader, follower) with 5,000 injected pods in 500 workloads (local cluster)
-	$(ROOT)/hack/bench-operator-scale.sh
+	$(ROOT)/bench/operator-scale.sh
 
 ##@ Demo
 
