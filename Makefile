@@ -17,38 +17,53 @@ CARGO_STATIC := RUSTFLAGS="-C target-feature=+crt-static" cargo build --release 
 
 export CACHE_DIR STATE_DIR
 
+# The areas `make help` groups the targets by, in the order it prints them. Every target,
+# in this file or an included one, sits under a `##@ Area` header naming one of them
+# (hack/check-help.sh, run by `make lint`, fails otherwise).
+HELP_AREAS := Setup Build Test Cluster End-to-end Benchmarks Demo
+
 include $(ROOT)/sdk/go/go.mk
 include $(ROOT)/e2e/cluster/cluster.mk
 include $(ROOT)/e2e/lameduck.mk
 
-.PHONY: help
-help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+##@ Setup
 
+.PHONY: help
+help: ## list the targets by area
+	@awk -v order="$(HELP_AREAS)" -f $(ROOT)/hack/help.awk $(MAKEFILE_LIST)
+
+# The build and test toolchain only; the cluster's packages and binaries are cluster-deps.
 .PHONY: deps
-deps: ## install build and test dependencies (idempotent)
-	@$(ROOT)/hack/deps.sh
+deps: ## check the Rust and Go toolchains, add clippy and rustfmt (idempotent)
+	@$(ROOT)/hack/toolchain-deps.sh
+
+##@ Build
+
+.PHONY: build
+build: ## debug build of every workspace binary (the process-level tests exec them)
+	cargo build --locked --workspace --bins
+
+# Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses: the
+# images and the benchmarks take the binaries from there.
+.PHONY: static
+static: ## static release binaries (sidecar, operator, Rust example) into target/$(TARGET)/release
+	CARGO_TARGET_DIR=$(ROOT)/target $(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-operator $(STATIC_DIR)/lameduck-example-web
 
 .PHONY: fmt
 fmt: ## format Rust and Go code
 	cargo fmt --all
 	cd sdk/go && gofmt -w .
 
+##@ Test
+
 .PHONY: lint
-lint: deps ## cargo fmt --check, clippy -D warnings, go vet
+lint: deps ## make help lists every target; cargo fmt --check, clippy -D warnings
+	$(ROOT)/hack/check-help.sh
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked -p lameduck-e2e --features cluster --all-targets -- -D warnings
 	cargo clippy --locked -p lameduck-operator --features cluster-tests --all-targets -- -D warnings
-
-.PHONY: build
-build: ## debug build of every workspace binary (the process-level tests exec them)
-	cargo build --locked --workspace --bins
-
-.PHONY: static
-static: ## static release binaries (sidecar, operator, example apps)
-	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-example-web
-	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-example-web
 
 .PHONY: unit
 unit: build ## Rust unit and process-level tests (no cluster needed)
@@ -72,17 +87,21 @@ webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the loca
 	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-operator \
 	  --features cluster-tests --test apiserver --test cluster
 
+##@ Benchmarks
+
+.PHONY: bench
+bench: static ## sidecar size, idle RSS, start-to-probe and shutdown overhead (figures in README.md)
+	$(ROOT)/bench/run.sh
+
 .PHONY: bench-webhook
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
-	$(ROOT)/operator/bench/webhook.sh
+	$(ROOT)/bench/webhook.sh
 
 .PHONY: bench-operator-scale
 bench-operator-scale: ## operator RSS (leader, follower) with 5,000 injected pods in 500 workloads (local cluster)
-	$(ROOT)/hack/bench-operator-scale.sh
+	$(ROOT)/bench/operator-scale.sh
 
-.PHONY: bench
-bench: static ## benchmarks; figures go to README.md / docs/
-	$(ROOT)/hack/bench.sh
+##@ Demo
 
 .PHONY: demo
 demo: ## the main job: local cluster, lameduck, rollouts under load side by side (out/demo/)

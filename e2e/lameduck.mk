@@ -1,33 +1,46 @@
 # lameduck on the local cluster: images, the chart's lint, and the end-to-end suite
 # (e2e/tests/lameduck.rs). Include from the top-level Makefile, after cluster.mk:
 #   include $(ROOT)/e2e/lameduck.mk
-# Uses ROOT, CACHE_DIR, STATE_DIR, TARGET, STATIC_DIR, CARGO_STATIC, CLUSTER_DIR and the
-# go-build target (sdk/go/go.mk) from the including Makefile.
+# Uses ROOT, CACHE_DIR, STATE_DIR, STATIC_DIR, CLUSTER_DIR, and the static (Makefile),
+# go-build (sdk/go/go.mk) and cluster-up (cluster.mk) targets of the including Makefile.
 
 VEGETA_VERSION ?= v12.12.0
 VEGETA := $(CACHE_DIR)/bin/vegeta
 E2E_THREADS ?= 1
 E2E_CHART := $(ROOT)/charts/lameduck
 
-.PHONY: lameduck-static lameduck-images lameduck-install vegeta chart-lint e2e-test e2e-drills
+.PHONY: images lameduck-images lameduck-install vegeta chart-lint e2e-test e2e-drills
 
-# Always into $(ROOT)/target (STATIC_DIR), whatever CARGO_TARGET_DIR the caller uses.
-lameduck-static: ## static release binaries of the sidecar, the operator and the Rust example
-	CARGO_TARGET_DIR=$(ROOT)/target $(CARGO_STATIC) -p lameduck-sidecar -p lameduck-operator -p lameduck-example-web
+##@ Cluster
 
-# Each image is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED).
-lameduck-images: lameduck-static go-build ## build and import the lameduck images (…:dev)
+# Every image the local cluster runs: its own (pause, testapp: images.sh) and lameduck's.
+# Each is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED), so a warm run
+# imports nothing. Further images are further image.sh lines:
+#   $(CLUSTER_DIR)/image.sh NAME:TAG STATIC_BINARY [ENTRYPOINT...]
+images: cluster-up static go-build ## build the local OCI images (pause, testapp, lameduck/*:dev) and import the changed ones into the cluster's containerd
 	@export IMAGE_SKIP_UNCHANGED=1; \
+	$(CLUSTER_DIR)/images.sh; \
 	IMAGE_BINARY_PATH=/lameduck-sidecar $(CLUSTER_DIR)/image.sh lameduck/sidecar:dev $(STATIC_DIR)/lameduck-sidecar; \
 	IMAGE_BINARY_PATH=/lameduck-operator $(CLUSTER_DIR)/image.sh lameduck/operator:dev $(STATIC_DIR)/lameduck-operator; \
 	IMAGE_BINARY_PATH=/lameduck-example-web $(CLUSTER_DIR)/image.sh lameduck/example-rust-web:dev $(STATIC_DIR)/lameduck-example-web; \
 	IMAGE_BINARY_PATH=/lameduck-example-go-web $(CLUSTER_DIR)/image.sh lameduck/example-go-web:dev $(ROOT)/target/go/go-web; \
 	IMAGE_BINARY_PATH=/lameduck-example-go-naive $(CLUSTER_DIR)/image.sh lameduck/example-go-naive:dev $(ROOT)/target/go/go-naive
 
+# The name this target had while it built only lameduck's images; kept for the scripts
+# and habits that still call it.
+lameduck-images: images ## same as images (its former name)
+
+lameduck-install: images ## helm upgrade --install lameduck on the local cluster with the local images
+	$(ROOT)/hack/install-local.sh
+
+##@ Setup
+
 vegeta: $(VEGETA) ## the load tool of the e2e suite, into $(CACHE_DIR)/bin (idempotent)
 $(VEGETA):
 	@mkdir -p $(CACHE_DIR)/bin
 	GOBIN=$(CACHE_DIR)/bin go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+
+##@ Test
 
 # The dry-run renders into `default`, which exists on every cluster.
 chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the cluster)
@@ -38,16 +51,15 @@ chart-lint: ## helm lint + server-side dry-run of the rendered chart (needs the 
 	  kubectl apply --dry-run=server -n default -f - >/dev/null && \
 	echo "chart-lint: helm lint and server-side dry-run clean"
 
-e2e-test: lameduck-images vegeta ## the end-to-end suite: helm install + scenarios (needs make cluster-up)
+##@ End-to-end
+
+e2e-test: images vegeta ## the end-to-end suite: helm install + scenarios (brings the cluster up if needed)
 	@source <($(CLUSTER_DIR)/env.sh) && \
 	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
 	  cargo test --locked -p lameduck-e2e --features cluster --test lameduck -- \
 	  --test-threads=$(E2E_THREADS) --nocapture
 
-lameduck-install: lameduck-images ## helm upgrade --install lameduck on the local cluster with the local images
-	$(ROOT)/hack/install-local.sh
-
-e2e-drills: lameduck-images vegeta ## reliability drills: leader failover, cert rotation, sidecar kill, 200-pod burst, node view (needs make cluster-up)
+e2e-drills: images vegeta ## reliability drills: leader failover, cert rotation, sidecar kill, 200-pod burst, node view (brings the cluster up if needed)
 	@source <($(CLUSTER_DIR)/env.sh) && \
 	KUBECONFIG=$(STATE_DIR)/kubeconfig VEGETA=$(VEGETA) \
 	  cargo test --locked -p lameduck-e2e --features cluster --test drills -- \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `helm upgrade --install` of charts/lameduck on the local cluster with the locally built
-# images (make lameduck-images), then waits until the webhook injects: the operator writes
+# images (make images), then waits until the webhook injects: the operator writes
 # the caBundle after it starts, and until then pods are created uninjected (failurePolicy
 # Ignore). A server-side dry-run of an annotated pod shows when it injects.
 #
-# Usage: hack/install-local.sh [extra helm flags…]   (needs make cluster-up, make lameduck-images)
+# Usage: hack/install-local.sh [extra helm flags…]   (needs make images)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +16,7 @@ RELEASE=${RELEASE:-lameduck}
 SYSTEM_NS=${SYSTEM_NS:-lameduck-system}
 operator_bin=target/x86_64-unknown-linux-gnu/release/lameduck-operator
 [[ -f $operator_bin ]] || {
-	echo "install-local: $operator_bin missing: run make lameduck-images" >&2
+	echo "install-local: $operator_bin missing: run make images" >&2
 	exit 1
 }
 # A new operator binary under the same :dev tag must restart the operator pods.

@@ -6,10 +6,12 @@ CLUSTER_DIR := $(ROOT)/e2e/cluster
 # The smoke suite runs a few tests at once: each waits on grace periods, not on CPU.
 CLUSTER_SMOKE_THREADS ?= 3
 
-.PHONY: cluster-deps cluster-up cluster-down cluster-status images cluster-smoke
+.PHONY: cluster-deps cluster-up cluster-down cluster-status cluster-smoke
+
+##@ Cluster
 
 cluster-deps: ## install the cluster's Debian packages and build/cache k8s, etcd, helm (idempotent)
-	@$(CLUSTER_DIR)/deps.sh
+	@$(CLUSTER_DIR)/cluster-deps.sh
 
 cluster-up: cluster-deps ## start the local cluster (idempotent; prints the KUBECONFIG line)
 	@$(CLUSTER_DIR)/up.sh
@@ -20,10 +22,7 @@ cluster-down: ## stop the local cluster, leaving no process, mount, veth or ipta
 cluster-status: ## show the local cluster's daemons, node and pods
 	@$(CLUSTER_DIR)/status.sh
 
-# Later images are added as further prerequisites or recipe lines, each one
-#   $(CLUSTER_DIR)/image.sh NAME:TAG STATIC_BINARY [ENTRYPOINT...]
-images: cluster-up ## build the local OCI images and import them into the cluster's containerd
-	@$(CLUSTER_DIR)/images.sh
+##@ Test
 
 cluster-smoke: ## the cluster smoke suite (needs make cluster-up)
 	KUBECONFIG=$(STATE_DIR)/kubeconfig cargo test --locked -p lameduck-e2e --features cluster \

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Stops the local cluster and removes everything it put on the machine: processes
-# (daemons, containerd shims, container processes), containerd tasks and containers,
-# mounts under the cluster's directories, network namespaces, the cni0 bridge and its
-# veths, iptables chains (KUBE-*, CNI-*, LAMEDUCK-*), the service route, pod cgroups and
-# etcd data. Safe to run at any time, also after a killed or half-finished cluster-up.
+# Stops the local cluster and removes everything it put on the machine: processes (daemons
+# and containerd shims by their PID files, container processes by their cgroups),
+# containerd tasks and containers, mounts under the cluster's directories, network
+# namespaces, the cni0 bridge and its veths, iptables chains (KUBE-*, CNI-*, LAMEDUCK-*),
+# the service route, pod cgroups and etcd data. Safe to run at any time, also after a killed or half-finished cluster-up.
 # Images (containerd content), certificates and built binaries are kept; --purge removes
 # all of /var/lib/lameduck-cluster too.
 set -euo pipefail
@@ -22,16 +22,77 @@ for a in "$@"; do
 done
 say() { ((quiet)) || log "$@"; }
 
-# PIDs of processes whose command line mentions the cluster's own directories: daemons
-# whose PID file was lost, and the containerd shims (they name our socket).
-own_pids() {
-  local p cmd
-  for p in /proc/[0-9]*; do
-    cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
-    [[ "${p#/proc/}" == "$$" || "${p#/proc/}" == "$BASHPID" ]] && continue
-    [[ "$cmd" == *"$BASE/"* || "$cmd" == *"$RUN/"* ]] && echo "${p#/proc/}"
-  done
-  return 0
+# Only processes the cluster itself started are stopped, never one that merely names its
+# directories (a `tail -f` of a log, a kubectl with the admin kubeconfig, another script):
+#   - the daemons: the PID in $PIDS/NAME.pid (up.sh) while that process still runs the
+#     daemon's binary (a stale file's PID may belong to anyone by now), and any process
+#     running exactly that binary (a daemon whose PID file was lost). containerd is also a
+#     system binary, so there the whole command line must be the one up.sh runs.
+#   - containerd's shims: the PIDs in their shim.pid files under $SHIM_STATE, and any
+#     process running exactly $SHIM_BIN with `-address $CONTAINERD_SOCK` (our containerd's
+#     shims, whose files went with $RUN), never the shims of another containerd.
+
+# exe_table: "PID EXECUTABLE" for every process (one pass over /proc, no fork per process);
+# " (deleted)" dropped, so a daemon whose binary was rebuilt while it ran still matches.
+exe_table() {
+  find /proc -mindepth 2 -maxdepth 2 -name exe -printf '%h %l\n' 2>/dev/null \
+    | sed -n 's|^/proc/\([0-9][0-9]*\) \(.*\)$|\1 \2|p' | sed 's/ (deleted)$//'
+}
+
+# argv_is PID ARG...: the process's command line is exactly ARG...
+argv_is() {
+  local pid="$1" want have; shift
+  want="$(printf '%s\n' "$@")"
+  have="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
+  [[ "$have" == "$want" ]]
+}
+
+# is_daemon NAME PID: PID runs daemon NAME as up.sh started it.
+is_daemon() {
+  local name="$1" pid="$2" bin exe
+  bin="$(daemon_binary "$name")"
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
+  [[ "${exe% (deleted)}" == "$bin" ]] || return 1
+  [[ "$name" != containerd ]] || argv_is "$pid" "$bin" --config "$CONF/containerd.toml"
+}
+
+# daemon_pids NAME: the daemon's processes (see above), one per line.
+daemon_pids() {
+  local name="$1" bin pid exe f="$PIDS/$1.pid"
+  bin="$(daemon_binary "$name")"
+  {
+    if [[ -f "$f" ]]; then
+      pid="$(cat "$f")"
+      if [[ "$pid" =~ ^[0-9]+$ ]] && is_daemon "$name" "$pid"; then echo "$pid"; fi
+    fi
+    while read -r pid exe; do
+      if [[ "$exe" == "$bin" ]] && is_daemon "$name" "$pid"; then echo "$pid"; fi
+    done < <(exe_table)
+  } | sort -un
+}
+
+# is_shim PID: PID is a shim of the cluster's containerd.
+is_shim() {
+  local pid="$1" exe args
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
+  [[ "${exe% (deleted)}" == "$SHIM_BIN" ]] || return 1
+  args="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
+  grep -A1 -x -- -address <<<"$args" | grep -xF -- "$CONTAINERD_SOCK" >/dev/null
+}
+
+# shim_pids: the cluster's containerd shims (see above), one per line.
+shim_pids() {
+  local f pid exe
+  {
+    for f in "$SHIM_STATE"/*/*/shim.pid; do
+      [[ -f "$f" ]] || continue
+      pid="$(cat "$f")"
+      if [[ "$pid" =~ ^[0-9]+$ ]] && is_shim "$pid"; then echo "$pid"; fi
+    done
+    while read -r pid exe; do
+      if [[ "$exe" == "$SHIM_BIN" ]] && is_shim "$pid"; then echo "$pid"; fi
+    done < <(exe_table)
+  } | sort -un
 }
 
 # stop_pids WAIT_SECONDS PID...: SIGTERM, wait, then SIGKILL what is left (WAIT_SECONDS 0:
@@ -67,17 +128,18 @@ wait_gone() {
   done
 }
 
-# 1. The Kubernetes daemons by their PID files. The node agents first, with SIGTERM (so
-#    that the kubelet does not restart containers while they are being removed); then the
+# 1. The Kubernetes daemons (daemon_pids). The node agents first, with SIGTERM (so that
+#    the kubelet does not restart containers while they are being removed); then the
 #    control plane at once with SIGKILL: its only state, etcd's data, is thrown away
 #    below anyway, and a graceful stop costs ~2 s per daemon.
 stop_daemons() {
-  local wait="$1" d pids=(); shift
+  local wait="$1" d p pids=(); shift
   for d in "$@"; do
-    if pid_alive "$d"; then
-      pids+=("$(cat "$PIDS/$d.pid")")
-      say "stopping $d"
-    fi
+    while read -r p; do
+      [[ -n "$p" ]] || continue
+      pids+=("$p")
+      say "stopping $d (pid $p)"
+    done < <(daemon_pids "$d")
   done
   stop_pids "$wait" "${pids[@]}"
   for d in "$@"; do rm -f "$PIDS/$d.pid"; done
@@ -86,7 +148,8 @@ stop_daemons 10 kubelet kube-proxy
 stop_daemons 0 kube-scheduler kube-controller-manager kube-apiserver etcd
 
 # 2. Containers: kill every task, delete tasks and containers while containerd still runs.
-if pid_alive containerd && [[ -S "$CONTAINERD_SOCK" ]]; then
+mapfile -t containerd_pids < <(daemon_pids containerd)
+if [[ ${#containerd_pids[@]} -gt 0 && -S "$CONTAINERD_SOCK" ]]; then
   mapfile -t tasks < <(ctr_k8s tasks ls -q 2>/dev/null || true)
   if [[ ${#tasks[@]} -gt 0 ]]; then
     say "removing ${#tasks[@]} containerd tasks"
@@ -96,15 +159,13 @@ if pid_alive containerd && [[ -S "$CONTAINERD_SOCK" ]]; then
   fi
   mapfile -t ctrs < <(ctr_k8s containers ls -q 2>/dev/null || true)
   for c in "${ctrs[@]}"; do ctr_k8s containers delete "$c" >/dev/null 2>&1 || true; done
-  say "stopping containerd"
-  stop_pids 10 "$(cat "$PIDS/containerd.pid")"
 fi
-rm -f "$PIDS/containerd.pid"
+stop_daemons 10 containerd
 
-# 3. Anything else of ours still running (shims, daemons without a PID file).
-mapfile -t left < <(own_pids)
+# 3. Shims that outlived their tasks or containerd.
+mapfile -t left < <(shim_pids)
 if [[ ${#left[@]} -gt 0 ]]; then
-  say "stopping ${#left[@]} leftover processes: ${left[*]}"
+  say "stopping ${#left[@]} containerd shims: ${left[*]}"
   stop_pids 5 "${left[@]}"
 fi
 

@@ -2,8 +2,8 @@
 # Builds the images every local cluster needs and imports them into its containerd:
 #   lameduck/pause:3.10    the pod sandbox image (pause/pause.c, static)
 #   lameduck/testapp:dev   the smoke suite's test program (testapp/, Go, CGO_ENABLED=0)
-# Later images (sidecar, operator, example apps) are added by calling image.sh from the
-# Makefile's `images` target.
+# `make images` runs this and then image.sh for lameduck's images (sidecar, operator,
+# example apps; e2e/lameduck.mk).
 #   images.sh [--if-missing]   --if-missing: skip images containerd already has
 set -euo pipefail
 # shellcheck source=lib.sh

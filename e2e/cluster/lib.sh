@@ -63,6 +63,10 @@ TESTAPP_IMAGE=docker.io/lameduck/testapp:dev
 
 # The daemons in start order; cluster-down stops them in reverse.
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+# The shim containerd runs for every pod sandbox (runtime_type io.containerd.runc.v2).
+SHIM_BIN=/usr/bin/containerd-shim-runc-v2
+# Where containerd's shims write their PID files (shim.pid in each task's bundle).
+SHIM_STATE="$CONTAINERD_STATE/io.containerd.runtime.v2.task"
 
 # Note for these scripts: never end a pipeline with `grep -q`. With pipefail, grep -q
 # exits at the first match, the writer gets SIGPIPE and the whole pipeline "fails".
@@ -73,6 +77,18 @@ die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+
+# daemon_binary NAME: the executable up.sh starts daemon NAME from. down.sh stops only
+# processes running exactly these binaries (and the shims), so up.sh checks it starts
+# nothing else.
+daemon_binary() {
+  case "$1" in
+    etcd) echo "$ETCD_BIN/etcd" ;;
+    containerd) echo /usr/bin/containerd ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) echo "$K8S_BIN/$1" ;;
+    *) return 1 ;;
+  esac
+}
 
 # pid_alive NAME: the daemon's recorded PID is running.
 pid_alive() {

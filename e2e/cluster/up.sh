@@ -98,9 +98,12 @@ cat >"$CNI_CONF_DIR/10-lameduck.conflist" <<EOF_CNI
 EOF_CNI
 
 # --- daemons -------------------------------------------------------------------------
-# start_daemon NAME BINARY ARGS...: detached from this session, output appended to the log.
+# start_daemon NAME BINARY ARGS...: detached from this session, output appended to the log,
+# the PID in $PIDS/NAME.pid: down.sh stops the daemons by these files (and by their exact
+# binary path, daemon_binary, should a file be lost), nothing broader.
 start_daemon() {
   local name="$1"; shift
+  [[ "$1" == "$(daemon_binary "$name")" ]] || die "start_daemon $name: $1 is not $(daemon_binary "$name") (lib.sh)"
   echo "=== $(date -u +%FT%TZ) starting $name" >>"$LOGS/$name.log"
   # 9>&-: the daemon must not inherit the cluster lock (lock_cluster).
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &

@@ -87,8 +87,8 @@ eval "$(e2e/cluster/env.sh)"
 export KUBECONFIG
 kubectl get node -o wide | sed 's/^/    /'
 
-phase "images and load tool (make lameduck-images vegeta)"
-$MAKE --no-print-directory lameduck-images vegeta
+phase "images and load tool (make images vegeta)"
+$MAKE --no-print-directory images vegeta
 [[ -x $VEGETA ]] || die "vegeta not found at $VEGETA"
 
 phase "plot library (matplotlib)"

@@ -1,4 +1,4 @@
-//! The webhook's TLS server without a cluster, for load tests (`operator/bench/webhook.sh`):
+//! The webhook's TLS server without a cluster, for load tests (`bench/webhook.sh`):
 //! a single-threaded runtime (one core), a fresh rcgen certificate, caches that say the
 //! Deployment `web` is annotated. Prints the CA to `$1` and the port on stdout.
 

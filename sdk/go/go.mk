@@ -9,6 +9,8 @@ GO_BIN_DIR := $(ROOT)/target/go
 # The process-level tests run the real sidecar (debug build).
 GO_SIDECAR_BIN := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)/debug/lameduck-sidecar
 
+##@ Test
+
 .PHONY: go-test
 go-test: ## Go SDK and examples: go vet, go test -race (process tests run the real sidecar)
 	cd $(ROOT) && cargo build --locked -p lameduck-sidecar
@@ -17,6 +19,8 @@ go-test: ## Go SDK and examples: go vet, go test -race (process tests run the re
 		( cd "$$module" && $(GO) vet ./... && \
 		  LAMEDUCK_SIDECAR_BIN=$(GO_SIDECAR_BIN) $(GO) test -race -count=1 ./... ) || exit 1; \
 	done
+
+##@ Build
 
 .PHONY: go-build
 go-build: ## static binaries of the Go examples into target/go/

@@ -166,7 +166,7 @@ pub fn binary_hash(path: &str) -> String {
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)[..16].to_string(),
         _ => panic!(
-            "{} missing: run `make lameduck-images` (or `make e2e-test`)",
+            "{} missing: run `make images` (or `make e2e-test`)",
             p.display()
         ),
     }
@@ -174,7 +174,7 @@ pub fn binary_hash(path: &str) -> String {
 
 pub async fn install() -> Result<()> {
     let started = Instant::now();
-    // Fails with "run make lameduck-images" when the operator binary is missing.
+    // Fails with "run make images" when the operator binary is missing.
     let _ = binary_hash("target/x86_64-unknown-linux-gnu/release/lameduck-operator");
     let out = run(command("hack/install-local.sh"), None)?;
     eprint!("{out}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the local cluster needs (idempotent): Debian packages for the container
-# runtime and networking, then the pinned Kubernetes/etcd/helm binaries (built from
-# source once per version into the machine-wide cache; a cache hit builds nothing).
+# Installs what the local cluster needs (make cluster-deps, run by make cluster-up;
+# idempotent): Debian packages for the container runtime and networking, then the pinned
+# Kubernetes/etcd/helm binaries (built from source once per version into the machine-wide
+# cache; a cache hit builds nothing). The build toolchain is hack/toolchain-deps.sh.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the build and the tests need, idempotently. Debian packages via apt-get.
+# The build and test toolchain (make deps, run by make lint): Debian packages named as
+# arguments via apt-get, then checks for cargo and go and adds clippy and rustfmt,
+# idempotently. The local cluster's packages and Kubernetes binaries are a separate phase:
+# e2e/cluster/cluster-deps.sh (make cluster-deps, run by make cluster-up).
 set -euo pipefail
 
 need_apt=()

@@ -2,7 +2,7 @@
 # Operator memory at scale: RSS of both operator replicas (leader and follower) before and
 # after 5,000 injected pods across 500 adopted Deployments on the local cluster.
 #
-# Usage: hack/bench-operator-scale.sh            (make bench-operator-scale)
+# Usage: bench/operator-scale.sh            (make bench-operator-scale)
 #   needs make cluster-up and the lameduck release in lameduck-system (hack/install-local.sh).
 #   Environment: WORKLOADS (500), REPLICAS (10), NAMESPACES (5: scale-1 … scale-N),
 #   SETTLE_SECONDS (30), TIMEOUT_SECONDS (1800).

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # HTTPS throughput of the webhook on one core with wrk, the handler latency (criterion),
 # and the idle RSS of the webhook server (and of the real operator when a cluster is up).
-# Usage: operator/bench/webhook.sh   (installs wrk through apt when missing)
+# Usage: bench/webhook.sh   (make bench-webhook; installs wrk through apt when missing)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 work=$(mktemp -d)

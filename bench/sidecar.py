@@ -2,7 +2,7 @@
 """Sidecar figures: static binary size, idle RSS of `serve`, start-to-probe time and the
 overhead the shutdown sequence adds beyond the app's own drain + cleanup.
 
-Usage: hack/bench-sidecar.py SIDECAR_BIN EXAMPLE_BIN   (make bench builds both statically)
+Usage: bench/sidecar.py SIDECAR_BIN EXAMPLE_BIN   (make bench builds both statically)
 """
 import json, os, statistics, subprocess, sys, tempfile, time, signal, socket
 
