@@ -1,6 +1,7 @@
 //! Reliability drills on the local cluster (`make cluster-up`, then `make e2e-drills`):
 //! leader failover, certificate rotation under load, the sidecar killed mid-deregister, a burst
-//! of 200 pods and the node-level view of a rolling restart. Like `lameduck.rs` the tests
+//! of 200 pods, the node-level view of a rolling restart, a rollout of the operator itself
+//! under pod creation, and an operator task dying. Like `lameduck.rs` the tests
 //! run one at a time (`--test-threads=1`), each in its own namespace, against the chart
 //! installed with the local images, and fail (never skip) when something is missing.
 
@@ -749,6 +750,257 @@ async fn d5_node_level_view_of_a_rolling_restart() {
         ensure!(
             notes.iter().any(|n| n.contains("gracePeriod.maxSeconds (5s) is reached")),
             "no PodKilled Event says the maximum was reached: {notes:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// Gated pods created in `ns`, one started every `period` (each creation runs on its own,
+/// so a slow answer does not lower the rate) until `stop` is set: the names created and the
+/// creation errors.
+fn create_pods_until(
+    client: kube::Client,
+    ns: String,
+    prefix: &'static str,
+    period: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, &ns);
+        let mut ticks = tokio::time::interval(period);
+        let mut creations = tokio::task::JoinSet::new();
+        let mut i = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            ticks.tick().await;
+            let name = format!("{prefix}-{i:04}");
+            i += 1;
+            let pods = pods.clone();
+            creations.spawn(async move {
+                let pod: Pod =
+                    serde_json::from_value(gated_pod(&name)).map_err(|e| format!("{name}: {e}"))?;
+                match pods.create(&PostParams::default(), &pod).await {
+                    Ok(_) => Ok(name),
+                    Err(e) => Err(format!("{name}: {e}")),
+                }
+            });
+        }
+        let (mut created, mut errors) = (Vec::new(), Vec::new());
+        while let Some(joined) = creations.join_next().await {
+            match joined {
+                Ok(Ok(name)) => created.push(name),
+                Ok(Err(error)) => errors.push(error),
+                Err(error) => errors.push(format!("creation task: {error}")),
+            }
+        }
+        (created, errors)
+    })
+}
+
+/// Every operator pod, terminating ones included.
+fn all_operator_pods() -> Result<usize> {
+    let list = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        SYSTEM_NS,
+        "-l",
+        "app.kubernetes.io/component=operator",
+    ])?;
+    Ok(list["items"].as_array().map_or(0, Vec::len))
+}
+
+/// The API server's webhook call counters since `before`: (calls, calls with code 200,
+/// fail-open, rejected).
+fn webhook_calls(before: &str, after: &str) -> (f64, f64, f64, f64) {
+    let delta = |name: &str, filter: &[(&str, &str)]| {
+        metric_sum(after, name, filter) - metric_sum(before, name, filter)
+    };
+    let filter = [("name", WEBHOOK)];
+    (
+        delta("apiserver_admission_webhook_request_total", &filter),
+        delta(
+            "apiserver_admission_webhook_request_total",
+            &[("name", WEBHOOK), ("code", "200")],
+        ),
+        delta("apiserver_admission_webhook_fail_open_count", &filter),
+        delta("apiserver_admission_webhook_rejection_count", &filter),
+    )
+}
+
+/// Roll the operator itself while pods are created at more than 5 a second and an injected
+/// workload rolls too: every pod is admitted with the sidecar (a replica going away keeps
+/// admitting until the API server stops sending it admissions), the API server records no
+/// failed webhook call, and the shutdowns that happened meanwhile are all recorded.
+#[tokio::test]
+async fn d6_operator_rollout_under_pod_creation() {
+    installed().await;
+    with_namespace("self-rollout", |client, ns| async move {
+        ensure!(operator_pods()?.len() == 2, "want 2 operator replicas, have {:?}", operator_pods()?);
+        apply(&ns, &sdp_manifest("obs", "Initial", 3))?;
+        Web {
+            name: "obs",
+            image: RUST_WEB,
+            replicas: 2,
+            inject: true,
+            grace: 30,
+            cleanup_millis: 300,
+        }
+        .create(&ns)
+        .await?;
+        let samples_before = policy(&ns, "deployment-obs")?["status"]["samples"]
+            .as_u64()
+            .unwrap_or(0);
+        let metrics_before = apiserver_metrics()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Instant::now();
+        // 8 pods a second for the whole rollout of the operator.
+        let creator =
+            create_pods_until(client.clone(), ns.clone(), "roll", Duration::from_millis(125), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        kubectl(&["rollout", "restart", "-n", SYSTEM_NS, &format!("deployment/{RELEASE}")])?;
+        // The workload's two old pods shut down while the operator's replicas change.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        kubectl(&["rollout", "restart", "-n", &ns, "deployment/obs"])?;
+        rollout_status(SYSTEM_NS, RELEASE)?;
+        // Until the old replicas are gone (they keep admitting for their shutdown delay).
+        wait_for("the old operator pods to be gone", Duration::from_secs(120), || {
+            Ok((all_operator_pods()? == 2).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (created, errors) = creator.await?;
+        let took = started.elapsed();
+        let metrics_after = apiserver_metrics()?;
+        rollout_status(&ns, "obs")?;
+        let (calls, ok_calls, fail_open, rejected) = webhook_calls(&metrics_before, &metrics_after);
+        let pods = kubectl_json(&["get", "pods", "-n", &ns, "-l", "app=gated"])?;
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let uninjected: Vec<&str> = items
+            .iter()
+            .filter(|p| !is_injected(p))
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        // The two old pods of the workload: their observations land in the policy.
+        let after = wait_samples(&ns, "deployment-obs", samples_before + 2, Duration::from_secs(120)).await;
+        let samples_after = policy(&ns, "deployment-obs")?["status"]["samples"]
+            .as_u64()
+            .unwrap_or(0);
+        let rate = created.len() as f64 / took.as_secs_f64();
+        summary(
+            "d6 operator rollout",
+            &format!(
+                "{} pods created over {:.0}s ({rate:.1}/s) while the operator rolled: {} creation errors, {} uninjected; webhook calls {calls} (200: {ok_calls}), fail-open {fail_open}, rejected {rejected}; policy samples {samples_before} -> {samples_after} (rollout of 2 during the operator's)",
+                created.len(),
+                took.as_secs_f64(),
+                errors.len(),
+                uninjected.len(),
+            ),
+        );
+        ensure!(errors.is_empty(), "pod creation failed: {:?}", &errors[..errors.len().min(5)]);
+        ensure!(rate >= 5.0, "created {rate:.1} pods/s, want at least 5");
+        ensure!(items.len() == created.len(), "{} gated pods exist, {} created", items.len(), created.len());
+        ensure!(uninjected.is_empty(), "pods admitted without the sidecar during the operator's rollout: {uninjected:?}");
+        ensure!(
+            fail_open == 0.0 && rejected == 0.0,
+            "webhook call failures during the operator's rollout: fail-open {fail_open}, rejected {rejected}"
+        );
+        ensure!(
+            calls >= created.len() as f64 && ok_calls == calls,
+            "the API server recorded {calls} webhook calls, {ok_calls} with code 200, for {} pods",
+            created.len()
+        );
+        after.map_err(|e| anyhow::anyhow!("observations lost during the operator's rollout: {e:#}"))?;
+        ensure!(
+            samples_after == samples_before + 2,
+            "the workload replaced 2 pods, its policy went from {samples_before} to {samples_after} samples"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// The restart count of an operator pod's container.
+fn operator_restarts(pod: &str) -> Result<u64> {
+    let p = kubectl_json(&["get", "pod", "-n", SYSTEM_NS, pod])?;
+    Ok(p["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+/// A task of the operator dies: the leader's controller task ends when another identity
+/// takes its Lease. The process exits (the supervisor ends it with a log line naming the
+/// task), the kubelet restarts it, it serves again, and the shutdowns of a rollout that
+/// ran meanwhile are all recorded.
+#[tokio::test]
+async fn d7_a_task_dies_the_process_restarts_and_resumes() {
+    installed().await;
+    with_namespace("task-dies", |_client, ns| async move {
+        apply(&ns, &sdp_manifest("td", "Initial", 3))?;
+        Web {
+            name: "td",
+            image: RUST_WEB,
+            replicas: 2,
+            inject: true,
+            grace: 30,
+            cleanup_millis: 300,
+        }
+        .create(&ns)
+        .await?;
+        let samples_before = policy(&ns, "deployment-td")?["status"]["samples"]
+            .as_u64()
+            .unwrap_or(0);
+        let holder = lease_holder()?;
+        let restarts_before = operator_restarts(&holder)?;
+        // Another identity takes the Lease, as a partitioned leader would find it taken.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        // A Lease's MicroTime: six fractional digits.
+        let now = format!("{}.{:06}Z", now.strftime("%Y-%m-%dT%H:%M:%S"), now.subsec_microsecond());
+        let patch = json!({"spec": {"holderIdentity": "e2e-intruder", "acquireTime": now, "renewTime": now}});
+        kubectl(&["patch", "lease", "-n", SYSTEM_NS, LEASE, "--type=merge", "-p", &patch.to_string()])?;
+        let stolen_at = Instant::now();
+        kubectl(&["rollout", "restart", "-n", &ns, "deployment/td"])?;
+        let restarted = wait_for("the old leader's container to restart", Duration::from_secs(90), || {
+            Ok((operator_restarts(&holder)? > restarts_before).then_some(()))
+        })
+        .await;
+        let log = kubectl(&["logs", "-n", SYSTEM_NS, &holder, "--previous"]).unwrap_or_default();
+        restarted?;
+        let restart_after = stolen_at.elapsed();
+        wait_for("the restarted operator to be ready", Duration::from_secs(90), || {
+            let p = kubectl_json(&["get", "pod", "-n", SYSTEM_NS, &holder])?;
+            Ok((p["status"]["containerStatuses"][0]["ready"] == true).then_some(()))
+        })
+        .await?;
+        let new_holder = wait_for("a replica to hold the Lease", Duration::from_secs(60), || {
+            let h = lease_holder()?;
+            Ok((h != "e2e-intruder").then_some(h))
+        })
+        .await?;
+        rollout_status(&ns, "td")?;
+        let after = wait_samples(&ns, "deployment-td", samples_before + 2, Duration::from_secs(120)).await;
+        let samples_after = policy(&ns, "deployment-td")?["status"]["samples"]
+            .as_u64()
+            .unwrap_or(0);
+        let named = log
+            .lines()
+            .find(|l| l.contains("task `controller` failed"))
+            .unwrap_or("")
+            .to_owned();
+        summary(
+            "d7 a task dies",
+            &format!(
+                "the Lease taken from {holder}: its controller task ended, the process exited and was restarted after {:.1}s, ready again; Lease now {new_holder}; samples {samples_before} -> {samples_after} (rollout of 2 meanwhile); exit line: {}",
+                restart_after.as_secs_f64(),
+                named.trim()
+            ),
+        );
+        ensure!(!named.is_empty(), "the previous container's log does not name the failed task:\n{log}");
+        after.map_err(|e| anyhow::anyhow!("observations lost while the operator restarted: {e:#}"))?;
+        ensure!(
+            samples_after == samples_before + 2,
+            "the workload replaced 2 pods, its policy went from {samples_before} to {samples_after} samples"
         );
         Ok(())
     })

@@ -338,3 +338,86 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_supervisor_names_the_task_that_ended_and_why() {
+        let mut tasks = Supervisor::default();
+        tasks.spawn("forever", std::future::pending());
+        tasks.spawn("watch", async { Err(anyhow!("stream ended")) });
+        let (name, result) = tasks.next_exit().await;
+        assert_eq!(name, "watch");
+        assert_eq!(result.unwrap_err().to_string(), "stream ended");
+        tasks.spawn("panics", async {
+            panic!("boom");
+        });
+        let (name, result) = tasks.next_exit().await;
+        assert_eq!(name, "panics");
+        assert_eq!(result.unwrap_err().to_string(), "panicked");
+        tasks.spawn("returns", async { Ok(()) });
+        let (name, result) = tasks.next_exit().await;
+        assert_eq!(name, "returns");
+        assert!(result.is_ok());
+        // The one left runs until the supervisor stops it.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), tasks.next_exit())
+                .await
+                .is_err()
+        );
+        tasks.shutdown().await;
+    }
+
+    fn listed<K>(listed: bool) -> crate::watches::Reflected<K>
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    {
+        let mut writer = kube::runtime::reflector::store::Writer::default();
+        if listed {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        }
+        crate::watches::Reflected::from_store(writer.as_reader())
+    }
+
+    fn watches(policies_listed: bool) -> Watches {
+        Watches {
+            replica_sets: listed(true),
+            deployments: listed(true),
+            stateful_sets: listed(true),
+            daemon_sets: listed(true),
+            namespaces: listed(true),
+            policies: crate::controller::PolicyIndex::from_store(listed(policies_listed).store()),
+        }
+    }
+
+    #[test]
+    fn ready_only_with_every_store_listed_a_certificate_and_no_shutdown() {
+        let resolver = Arc::new(CertResolver::default());
+        let readiness = OperatorReadiness {
+            watches: watches(false),
+            resolver: resolver.clone(),
+            shutting_down: AtomicBool::new(false),
+        };
+        assert_eq!(readiness.check(), Err("no serving certificate yet"));
+        let cert = rcgen::generate_simple_self_signed(vec!["lameduck".into()]).unwrap();
+        resolver
+            .set_pem(
+                cert.cert.pem().as_bytes(),
+                cert.signing_key.serialize_pem().as_bytes(),
+            )
+            .unwrap();
+        // The ShutdownPolicy index is not listed yet: admitted pods would miss their
+        // recommended grace period.
+        assert_eq!(readiness.check(), Err("watches not synced yet"));
+        let readiness = OperatorReadiness {
+            watches: watches(true),
+            ..readiness
+        };
+        assert_eq!(readiness.check(), Ok(()));
+        readiness.shutting_down.store(true, Ordering::Relaxed);
+        assert_eq!(readiness.check(), Err("shutting down"));
+    }
+}

@@ -260,11 +260,11 @@ impl Watches {
             K: Resource + Clone + Send + Sync + 'static,
             K::DynamicType: Eq + std::hash::Hash + Clone + Default,
         {
-            reflected
-                .store()
-                .wait_until_ready()
-                .now_or_never()
-                .is_some()
+            // A dropped writer (the watch ended) is not ready either.
+            matches!(
+                reflected.store().wait_until_ready().now_or_never(),
+                Some(Ok(()))
+            )
         }
         listed(&self.replica_sets)
             && listed(&self.deployments)

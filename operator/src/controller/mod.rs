@@ -18,15 +18,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::reflector::Store;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use lameduck_proto::names::{NAMESPACE_INJECT_ENABLED, NAMESPACE_LABEL_INJECT};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -463,6 +464,8 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let started = tokio::time::Instant::now();
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &config.lease_namespace);
     let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
         .with_namespace(&config.lease_namespace)
         .with_identity(&config.identity)
@@ -470,7 +473,6 @@ pub async fn run(
         .with_grace(config.lease_seconds.div_ceil(3).max(1))
         .build()
         .await?;
-    let (mut leader, lease_task) = manager.watch().await;
     let mut ctx = Context::new(
         client,
         config.watches.policies.clone(),
@@ -493,9 +495,33 @@ pub async fn run(
             ctx.book().prune_before(cutoff);
         }
     };
+    tokio::pin!(follower_pruning);
+    // A new process competes for a Lease that someone holds only after it has watched
+    // pods for a while: a replica that ran before it saw the shutdowns it did not (a
+    // leader that crashed wrote none of its last ones), and takes over when the lease runs
+    // out; a new process that won instead would never fold those observations in.
+    let warm_up = Duration::from_secs(config.lease_seconds * 2);
+    loop {
+        let free = match lease_api.get_opt(&config.lease_name).await {
+            Ok(lease) => lease_is_free(lease.as_ref()),
+            Err(error) => {
+                tracing::warn!(%error, "reading the Lease failed; retrying");
+                false
+            }
+        };
+        if free || started.elapsed() >= warm_up {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = &mut observer => return Err(Error::LostLease),
+            () = &mut follower_pruning => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let (mut leader, lease_task) = manager.watch().await;
     tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
     {
-        tokio::pin!(follower_pruning);
         while !*leader.borrow_and_update() {
             tokio::select! {
                 changed = leader.changed() => {
@@ -541,6 +567,15 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Whether nobody holds the Lease: it does not exist yet, or its holder released it
+/// (a graceful shutdown writes every observation first).
+fn lease_is_free(lease: Option<&Lease>) -> bool {
+    lease
+        .and_then(|lease| lease.spec.as_ref())
+        .and_then(|spec| spec.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
 }
 
 async fn lease_error(

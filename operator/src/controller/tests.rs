@@ -877,3 +877,18 @@ fn the_book_forgets_what_describes_objects_that_are_gone() {
     left.sort();
     assert_eq!(left, ["deployment-soon", "deployment-web"]);
 }
+
+#[test]
+fn a_lease_is_free_only_when_nobody_holds_it() {
+    let lease = |spec: Value| -> k8s_openapi::api::coordination::v1::Lease {
+        serde_json::from_value(json!({"metadata": {"name": "lameduck-operator"}, "spec": spec}))
+            .unwrap()
+    };
+    assert!(lease_is_free(None), "no Lease yet");
+    assert!(lease_is_free(Some(&lease(json!({})))), "released");
+    assert!(lease_is_free(Some(&lease(json!({"holderIdentity": ""})))));
+    // Held, or held by a replica that crashed (its renewals stopped): a new process waits.
+    assert!(!lease_is_free(Some(&lease(
+        json!({"holderIdentity": "lameduck-abc", "leaseDurationSeconds": 12})
+    ))));
+}
