@@ -34,6 +34,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use lookup::PolicyIndex;
@@ -187,15 +188,51 @@ pub struct RestartLabels {
     pub outcome: &'static str,
 }
 
-/// Label set of the reconcile error counter.
+/// Label set of the reconcile duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
-    /// `workloads` or `status`.
+    /// `deployments`, `statefulsets`, `daemonsets` (adoption) or `status` (the writer).
     pub controller: &'static str,
 }
 
+/// Label set of the error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// As in [`ControllerLabels`].
+    pub controller: &'static str,
+    /// What failed: [`Error::kind`].
+    pub kind: &'static str,
+}
+
+impl Error {
+    /// A short name of what failed, for the error counter: `api_<status code>` for an
+    /// answer of the API server, `api` for other client errors, `lease`, `lost_lease`,
+    /// `missing_field`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => match status.code {
+                400 => "api_400",
+                403 => "api_403",
+                404 => "api_404",
+                409 => "api_409",
+                422 => "api_422",
+                429 => "api_429",
+                500..=599 => "api_5xx",
+                _ => "api_other",
+            },
+            Self::Kube { .. } => "api",
+            Self::Lease(_) => "lease",
+            Self::LostLease => "lost_lease",
+            Self::MissingField(_) => "missing_field",
+        }
+    }
+}
+
 /// The controller's metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ControllerMetrics {
     /// Observed shutdowns, per policy.
     pub observations: Family<PolicyLabels, Counter>,
@@ -213,10 +250,33 @@ pub struct ControllerMetrics {
     pub recommendation: Family<PolicyLabels, Gauge>,
     /// Terminating injected pods being followed.
     pub terminating: Gauge,
-    /// Reconcile and status-write errors.
-    pub errors: Family<ControllerLabels, Counter>,
+    /// Reconcile and status-write errors, by controller and kind of error.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Time a reconcile (adoption) or a status-write pass takes, by controller.
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Status patches sent.
     pub status_patches: Counter,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self {
+            observations: Family::default(),
+            kills: Family::default(),
+            timeouts: Family::default(),
+            container_restart_shutdowns: Family::default(),
+            unobserved: Family::default(),
+            recommendation: Family::default(),
+            terminating: Gauge::default(),
+            errors: Family::default(),
+            // 1 ms … ~16 s: a reconcile is one or two API calls, a status pass one patch per
+            // policy with news.
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            }),
+            status_patches: Counter::default(),
+        }
+    }
 }
 
 impl ControllerMetrics {
@@ -260,8 +320,13 @@ impl ControllerMetrics {
         );
         registry.register(
             "controller_errors",
-            "Reconcile and status-write errors",
+            "Reconcile and status-write errors, by controller and kind of error",
             metrics.errors.clone(),
+        );
+        registry.register(
+            "controller_reconcile_duration_seconds",
+            "Time a reconcile (adoption) or a status-write pass takes, by controller",
+            metrics.reconcile_duration.clone(),
         );
         registry.register(
             "status_patches",
@@ -602,15 +667,24 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match writer::write_statuses(&ctx, Timestamp::now()).await {
+            let started = std::time::Instant::now();
+            let written = writer::write_statuses(&ctx, Timestamp::now()).await;
+            ctx.metrics
+                .reconcile_duration
+                .get_or_create(&ControllerLabels {
+                    controller: STATUS_CONTROLLER,
+                })
+                .observe(started.elapsed().as_secs_f64());
+            match written {
                 Ok(patches) => {
                     ctx.metrics.status_patches.inc_by(patches as u64);
                 }
                 Err(error) => {
                     ctx.metrics
                         .errors
-                        .get_or_create(&ControllerLabels {
-                            controller: "status",
+                        .get_or_create(&ErrorLabels {
+                            controller: STATUS_CONTROLLER,
+                            kind: error.kind(),
                         })
                         .inc();
                     tracing::warn!(%error, "status write failed");
@@ -680,13 +754,32 @@ async fn adopt<W: workloads::Workload>(ctx: Arc<Context>, watches: &Watches) {
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
-        .run(workloads::reconcile::<W>, error_policy::<W>, ctx)
+        .run(timed_reconcile::<W>, error_policy::<W>, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "workload reconcile");
             }
         })
         .await;
+}
+
+/// The status writer's label in the controller metrics.
+const STATUS_CONTROLLER: &str = "status";
+
+/// [`workloads::reconcile`], timed into the reconcile duration histogram.
+async fn timed_reconcile<W: workloads::Workload>(
+    workload: Arc<W>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = workloads::reconcile::<W>(workload, ctx.clone()).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&ControllerLabels {
+            controller: W::CONTROLLER,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 fn error_policy<W: workloads::Workload>(
@@ -696,8 +789,9 @@ fn error_policy<W: workloads::Workload>(
 ) -> Action {
     ctx.metrics
         .errors
-        .get_or_create(&ControllerLabels {
-            controller: "workloads",
+        .get_or_create(&ErrorLabels {
+            controller: W::CONTROLLER,
+            kind: error.kind(),
         })
         .inc();
     tracing::warn!(%error, "workload reconcile failed");

@@ -46,11 +46,14 @@ pub trait Workload:
     fn slim(&mut self);
     /// The replica's watch of this kind.
     fn reflected(watches: &Watches) -> &Reflected<Self>;
+    /// The adoption controller's name in metrics (the plural resource name).
+    const CONTROLLER: &'static str;
 }
 
 macro_rules! workload {
-    ($kind:ty, $field:ident) => {
+    ($kind:ty, $field:ident, $controller:literal) => {
         impl Workload for $kind {
+            const CONTROLLER: &'static str = $controller;
             fn reflected(watches: &Watches) -> &Reflected<Self> {
                 &watches.$field
             }
@@ -76,9 +79,9 @@ macro_rules! workload {
         }
     };
 }
-workload!(Deployment, deployments);
-workload!(StatefulSet, stateful_sets);
-workload!(DaemonSet, daemon_sets);
+workload!(Deployment, deployments, "deployments");
+workload!(StatefulSet, stateful_sets, "statefulsets");
+workload!(DaemonSet, daemon_sets, "daemonsets");
 
 /// Whether the workload's pods are injected, in the webhook's order (docs/tuning.md,
 /// "Which workloads get a policy"): `lameduck.dev/inject` on the pod template, then on the
