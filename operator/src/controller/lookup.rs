@@ -7,11 +7,10 @@ use futures::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use lameduck_proto::names;
 
-use crate::api::{self, ShutdownPolicy};
-use crate::webhook::policy::{
-    DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef,
-};
+use crate::api::ShutdownPolicy;
+use crate::webhook::policy::{DrainSettings, HttpDrain, PolicyLookup, PolicySettings, WorkloadRef};
 
 /// An in-memory index of every ShutdownPolicy, kept current by a reflector. Cheap to clone.
 #[derive(Clone)]
@@ -21,13 +20,9 @@ pub struct PolicyIndex {
 
 impl PolicyIndex {
     /// The index and the future that keeps it current (run it on every replica: the webhook
-    /// reads it; it ends only when the watch stream ends).
-    pub fn new(client: Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        Self::with_deletions(client, |_| {})
-    }
-
-    /// Like [`PolicyIndex::new`], calling `on_delete` for every policy the watch reports
-    /// deleted (the controller drops the policy's metric series there).
+    /// reads it; it ends only when the watch stream ends). `on_delete` is called for every
+    /// policy the watch reports deleted (the controller drops the policy's metric series
+    /// there).
     pub fn with_deletions(
         client: Client,
         on_delete: impl Fn(&ShutdownPolicy) + Send + 'static,
@@ -74,7 +69,7 @@ impl PolicyIndex {
             policy.spec.target_ref.kind.eq_ignore_ascii_case(kind)
                 && policy.spec.target_ref.name == name
         };
-        let by_name = format!("{kind}-{name}").to_lowercase();
+        let by_name = names::policy_name(kind, name);
         if let Some(policy) = self.store.get(&ObjectRef::new(&by_name).within(namespace))
             && targets(&policy)
         {
@@ -111,19 +106,12 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
         (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
-        update_mode: match spec.update_mode {
-            api::UpdateMode::Off => UpdateMode::Off,
-            api::UpdateMode::Initial => UpdateMode::Initial,
-        },
+        update_mode: spec.update_mode,
         recommended_grace_seconds: recommendation
             .and_then(|r| r.grace_period_seconds)
             .map(i64::from),
         drain: Some(DrainSettings {
-            mode: match spec.drain.mode {
-                api::DrainMode::Auto => DrainMode::Auto,
-                api::DrainMode::Delay => DrainMode::Delay,
-                api::DrainMode::Http => DrainMode::Http,
-            },
+            mode: spec.drain.mode,
             delay_millis: u64::from(spec.drain.delay_seconds) * 1000,
             min_delay_millis: min_delay_millis.min(u64::from(spec.drain.max_delay_seconds) * 1000),
             quiet_period_millis: u64::from(spec.drain.quiet_period_millis),

@@ -2,16 +2,9 @@
 //! writer. They run on the Lease holder only; losing the lease ends [`run`] with
 //! [`Error::LostLease`] (the process exits and restarts as a follower).
 //!
-//! The webhook side wires it in its `run` subcommand:
-//!
-//! ```ignore
-//! let (policies, policy_reflector) = lameduck_operator::controller::PolicyIndex::new(client.clone());
-//! tokio::spawn(policy_reflector);                      // every replica: the webhook reads it
-//! let admitter_policies: Arc<dyn PolicyLookup> = Arc::new(policies.clone());
-//! let metrics = metrics.with_registry(ControllerMetrics::register).unwrap_or_default();
-//! let config = ControllerConfig::new(policies, identity, namespace).with_metrics(metrics);
-//! lameduck_operator::controller::run(client, config).await?;   // returns only on error
-//! ```
+//! The `run` subcommand wires it in [`crate::runtime`]: every replica keeps a
+//! [`PolicyIndex`] (`PolicyIndex::with_deletions`) that the webhook reads, and [`run`] with
+//! a [`ControllerConfig`] competes for the Lease.
 
 pub mod lookup;
 pub mod pods;
