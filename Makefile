@@ -46,7 +46,7 @@ build: ## debug build of every workspace binary (the process-level tests exec th
 	cargo build --locked --workspace --bins
 
 .PHONY: static
-static: ## static release binaries (sidecar, operator, example apps)
+static: ## static release binaries (the sidecar and the example web app)
 	$(CARGO_STATIC) -p lameduck-sidecar -p lameduck-example-web
 	@ls -l $(STATIC_DIR)/lameduck-sidecar $(STATIC_DIR)/lameduck-example-web
 
