@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
-use lameduck_operator::webhook::admission::{Admitter, Outcome};
+use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter};
 use lameduck_operator::webhook::decide::{MetaSummary, MetadataIndex};
 use lameduck_operator::webhook::patch::InjectionConfig;
 use lameduck_operator::webhook::policy::NoPolicies;
@@ -51,7 +51,7 @@ fn setup() -> (Admitter, Vec<u8>) {
 /// What the HTTP handler does per request, minus the socket.
 fn handle(admitter: &Admitter, body: &[u8]) -> Vec<u8> {
     let reviewed = admitter.review(body).expect("valid");
-    debug_assert_eq!(reviewed.outcome, Outcome::Injected);
+    debug_assert_eq!(reviewed.outcome, AdmissionOutcome::Injected);
     serde_json::to_vec(&reviewed.review).expect("json")
 }
 

@@ -274,21 +274,9 @@ impl GracePeriodSpec {
     }
 }
 
-/// How the sidecar ends the deregister phase (traffic still arriving after deletion).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DrainMode {
-    /// Adaptive when the application uses a lameduck SDK (ends when no new connection
-    /// arrived for quietPeriodMillis, between minDelaySeconds and maxDelaySeconds); a fixed
-    /// delaySeconds otherwise.
-    #[default]
-    Auto,
-    /// Always wait delaySeconds.
-    Delay,
-    /// Wait delaySeconds, then call `POST http://127.0.0.1:<http.port><http.path>` on the
-    /// application and wait for its answer (for applications without an SDK).
-    #[serde(rename = "HTTP")]
-    Http,
-}
+/// How the sidecar ends the deregister phase: defined with the sidecar's settings, as the
+/// operator, the sidecar and the chart must agree on its values.
+pub use lameduck_proto::DrainMode;
 
 /// How the sidecar lets traffic drain away before the application is told to stop.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -338,22 +326,35 @@ impl Default for DrainSpec {
     }
 }
 
-/// Defaults of `spec.drain` (serde needs one function per field).
+/// Defaults of `spec.drain` (serde needs one function per field): the shared drain
+/// defaults, in the spec's units.
 mod drain_defaults {
+    use std::time::Duration;
+
+    use lameduck_proto::DRAIN_DEFAULTS;
+
     pub fn mode() -> super::DrainMode {
-        super::DrainMode::Auto
+        DRAIN_DEFAULTS.mode
     }
     pub fn delay_seconds() -> u32 {
-        5
+        seconds(DRAIN_DEFAULTS.delay)
     }
     pub fn min_delay_seconds() -> u32 {
-        1
+        seconds(DRAIN_DEFAULTS.min_delay)
     }
     pub fn quiet_period_millis() -> u32 {
-        1000
+        u32::try_from(DRAIN_DEFAULTS.quiet_period.as_millis()).unwrap_or(u32::MAX)
     }
     pub fn max_delay_seconds() -> u32 {
-        15
+        seconds(DRAIN_DEFAULTS.max_delay)
+    }
+    pub fn http_path() -> String {
+        DRAIN_DEFAULTS.http_path.into()
+    }
+
+    /// Whole seconds: the spec's unit (the defaults are whole seconds; a test checks it).
+    fn seconds(duration: Duration) -> u32 {
+        u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
     }
 }
 
@@ -375,13 +376,9 @@ pub struct HttpDrainSpec {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("drain.http.port must be between 1 and 65535"))]
     pub port: u32,
     /// Request path, starting with `/`.
-    #[serde(default = "default_http_path")]
+    #[serde(default = "drain_defaults::http_path")]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("drain.http.path must start with /, e.g. /drain"))]
     pub path: String,
-}
-
-fn default_http_path() -> String {
-    "/drain".into()
 }
 
 /// What the operator observed and recommends. Written by the operator only.
@@ -566,6 +563,47 @@ mod tests {
                 "{path} differs from the ShutdownPolicy types in operator/src/api.rs; regenerate it with \
                  `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd` (or \
                  `cargo run -p lameduck-operator -- crd > {path}`) and commit it"
+            );
+        }
+    }
+
+    #[test]
+    fn the_drain_defaults_are_the_shared_ones_in_the_specs_units() {
+        let spec = DrainSpec::default();
+        let defaults = lameduck_proto::DRAIN_DEFAULTS;
+        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+        assert_eq!(spec.mode, defaults.mode);
+        assert_eq!(secs(spec.delay_seconds), defaults.delay);
+        assert_eq!(secs(spec.min_delay_seconds), defaults.min_delay);
+        assert_eq!(secs(spec.max_delay_seconds), defaults.max_delay);
+        assert_eq!(
+            std::time::Duration::from_millis(spec.quiet_period_millis.into()),
+            defaults.quiet_period
+        );
+    }
+
+    #[test]
+    fn the_charts_drain_defaults_are_the_shared_ones() {
+        let file = format!(
+            "{}/../charts/lameduck/values.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let values: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let drain = &values["defaults"]["drain"];
+        let defaults = lameduck_proto::DRAIN_DEFAULTS;
+        assert_eq!(drain["mode"], serde_json::to_value(defaults.mode).unwrap());
+        for (key, want) in [
+            ("delay", defaults.delay),
+            ("minDelay", defaults.min_delay),
+            ("quietPeriod", defaults.quiet_period),
+            ("maxDelay", defaults.max_delay),
+        ] {
+            let value = drain[key].as_str().unwrap_or_default();
+            assert_eq!(
+                humantime::parse_duration(value).ok(),
+                Some(want),
+                "defaults.drain.{key}"
             );
         }
     }

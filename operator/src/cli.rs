@@ -6,30 +6,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use lameduck_proto::{DRAIN_DEFAULTS, names};
 
 use crate::webhook::patch::InjectionConfig;
 use crate::webhook::policy::{DrainMode, DrainSettings, HttpDrain};
+
+/// Log output format (`RUST_LOG` sets the filter): `plain` (or its other name, `text`) or
+/// `json`, as for the sidecar.
+pub use lameduck_proto::LogFormat;
 
 /// The lameduck operator.
 #[derive(Debug, Parser)]
 #[command(name = "lameduck-operator", version, about)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    #[arg(long, env = names::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Plain, global = true)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output format (`RUST_LOG` sets the filter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Subcommands.
@@ -94,20 +90,20 @@ pub struct InjectionArgs {
     )]
     pub sidecar_image_pull_policy: String,
     /// Default drain mode for workloads without a ShutdownPolicy.
-    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MODE", value_enum, default_value_t = DrainModeArg::Auto)]
-    pub default_drain_mode: DrainModeArg,
+    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MODE", value_enum, default_value_t = DRAIN_DEFAULTS.mode)]
+    pub default_drain_mode: DrainMode,
     /// Default fixed deregister delay (no SDK).
-    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_DELAY", value_parser = humantime::parse_duration, default_value = "5s")]
-    pub default_drain_delay: Duration,
+    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_DELAY", default_value_t = DRAIN_DEFAULTS.delay.into())]
+    pub default_drain_delay: humantime::Duration,
     /// Default minimum adaptive deregister delay.
-    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MIN_DELAY", value_parser = humantime::parse_duration, default_value = "1s")]
-    pub default_drain_min_delay: Duration,
+    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MIN_DELAY", default_value_t = DRAIN_DEFAULTS.min_delay.into())]
+    pub default_drain_min_delay: humantime::Duration,
     /// Default quiet period that ends the adaptive deregister phase.
-    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_QUIET_PERIOD", value_parser = humantime::parse_duration, default_value = "1s")]
-    pub default_drain_quiet_period: Duration,
+    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_QUIET_PERIOD", default_value_t = DRAIN_DEFAULTS.quiet_period.into())]
+    pub default_drain_quiet_period: humantime::Duration,
     /// Default maximum adaptive deregister delay.
-    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MAX_DELAY", value_parser = humantime::parse_duration, default_value = "15s")]
-    pub default_drain_max_delay: Duration,
+    #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MAX_DELAY", default_value_t = DRAIN_DEFAULTS.max_delay.into())]
+    pub default_drain_max_delay: humantime::Duration,
     /// Default HTTP drain port (with `--default-drain-mode http`).
     #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_HTTP_PORT")]
     pub default_drain_http_port: Option<u16>,
@@ -115,20 +111,9 @@ pub struct InjectionArgs {
     #[arg(
         long,
         env = "LAMEDUCK_DEFAULT_DRAIN_HTTP_PATH",
-        default_value = "/drain"
+        default_value = DRAIN_DEFAULTS.http_path
     )]
     pub default_drain_http_path: String,
-}
-
-/// `--default-drain-mode` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DrainModeArg {
-    /// Adaptive with an SDK, fixed delay without.
-    Auto,
-    /// Fixed delay.
-    Delay,
-    /// Fixed delay, then an HTTP drain request to the app.
-    Http,
 }
 
 impl InjectionArgs {
@@ -145,11 +130,7 @@ impl InjectionArgs {
             default_drain_http_port,
             default_drain_http_path,
         } = self;
-        let mode = match default_drain_mode {
-            DrainModeArg::Auto => DrainMode::Auto,
-            DrainModeArg::Delay => DrainMode::Delay,
-            DrainModeArg::Http => DrainMode::Http,
-        };
+        let mode = *default_drain_mode;
         let http = match (mode, default_drain_http_port) {
             (DrainMode::Http, None) => {
                 anyhow::bail!("--default-drain-mode http needs --default-drain-http-port")
@@ -159,7 +140,7 @@ impl InjectionArgs {
                 path: default_drain_http_path.clone(),
             }),
         };
-        let millis = |d: &Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let millis = |d: &humantime::Duration| lameduck_proto::drain::millis(**d);
         Ok(InjectionConfig {
             sidecar_image: sidecar_image.clone(),
             image_pull_policy: sidecar_image_pull_policy.clone(),
@@ -333,6 +314,29 @@ mod tests {
             panic!("inject")
         };
         assert!(args.injection.config().is_err());
+    }
+
+    #[test]
+    fn without_flags_the_drain_settings_are_the_shared_defaults() {
+        let cli = Cli::try_parse_from(["lameduck-operator", "inject"]).expect("parses");
+        let Command::Inject(args) = cli.command else {
+            panic!("inject")
+        };
+        let config = args.injection.config().expect("config");
+        assert_eq!(config.default_drain, DrainSettings::default());
+    }
+
+    #[test]
+    fn both_names_of_the_plain_log_format_are_accepted() {
+        for (value, want) in [
+            ("plain", LogFormat::Plain),
+            ("text", LogFormat::Plain),
+            ("json", LogFormat::Json),
+        ] {
+            let cli = Cli::try_parse_from(["lameduck-operator", "--log-format", value, "crd"])
+                .expect("parses");
+            assert_eq!(cli.log_format, want, "{value}");
+        }
     }
 
     #[test]

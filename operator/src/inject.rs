@@ -1,10 +1,12 @@
 //! `lameduck-operator inject`: the webhook's mutation applied offline to Kubernetes YAML
-//! (like `linkerd inject`). Every pod template is injected unless it, or its workload,
-//! says `lameduck.dev/inject: "false"`; everything else passes through unchanged.
+//! (like `linkerd inject`). Every pod template is injected unless it says
+//! `lameduck.dev/inject: "false"`, or its workload does and the template does not say
+//! `"true"`: the webhook's precedence in a namespace that opted in
+//! ([`lameduck_proto::opt_in::choose`]). Everything else passes through unchanged.
 
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
-use lameduck_proto::names;
+use lameduck_proto::{names, opt_in};
 use serde::Deserialize;
 use serde_norway::Value;
 
@@ -112,11 +114,19 @@ pub fn inject_object(
         }
         _ => return Ok(()),
     };
-    let workload_opt_out = kind != "Pod" && is_false(doc.get("metadata"));
+    let workload_annotation = match kind.as_str() {
+        "Pod" => None,
+        _ => inject_annotation(doc.get("metadata")),
+    };
     let Some(template) = get_path_mut(doc, template_path) else {
         return Ok(());
     };
-    if workload_opt_out || is_false(template.get("metadata")) {
+    let choice = opt_in::choose(
+        inject_annotation(template.get("metadata")).as_deref(),
+        workload_annotation.as_deref(),
+        true,
+    );
+    if !choice.injects() {
         reports.push(Report {
             object,
             result: "opted out".to_owned(),
@@ -168,12 +178,13 @@ pub fn inject_object(
     Ok(())
 }
 
-fn is_false(metadata: Option<&Value>) -> bool {
+/// The `lameduck.dev/inject` annotation of `metadata`, if it is a string.
+fn inject_annotation(metadata: Option<&Value>) -> Option<String> {
     metadata
         .and_then(|m| m.get("annotations"))
         .and_then(|a| a.get(names::ANNOTATION_INJECT))
         .and_then(Value::as_str)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+        .map(str::to_owned)
 }
 
 fn get_path_mut<'a>(mut value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {

@@ -1,9 +1,11 @@
 //! The lameduck operator: the mutating webhook that injects the preStop sidecar, the
 //! ShutdownPolicy controller that records observed shutdowns, and the grace-period
 //! recommender.
-
-// Module list: the webhook side (webhook/, certs.rs, inject) and the policy side
-// (api.rs, recommend/, observe.rs, controller/) are added by their own changes.
+//!
+//! The webhook side is [`webhook`], [`certs`] and [`inject`]; the policy side is [`api`],
+//! [`recommend`], [`observe`] and [`controller`]; [`runtime`] runs both. What the operator
+//! shares with the sidecar and the SDKs (names, drain settings, the environment contract,
+//! the opt-in precedence) is in `lameduck-proto`.
 
 pub mod api;
 pub mod certs;

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 /// Label set of the admission metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// [`crate::webhook::Outcome::as_str`], or `invalid` for a malformed review.
+    /// [`crate::webhook::AdmissionOutcome::as_str`], or `invalid` for a malformed review.
     pub outcome: &'static str,
 }
 

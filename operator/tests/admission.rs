@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{MapIndex, validate_injected_pod};
 use k8s_openapi::api::core::v1::Pod;
-use lameduck_operator::webhook::admission::{Admitter, InvalidReview, Outcome};
+use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter, InvalidReview};
 use lameduck_operator::webhook::patch::InjectionConfig;
 use lameduck_operator::webhook::policy::{
     DrainMode, DrainSettings, HttpDrain, NoPolicies, PolicyLookup, PolicySettings, UpdateMode,
@@ -84,7 +84,7 @@ fn admitter(policies: Arc<dyn PolicyLookup>) -> Admitter {
 }
 
 /// Runs one fixture; returns the outcome and the patched pod (if patched).
-fn run(case: &str, expected: Outcome, policies: Arc<dyn PolicyLookup>) -> Option<Pod> {
+fn run(case: &str, expected: AdmissionOutcome, policies: Arc<dyn PolicyLookup>) -> Option<Pod> {
     let body = std::fs::read(fixtures().join(format!("{case}.json"))).expect("fixture");
     let reviewed = admitter(policies).review(&body).expect("a valid review");
     assert_eq!(reviewed.outcome, expected, "{case}: outcome");
@@ -122,7 +122,7 @@ fn run(case: &str, expected: Outcome, policies: Arc<dyn PolicyLookup>) -> Option
         .expect("review");
     assert_eq!(
         reviewed.outcome,
-        Outcome::AlreadyInjected,
+        AdmissionOutcome::AlreadyInjected,
         "{case}: reinvocation"
     );
     assert!(reviewed.review.response.expect("response").patch.is_none());
@@ -180,7 +180,12 @@ fn has_prestop(pod: &Pod, name: &str) -> bool {
 
 #[test]
 fn single_container() {
-    let pod = run("single_container", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "single_container",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     let web = container(&pod, "web");
     assert_eq!(
         env(web, names::ENV_SOCKET),
@@ -213,7 +218,12 @@ fn single_container() {
 
 #[test]
 fn multi_container_owned_by_a_deployment() {
-    let pod = run("multi_container", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "multi_container",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     assert!(has_prestop(&pod, "web") && has_prestop(&pod, "metrics"));
     assert_eq!(
         annotation(&pod, names::ANNOTATION_POLICY),
@@ -223,7 +233,12 @@ fn multi_container_owned_by_a_deployment() {
 
 #[test]
 fn owner_deployment_resolved_through_the_replicaset_cache() {
-    let pod = run("owner_deployment", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "owner_deployment",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     assert_eq!(
         annotation(&pod, names::ANNOTATION_POLICY),
         Some("deployment-web")
@@ -234,7 +249,7 @@ fn owner_deployment_resolved_through_the_replicaset_cache() {
 fn owner_deployment_when_the_replicaset_is_not_cached_yet() {
     let pod = run(
         "owner_deployment_rs_not_cached",
-        Outcome::Injected,
+        AdmissionOutcome::Injected,
         Arc::new(NoPolicies),
     )
     .expect("patched");
@@ -246,7 +261,12 @@ fn owner_deployment_when_the_replicaset_is_not_cached_yet() {
 
 #[test]
 fn owner_statefulset() {
-    let pod = run("owner_statefulset", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "owner_statefulset",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     assert_eq!(
         annotation(&pod, names::ANNOTATION_POLICY),
         Some("statefulset-db")
@@ -255,7 +275,12 @@ fn owner_statefulset() {
 
 #[test]
 fn owner_daemonset() {
-    let pod = run("owner_daemonset", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "owner_daemonset",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     assert_eq!(
         annotation(&pod, names::ANNOTATION_POLICY),
         Some("daemonset-agent")
@@ -264,7 +289,12 @@ fn owner_daemonset() {
 
 #[test]
 fn namespace_label() {
-    let pod = run("namespace_label", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "namespace_label",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     assert_eq!(
         annotation(&pod, names::ANNOTATION_POLICY),
         Some("job-nightly")
@@ -279,7 +309,12 @@ fn existing_prestop_is_left_alone_and_reported() {
         .expect("review")
         .notice;
     assert_eq!(notice.map(|n| n.containers), Some(vec!["web".to_owned()]));
-    let pod = run("existing_prestop", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "existing_prestop",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     let web = container(&pod, "web");
     let exec = web
         .lifecycle
@@ -306,7 +341,7 @@ fn existing_prestop_is_left_alone_and_reported() {
 fn containers_annotation_narrows_the_selection() {
     let pod = run(
         "containers_annotation",
-        Outcome::Injected,
+        AdmissionOutcome::Injected,
         Arc::new(NoPolicies),
     )
     .expect("patched");
@@ -318,7 +353,7 @@ fn containers_annotation_narrows_the_selection() {
 fn existing_init_containers_volumes_env_and_lifecycle() {
     let pod = run(
         "existing_init_containers",
-        Outcome::Injected,
+        AdmissionOutcome::Injected,
         Arc::new(NoPolicies),
     )
     .expect("patched");
@@ -347,7 +382,12 @@ fn existing_init_containers_volumes_env_and_lifecycle() {
 
 #[test]
 fn pod_security_context_constraints() {
-    let pod = run("security_context", Outcome::Injected, Arc::new(NoPolicies)).expect("patched");
+    let pod = run(
+        "security_context",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
     let sidecar = container(&pod, names::SIDECAR_CONTAINER_NAME);
     let sc = sidecar.security_context.as_ref().expect("sc");
     assert_eq!(sc.run_as_user, Some(65532));
@@ -356,7 +396,12 @@ fn pod_security_context_constraints() {
 
 #[test]
 fn policy_in_initial_mode_sets_the_grace_period_and_drain() {
-    let pod = run("policy_initial", Outcome::Injected, Arc::new(OnePolicy)).expect("patched");
+    let pod = run(
+        "policy_initial",
+        AdmissionOutcome::Injected,
+        Arc::new(OnePolicy),
+    )
+    .expect("patched");
     let spec = pod.spec.as_ref().expect("spec");
     assert_eq!(spec.termination_grace_period_seconds, Some(45));
     assert_eq!(
@@ -378,12 +423,12 @@ fn policy_in_initial_mode_sets_the_grace_period_and_drain() {
 #[test]
 fn not_injected_cases_answer_allowed_without_patch() {
     for (case, outcome) in [
-        ("already_injected", Outcome::AlreadyInjected),
-        ("opt_out", Outcome::OptedOut),
-        ("not_opted_in", Outcome::NotOptedIn),
-        ("non_pod_kind", Outcome::Ignored),
-        ("pod_update", Outcome::Ignored),
-        ("volume_conflict", Outcome::NotApplicable),
+        ("already_injected", AdmissionOutcome::AlreadyInjected),
+        ("opt_out", AdmissionOutcome::OptedOut),
+        ("not_opted_in", AdmissionOutcome::NotOptedIn),
+        ("non_pod_kind", AdmissionOutcome::Ignored),
+        ("pod_update", AdmissionOutcome::Ignored),
+        ("volume_conflict", AdmissionOutcome::NotApplicable),
     ] {
         assert!(
             run(case, outcome, Arc::new(NoPolicies)).is_none(),

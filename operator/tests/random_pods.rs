@@ -2,7 +2,7 @@
 //! cargo-fuzz target): every answer allows, every patch applies, the result is a pod that
 //! a second admission leaves alone. `PROPTEST_CASES=N` runs longer.
 
-use lameduck_operator::webhook::Outcome;
+use lameduck_operator::webhook::AdmissionOutcome;
 use lameduck_operator::webhook::fuzzing::check_review;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -134,7 +134,7 @@ proptest! {
     fn random_pods_keep_the_admission_properties(pod in pod()) {
         let outcome = check_review(&review(pod));
         prop_assert!(outcome.is_some());
-        prop_assert_ne!(outcome, Some(Outcome::Error));
+        prop_assert_ne!(outcome, Some(AdmissionOutcome::Error));
     }
 
     #[test]

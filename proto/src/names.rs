@@ -19,6 +19,17 @@ pub const NAMESPACE_LABEL_INJECT: &str = "lameduck.dev/inject";
 /// The value of [`NAMESPACE_LABEL_INJECT`] that enables injection.
 pub const NAMESPACE_INJECT_ENABLED: &str = "enabled";
 
+/// Environment variable (operator and sidecar): log format, `plain` or `json` (`text` is
+/// accepted for `plain`).
+pub const ENV_LOG_FORMAT: &str = "LAMEDUCK_LOG_FORMAT";
+
+/// The name of the ShutdownPolicy the operator creates for a workload: `<kind>-<name>`,
+/// lowercased (e.g. `deployment-web`, `pod-debug`). The webhook annotates pods with it and
+/// looks the policy up by it first.
+pub fn policy_name(kind: &str, name: &str) -> String {
+    format!("{kind}-{name}").to_lowercase()
+}
+
 /// Name of the injected native sidecar container.
 pub const SIDECAR_CONTAINER_NAME: &str = "lameduck";
 /// Name of the pod-private emptyDir volume shared by the sidecar and the app containers.

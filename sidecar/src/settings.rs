@@ -3,19 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::ValueEnum;
 use lameduck_proto::names;
 
-/// How the deregister phase ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DrainMode {
-    /// Adaptive from SDK activity when an application is connected, else a fixed delay.
-    Auto,
-    /// Always the fixed delay.
-    Delay,
-    /// The fixed delay, then `POST http://127.0.0.1:<port><path>` on the app.
-    Http,
-}
+/// How the deregister phase ends: one definition for the operator, the sidecar and the
+/// ShutdownPolicy spec.
+pub use lameduck_proto::DrainMode;
 
 /// Everything `serve` needs, resolved from flags and environment.
 #[derive(Debug, Clone)]
@@ -89,18 +81,19 @@ pub fn run_dir(dir: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 pub(crate) fn test_settings() -> Settings {
+    use lameduck_proto::DRAIN_DEFAULTS;
     Settings {
         dir: PathBuf::from("/nonexistent"),
         termination_log: PathBuf::from("/nonexistent/log"),
         grace: Duration::from_secs(30),
-        drain_mode: DrainMode::Auto,
-        delay: Duration::from_secs(5),
-        min_delay: Duration::from_secs(1),
-        quiet_period: Duration::from_secs(1),
-        max_delay: Duration::from_secs(15),
+        drain_mode: DRAIN_DEFAULTS.mode,
+        delay: DRAIN_DEFAULTS.delay,
+        min_delay: DRAIN_DEFAULTS.min_delay,
+        quiet_period: DRAIN_DEFAULTS.quiet_period,
+        max_delay: DRAIN_DEFAULTS.max_delay,
         exit_reserve: Duration::from_secs(2),
         http_drain_port: None,
-        http_drain_path: "/drain".into(),
+        http_drain_path: DRAIN_DEFAULTS.http_path.into(),
         drain_budget: None,
         report_max_bytes: lameduck_proto::REPORT_MAX_BYTES,
         install: false,

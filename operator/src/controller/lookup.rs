@@ -5,12 +5,11 @@ use std::future::Future;
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
+use lameduck_proto::names;
 
-use crate::api::{self, ShutdownPolicy};
+use crate::api::ShutdownPolicy;
 use crate::watches::{self, Reflected};
-use crate::webhook::policy::{
-    DrainMode, DrainSettings, HttpDrain, PolicyLookup, PolicySettings, UpdateMode, WorkloadRef,
-};
+use crate::webhook::policy::{DrainSettings, HttpDrain, PolicyLookup, PolicySettings, WorkloadRef};
 
 /// An in-memory index of every ShutdownPolicy, kept current by the replica's one watch of
 /// ShutdownPolicies (see [`crate::watches`]). Cheap to clone.
@@ -60,7 +59,7 @@ impl PolicyIndex {
             policy.spec.target_ref.kind.eq_ignore_ascii_case(kind)
                 && policy.spec.target_ref.name == name
         };
-        let by_name = format!("{kind}-{name}").to_lowercase();
+        let by_name = names::policy_name(kind, name);
         let store = self.reflected.store();
         if let Some(policy) = store.get(&ObjectRef::new(&by_name).within(namespace))
             && targets(&policy)
@@ -98,19 +97,12 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
         (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
-        update_mode: match spec.update_mode {
-            api::UpdateMode::Off => UpdateMode::Off,
-            api::UpdateMode::Initial => UpdateMode::Initial,
-        },
+        update_mode: spec.update_mode,
         recommended_grace_seconds: recommendation
             .and_then(|r| r.grace_period_seconds)
             .map(i64::from),
         drain: Some(DrainSettings {
-            mode: match spec.drain.mode {
-                api::DrainMode::Auto => DrainMode::Auto,
-                api::DrainMode::Delay => DrainMode::Delay,
-                api::DrainMode::Http => DrainMode::Http,
-            },
+            mode: spec.drain.mode,
             delay_millis: u64::from(spec.drain.delay_seconds) * 1000,
             min_delay_millis: min_delay_millis.min(u64::from(spec.drain.max_delay_seconds) * 1000),
             quiet_period_millis: u64::from(spec.drain.quiet_period_millis),

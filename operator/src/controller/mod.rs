@@ -29,7 +29,8 @@ use kube::runtime::reflector;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
-use lameduck_proto::names::{NAMESPACE_INJECT_ENABLED, NAMESPACE_LABEL_INJECT};
+use lameduck_proto::names::NAMESPACE_LABEL_INJECT;
+use lameduck_proto::opt_in;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -491,8 +492,9 @@ impl Context {
             store
                 .get(&reflector::ObjectRef::new(namespace))
                 .is_some_and(|ns| {
-                    ns.labels().get(NAMESPACE_LABEL_INJECT).map(String::as_str)
-                        == Some(NAMESPACE_INJECT_ENABLED)
+                    opt_in::namespace_label_enables(
+                        ns.labels().get(NAMESPACE_LABEL_INJECT).map(String::as_str),
+                    )
                 })
         })
     }

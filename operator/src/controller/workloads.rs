@@ -14,13 +14,13 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::{Resource, ResourceExt, Selector};
 use kube::runtime::controller::Action;
 use kube::{Api, Client};
-use lameduck_proto::names::{ANNOTATION_INJECT, LABEL_INJECTED};
+use lameduck_proto::names::{self, ANNOTATION_INJECT, LABEL_INJECTED};
+use lameduck_proto::opt_in;
 
 use super::record::TargetIdentity;
 use super::{Context, Error, Result};
 use crate::api::{PodCounts, ShutdownPolicy, ShutdownPolicySpec, TargetRef};
 use crate::watches::{Reflected, Watches};
-use crate::webhook::decide::flag;
 
 /// How often a workload is looked at again without any change (pod counts drift).
 const RECHECK: Duration = Duration::from_secs(300);
@@ -86,15 +86,20 @@ workload!(DaemonSet, daemon_sets, "daemonsets");
 /// Whether the workload's pods are injected, in the webhook's order (docs/tuning.md,
 /// "Which workloads get a policy"): `lameduck.dev/inject` on the pod template, then on the
 /// workload (`"true"` or `"false"`, case and surrounding blanks ignored), then the
-/// namespace's `lameduck.dev/inject=enabled` label (`namespace_enabled`).
+/// namespace's `lameduck.dev/inject=enabled` label (`namespace_enabled`). The rule is the
+/// webhook's own ([`opt_in::choose`]): a workload gets a policy exactly when its new pods
+/// get the sidecar.
 pub fn opted_in<W: Workload>(workload: &W, namespace_enabled: bool) -> bool {
-    let template = flag(
-        workload
-            .template_annotations()
-            .and_then(|a| a.get(ANNOTATION_INJECT)),
-    );
-    let own = flag(workload.annotations().get(ANNOTATION_INJECT));
-    template.or(own).unwrap_or(namespace_enabled)
+    let template = workload
+        .template_annotations()
+        .and_then(|a| a.get(ANNOTATION_INJECT));
+    let own = workload.annotations().get(ANNOTATION_INJECT);
+    opt_in::choose(
+        template.map(String::as_str),
+        own.map(String::as_str),
+        namespace_enabled,
+    )
+    .injects()
 }
 
 /// The owner reference a policy gets to its workload (garbage-collected with it).
@@ -109,7 +114,7 @@ pub fn new_policy<W: Workload>(workload: &W) -> Option<ShutdownPolicy> {
     let kind = W::kind(&()).to_string();
     let name = workload.meta().name.clone()?;
     let mut policy = ShutdownPolicy::new(
-        &format!("{kind}-{name}").to_lowercase(),
+        &names::policy_name(&kind, &name),
         ShutdownPolicySpec {
             target_ref: TargetRef {
                 api_version: W::api_version(&()).to_string(),

@@ -108,10 +108,12 @@ pub struct DeregisterSettings {
 }
 
 impl Default for DeregisterSettings {
+    /// The limits of the drain defaults (a policy without `spec.drain`).
     fn default() -> Self {
+        use lameduck_proto::{DRAIN_DEFAULTS, drain::millis};
         Self {
-            min_delay_ms: 1_000,
-            max_delay_ms: 15_000,
+            min_delay_ms: millis(DRAIN_DEFAULTS.min_delay),
+            max_delay_ms: millis(DRAIN_DEFAULTS.max_delay),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::policy::{PolicyLookup, WorkloadRef};
 
 /// How one admission request ended; the label of the `outcome` metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum AdmissionOutcome {
     /// The pod got the sidecar.
     Injected,
     /// The pod already had the sidecar (reinvocation).
@@ -31,17 +31,17 @@ pub enum Outcome {
     Error,
 }
 
-impl Outcome {
+impl AdmissionOutcome {
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Injected => "injected",
-            Outcome::AlreadyInjected => "already_injected",
-            Outcome::NotOptedIn => "not_opted_in",
-            Outcome::OptedOut => "opted_out",
-            Outcome::NotApplicable => "not_applicable",
-            Outcome::Ignored => "ignored",
-            Outcome::Error => "error",
+            AdmissionOutcome::Injected => "injected",
+            AdmissionOutcome::AlreadyInjected => "already_injected",
+            AdmissionOutcome::NotOptedIn => "not_opted_in",
+            AdmissionOutcome::OptedOut => "opted_out",
+            AdmissionOutcome::NotApplicable => "not_applicable",
+            AdmissionOutcome::Ignored => "ignored",
+            AdmissionOutcome::Error => "error",
         }
     }
 }
@@ -79,7 +79,7 @@ pub struct Reviewed {
     /// The AdmissionReview to send back.
     pub review: AdmissionReview<DynamicObject>,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: AdmissionOutcome,
     /// Something worth an Event.
     pub notice: Option<SkippedNotice>,
 }
@@ -130,19 +130,31 @@ impl Admitter {
     pub fn admit(
         &self,
         request: &AdmissionRequest<DynamicObject>,
-    ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
+    ) -> (AdmissionResponse, AdmissionOutcome, Option<SkippedNotice>) {
         if !is_pod_create(request) {
-            return (AdmissionResponse::from(request), Outcome::Ignored, None);
+            return (
+                AdmissionResponse::from(request),
+                AdmissionOutcome::Ignored,
+                None,
+            );
         }
         let pod = match request.object.as_ref().map(pod_from_dynamic) {
             Some(Ok(pod)) => pod,
             Some(Err(error)) => {
                 tracing::warn!(uid = %request.uid, %error, "pod in AdmissionReview does not decode; admitted without injection");
-                return (AdmissionResponse::from(request), Outcome::Error, None);
+                return (
+                    AdmissionResponse::from(request),
+                    AdmissionOutcome::Error,
+                    None,
+                );
             }
             None => {
                 tracing::warn!(uid = %request.uid, "pod CREATE without object; admitted without injection");
-                return (AdmissionResponse::from(request), Outcome::Error, None);
+                return (
+                    AdmissionResponse::from(request),
+                    AdmissionOutcome::Error,
+                    None,
+                );
             }
         };
         self.admit_pod(request, &pod)
@@ -153,14 +165,14 @@ impl Admitter {
         &self,
         request: &AdmissionRequest<T>,
         pod: &Pod,
-    ) -> (AdmissionResponse, Outcome, Option<SkippedNotice>) {
+    ) -> (AdmissionResponse, AdmissionOutcome, Option<SkippedNotice>) {
         let response = AdmissionResponse::from(request);
         // The API server always sends a name or a generateName; without either the
         // object may lack `metadata` entirely, where the patch's `add /metadata/labels`
         // would not apply. Such a pod cannot be created anyway: leave it alone.
         let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
         if !named(&pod.metadata.name) && !named(&pod.metadata.generate_name) {
-            return (response, Outcome::NotApplicable, None);
+            return (response, AdmissionOutcome::NotApplicable, None);
         }
         let namespace = request
             .namespace
@@ -174,8 +186,8 @@ impl Admitter {
                 workload_uid,
                 ..
             } => (workload, workload_uid),
-            Decision::OptedOut => return (response, Outcome::OptedOut, None),
-            Decision::NotOptedIn => return (response, Outcome::NotOptedIn, None),
+            Decision::OptedOut => return (response, AdmissionOutcome::OptedOut, None),
+            Decision::NotOptedIn => return (response, AdmissionOutcome::NotOptedIn, None),
         };
         let policy = self
             .policies
@@ -195,12 +207,14 @@ impl Admitter {
         };
         let injection = match build_patch(pod, &plan) {
             PatchOutcome::Injected(injection) => injection,
-            PatchOutcome::AlreadyInjected => return (response, Outcome::AlreadyInjected, None),
+            PatchOutcome::AlreadyInjected => {
+                return (response, AdmissionOutcome::AlreadyInjected, None);
+            }
             PatchOutcome::NotApplicable(reason) => {
                 tracing::info!(%namespace, %workload, %reason, "opted-in pod not injected");
                 let response =
                     with_warnings(response, vec![format!("lameduck: not injected: {reason}")]);
-                return (response, Outcome::NotApplicable, None);
+                return (response, AdmissionOutcome::NotApplicable, None);
             }
         };
 
@@ -226,10 +240,14 @@ impl Admitter {
             }
         });
         match response.clone().with_patch(injection.patch) {
-            Ok(patched) => (with_warnings(patched, warnings), Outcome::Injected, notice),
+            Ok(patched) => (
+                with_warnings(patched, warnings),
+                AdmissionOutcome::Injected,
+                notice,
+            ),
             Err(error) => {
                 tracing::warn!(%namespace, %workload, %error, "patch does not serialize; admitted without injection");
-                (response, Outcome::Error, None)
+                (response, AdmissionOutcome::Error, None)
             }
         }
     }

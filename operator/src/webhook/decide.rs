@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lameduck_proto::names;
+use lameduck_proto::opt_in::{self, InjectChoice};
 
 use super::policy::WorkloadRef;
 
@@ -63,16 +64,8 @@ impl MetadataIndex for EmptyIndex {
     }
 }
 
-/// Why a pod is injected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OptIn {
-    /// The pod template's annotation.
-    Pod,
-    /// The owning workload's annotation.
-    Workload,
-    /// The namespace label.
-    Namespace,
-}
+/// Why a pod is injected: the precedence is shared with the operator's workload adoption.
+pub use lameduck_proto::opt_in::OptIn;
 
 /// The opt-in decision for one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,55 +83,27 @@ pub enum Decision {
 }
 
 /// Decides whether the pod is injected: first match wins — the pod's `lameduck.dev/inject`
-/// annotation, then its workload's, then the namespace label `lameduck.dev/inject=enabled`.
+/// annotation, then its workload's, then the namespace label `lameduck.dev/inject=enabled`
+/// ([`opt_in::choose`]).
 pub fn decide(pod: &ObjectMeta, namespace: &str, index: &dyn MetadataIndex) -> Decision {
-    match flag(
-        pod.annotations
-            .as_ref()
-            .and_then(|a| a.get(names::ANNOTATION_INJECT)),
-    ) {
-        Some(false) => return Decision::OptedOut,
-        Some(true) => {
-            let (workload, meta) = resolve_workload(pod, namespace, index);
-            let workload_uid = meta.and_then(|m| m.uid);
-            return Decision::Inject {
-                reason: OptIn::Pod,
-                workload,
-                workload_uid,
-            };
-        }
-        None => {}
-    }
+    let pod_annotation = pod
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(names::ANNOTATION_INJECT))
+        .map(String::as_str);
     let (workload, meta) = resolve_workload(pod, namespace, index);
-    let workload_uid = meta.as_ref().and_then(|m| m.uid.clone());
-    match flag(meta.as_ref().and_then(|m| m.inject.as_ref())) {
-        Some(false) => return Decision::OptedOut,
-        Some(true) => {
-            return Decision::Inject {
-                reason: OptIn::Workload,
-                workload,
-                workload_uid,
-            };
-        }
-        None => {}
-    }
-    match index.namespace_label(namespace) {
-        Some(v) if v == names::NAMESPACE_INJECT_ENABLED => Decision::Inject {
-            reason: OptIn::Namespace,
+    let workload_annotation = meta.as_ref().and_then(|m| m.inject.as_deref());
+    let namespace_enabled =
+        opt_in::namespace_label_enables(index.namespace_label(namespace).as_deref());
+    let choice = opt_in::choose(pod_annotation, workload_annotation, namespace_enabled);
+    match choice {
+        InjectChoice::Inject(reason) => Decision::Inject {
+            reason,
             workload,
-            workload_uid,
+            workload_uid: meta.and_then(|m| m.uid),
         },
-        _ => Decision::NotOptedIn,
-    }
-}
-
-/// An opt-in annotation's value: `"true"` / `"false"`, case and surrounding blanks ignored;
-/// anything else says nothing. Workload adoption reads the annotations the same way.
-pub(crate) fn flag(value: Option<&String>) -> Option<bool> {
-    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        _ => None,
+        InjectChoice::OptedOut => Decision::OptedOut,
+        InjectChoice::NotOptedIn => Decision::NotOptedIn,
     }
 }
 

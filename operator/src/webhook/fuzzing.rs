@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use lameduck_proto::names;
 use serde_json::Value;
 
-use super::admission::{Admitter, Outcome};
+use super::admission::{AdmissionOutcome, Admitter};
 use super::decide::{MetaSummary, MetadataIndex};
 use super::patch::InjectionConfig;
 use super::policy::NoPolicies;
@@ -34,7 +34,7 @@ fn admitter() -> Admitter {
 }
 
 /// Checks the property for one body; returns the outcome (`None`: rejected as malformed).
-pub fn check_review(body: &[u8]) -> Option<Outcome> {
+pub fn check_review(body: &[u8]) -> Option<AdmissionOutcome> {
     let admitter = admitter();
     let reviewed = admitter.review(body).ok()?;
     let response = reviewed
@@ -46,7 +46,7 @@ pub fn check_review(body: &[u8]) -> Option<Outcome> {
     let Some(patch) = response.patch.as_ref() else {
         assert_ne!(
             reviewed.outcome,
-            Outcome::Injected,
+            AdmissionOutcome::Injected,
             "injected without a patch"
         );
         return Some(reviewed.outcome);
@@ -74,7 +74,7 @@ pub fn check_review(body: &[u8]) -> Option<Outcome> {
     let second = admitter.review(&body).expect("the patched review decodes");
     assert_eq!(
         second.outcome,
-        Outcome::AlreadyInjected,
+        AdmissionOutcome::AlreadyInjected,
         "reinvocation leaves the pod alone"
     );
     Some(reviewed.outcome)

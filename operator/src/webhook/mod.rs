@@ -14,6 +14,6 @@ pub mod patch;
 pub mod policy;
 pub mod server;
 
-pub use admission::{Admitter, Outcome};
+pub use admission::{AdmissionOutcome, Admitter};
 pub use patch::InjectionConfig;
 pub use policy::{NoPolicies, PolicyLookup};

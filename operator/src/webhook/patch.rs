@@ -11,13 +11,14 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use lameduck_proto::names;
+use lameduck_proto::{AppEnv, SidecarEnv, names};
 use serde_json::{Value, json};
 
-use super::policy::{DrainMode, DrainSettings};
+use super::policy::DrainSettings;
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
-pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+// The sidecar assumes the same when it is not told; 30 always fits an i64.
+pub const DEFAULT_GRACE_SECONDS: i64 = lameduck_proto::env::DEFAULT_GRACE_SECONDS as i64;
 /// UID and GID the sidecar runs as (the distroless `nonroot` user).
 pub const SIDECAR_UID: i64 = 65532;
 /// `sizeLimit` of the shared emptyDir volume.
@@ -290,18 +291,17 @@ fn patch_app_container(
     }
 
     let existing = container.env.as_deref().unwrap_or_default();
-    let grace = grace_seconds.to_string();
-    let fallback = fallback_delay_millis.to_string();
-    let env: Vec<Value> = [
-        (names::ENV_SOCKET, names::POD_APP_SOCKET_PATH),
-        (names::ENV_CONTAINER, container.name.as_str()),
-        (names::ENV_GRACE_SECONDS, grace.as_str()),
-        (names::ENV_FALLBACK_DELAY_MILLIS, fallback.as_str()),
-    ]
-    .into_iter()
-    .filter(|(name, _)| !existing.iter().any(|e| e.name == *name))
-    .map(|(name, value)| json!({"name": name, "value": value}))
-    .collect();
+    let app_env = AppEnv {
+        container: container.name.clone(),
+        grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
+        fallback_delay_millis,
+    };
+    let env: Vec<Value> = app_env
+        .to_env()
+        .into_iter()
+        .filter(|(name, _)| !existing.iter().any(|e| e.name == *name))
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
     match container.env {
         Some(_) => {
             for var in env {
@@ -368,37 +368,21 @@ pub fn sidecar_container(
     report_max_bytes: usize,
 ) -> Container {
     let config = plan.config;
-    let drain = plan.drain;
-    let mut env = vec![
-        field_env(names::ENV_POD_NAME, "metadata.name"),
-        field_env(names::ENV_POD_NAMESPACE, "metadata.namespace"),
-        value_env(names::ENV_GRACE_SECONDS, grace_seconds.to_string()),
-        value_env(names::ENV_DRAIN_MODE, drain.mode.as_env().to_owned()),
-        value_env(names::ENV_DELAY_MILLIS, drain.delay_millis.to_string()),
-        value_env(
-            names::ENV_MIN_DELAY_MILLIS,
-            drain.min_delay_millis.to_string(),
-        ),
-        value_env(
-            names::ENV_QUIET_PERIOD_MILLIS,
-            drain.quiet_period_millis.to_string(),
-        ),
-        value_env(
-            names::ENV_MAX_DELAY_MILLIS,
-            drain.max_delay_millis.to_string(),
-        ),
-        value_env(names::ENV_REPORT_MAX_BYTES, report_max_bytes.to_string()),
-    ];
-    if let Some(budget) = drain.budget_millis {
-        env.push(value_env(
-            names::ENV_DRAIN_BUDGET_MILLIS,
-            budget.to_string(),
-        ));
-    }
-    if let (DrainMode::Http, Some(http)) = (drain.mode, drain.http.as_ref()) {
-        env.push(value_env(names::ENV_HTTP_DRAIN_PORT, http.port.to_string()));
-        env.push(value_env(names::ENV_HTTP_DRAIN_PATH, http.path.clone()));
-    }
+    let contract = SidecarEnv {
+        grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
+        drain: plan.drain.clone(),
+        report_max_bytes,
+    };
+    let env = SidecarEnv::FIELD_REFS
+        .iter()
+        .map(|(name, field_path)| field_env(name, field_path))
+        .chain(
+            contract
+                .to_env()
+                .into_iter()
+                .map(|(name, value)| value_env(name, value)),
+        )
+        .collect();
     let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
         pairs
             .iter()
@@ -570,6 +554,84 @@ mod tests {
                     app.name
                 );
             }
+        }
+    }
+
+    /// The sidecar reads its settings with [`SidecarEnv::from_env`]: what it reads from the
+    /// env the webhook wrote must be exactly the plan's drain settings, the pod's grace
+    /// period and its report budget, and nothing may be written that it does not read.
+    #[test]
+    fn the_sidecar_reads_back_exactly_what_the_webhook_wrote() {
+        use lameduck_proto::HttpDrain;
+        use lameduck_proto::drain::DrainMode;
+
+        let config = InjectionConfig::default();
+        let http = DrainSettings {
+            mode: DrainMode::Http,
+            delay_millis: 2_500,
+            min_delay_millis: 3_500,
+            quiet_period_millis: 700,
+            max_delay_millis: 20_000,
+            http: Some(HttpDrain {
+                port: 8081,
+                path: "/admin/drain".into(),
+            }),
+            budget_millis: Some(4_200),
+        };
+        for (drain, grace_override) in [
+            (DrainSettings::default(), None),
+            (http, Some(41)),
+            (
+                DrainSettings {
+                    mode: DrainMode::Delay,
+                    ..DrainSettings::default()
+                },
+                Some(12),
+            ),
+        ] {
+            let pod = patched(&web_pod(), &plan(&config, &drain, grace_override));
+            let sidecar = sidecar(&pod);
+            let written: Vec<(String, String)> = sidecar
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect();
+            for (name, _) in &written {
+                assert!(
+                    SidecarEnv::NAMES.contains(&name.as_str()),
+                    "{name} is written but the sidecar never reads it"
+                );
+            }
+            let field_refs: Vec<(String, String)> = sidecar
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    let field = e.value_from.as_ref()?.field_ref.as_ref()?;
+                    Some((e.name.clone(), field.field_path.clone()))
+                })
+                .collect();
+            assert_eq!(
+                field_refs,
+                SidecarEnv::FIELD_REFS.map(|(n, f)| (n.to_owned(), f.to_owned()))
+            );
+            let read = SidecarEnv::from_env(|name| {
+                written
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .expect("the sidecar parses what the webhook wrote");
+            let containers = pod.spec.as_ref().unwrap().containers.len();
+            assert_eq!(
+                read,
+                SidecarEnv {
+                    grace_seconds: grace_override.map_or(30, |g| g as u64),
+                    drain: drain.clone(),
+                    report_max_bytes: lameduck_proto::report_budget(containers + 2),
+                }
+            );
         }
     }
 
