@@ -11,6 +11,7 @@ pub mod api;
 pub mod certs;
 pub mod cleanup;
 pub mod cli;
+pub mod client_metrics;
 pub mod controller;
 pub mod inject;
 pub mod metrics;

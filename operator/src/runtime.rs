@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::{CertFiles, CertManager, CertPolicy, CertResolver};
 use crate::cli::RunArgs;
+use crate::client_metrics::ClientMetrics;
 use crate::controller::{self, ControllerConfig, ControllerMetrics};
 use crate::metrics::Metrics;
 use crate::watches::{Change, Watches};
@@ -116,15 +117,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         injection,
     } = args;
     let config = Arc::new(injection.config()?);
-    let client = kube::Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let client_metrics = metrics
+        .with_registry(ClientMetrics::register)
+        .unwrap_or_default();
+    let kube_config = kube::Config::infer()
         .await
-        .context("connecting to the API server")?;
+        .context("reading the API server's configuration")?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .context("connecting to the API server")?
+        .with_layer(&client_metrics)
+        .build();
     let mut tasks = Supervisor::default();
     // Cancelled after the shutdown delay: the servers stop accepting, the loops stop.
     let stop = CancellationToken::new();
     // Cancelled at the first signal: the controller hands over its lease.
     let hand_over = CancellationToken::new();
-    let metrics = Arc::new(Metrics::default());
     let resolver = Arc::new(CertResolver::default());
 
     // Certificates: external files, or self-managed in a Secret.
