@@ -234,7 +234,8 @@ async fn d1_leader_failover_during_a_rollout_under_load() {
         kubectl(&["rollout", "restart", "-n", &ns, "deployment/lf"])?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let holder = lease_holder()?;
-        // A crash, not a shutdown: the pod goes at once and cannot release the Lease.
+        // The API object goes at once; the kubelet still sends SIGTERM with a 2 s grace, and
+        // the operator hands the Lease over at SIGTERM (after a last status write).
         kubectl(&[
             "delete", "pod", "-n", SYSTEM_NS, &holder, "--grace-period=0", "--force",
         ])?;
