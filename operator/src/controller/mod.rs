@@ -6,24 +6,24 @@
 //! ([`crate::watches::Watches`]) are started first, on every replica; [`run`] subscribes
 //! to them when it wins the lease.
 
+mod adopt;
+pub mod book;
 pub mod lookup;
+pub mod metrics;
 pub mod pods;
 pub mod record;
 pub mod workloads;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::reflector::Store;
@@ -31,19 +31,16 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use lameduck_proto::names::NAMESPACE_LABEL_INJECT;
 use lameduck_proto::opt_in;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
+pub use book::{PolicyKey, StatusBook};
 pub use lookup::PolicyIndex;
+pub use metrics::{
+    ControllerLabels, ControllerMetrics, ErrorLabels, PolicyLabels, RESTARTS_OMITTED, RestartLabels,
+};
 pub use record::PolicyRecord;
 
-use crate::observe::Observation;
-use crate::watches::{Change, Watches};
-use lameduck_proto::Outcome;
+use crate::watches::Watches;
+use book::FOLLOWER_RETENTION;
 use tokio_util::sync::CancellationToken;
 
 /// Field manager of the operator's writes.
@@ -79,132 +76,6 @@ pub enum Error {
 /// The controller's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A policy's namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PolicyKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl PolicyKey {
-    fn labels(&self) -> PolicyLabels {
-        PolicyLabels {
-            namespace: self.namespace.clone(),
-            policy: self.name.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for PolicyKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The leader's working copies of the policies' statuses.
-#[derive(Debug, Default)]
-pub struct StatusBook {
-    records: HashMap<PolicyKey, PolicyRecord>,
-}
-
-impl StatusBook {
-    /// The record of one policy, created empty (it loads the status at the next write).
-    pub fn entry(&mut self, namespace: String, name: String) -> &mut PolicyRecord {
-        self.records
-            .entry(PolicyKey { namespace, name })
-            .or_default()
-    }
-
-    /// Drops queued observations of pods that finished before `unix_ms`, and the records
-    /// left with nothing (followers: they only queue).
-    pub fn prune_before(&mut self, unix_ms: i64) {
-        self.records.retain(|_, record| {
-            record.prune_before(unix_ms);
-            record.is_loaded() || record.has_pending()
-        });
-    }
-
-    /// Forgets the queued counts of unobserved pods (on taking the lease).
-    pub fn forget_unobserved(&mut self) {
-        for record in self.records.values_mut() {
-            record.forget_unobserved();
-        }
-    }
-
-    /// Forgets what describes objects that are gone: everything in a namespace being
-    /// deleted, the record of a policy that no longer exists (what it queued included), and
-    /// observations that waited [`FOLLOWER_RETENTION`] for a policy that never appeared.
-    pub fn retain(
-        &mut self,
-        exists: impl Fn(&PolicyKey) -> bool,
-        namespace_terminating: impl Fn(&str) -> bool,
-        now_unix_ms: i64,
-    ) {
-        self.records.retain(|key, record| {
-            if namespace_terminating(&key.namespace) {
-                return false;
-            }
-            if exists(key) {
-                return true;
-            }
-            if record.is_loaded() || record.is_closing() {
-                return false;
-            }
-            record.prune_before(now_unix_ms - FOLLOWER_RETENTION.as_millis() as i64);
-            record.has_pending_observations()
-        });
-    }
-
-    /// Number of policies with a record (the memory the book holds).
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether no policy has a record.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-}
-
-/// Label set of the per-policy metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabels {
-    /// The policy's namespace.
-    pub namespace: String,
-    /// The policy's name.
-    pub policy: String,
-}
-
-/// Label set of the container-restart shutdown counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RestartLabels {
-    /// The policy's namespace.
-    pub namespace: String,
-    /// The policy's name.
-    pub policy: String,
-    /// How the container's applications finished (`acked`, `timeout`, …; `omitted` for
-    /// restarts the report left out to fit its byte budget).
-    pub outcome: &'static str,
-}
-
-/// Label set of the reconcile duration histogram.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
-    /// `deployments`, `statefulsets`, `daemonsets` (adoption) or `status` (the writer).
-    pub controller: &'static str,
-}
-
-/// Label set of the error counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    /// As in [`ControllerLabels`].
-    pub controller: &'static str,
-    /// What failed: [`Error::kind`].
-    pub kind: &'static str,
-}
-
 impl Error {
     /// A short name of what failed, for the error counter: `api_<status code>` for an
     /// answer of the API server, `api` for other client errors, `lease`, `lost_lease`,
@@ -228,175 +99,6 @@ impl Error {
             Self::Lease(_) => "lease",
             Self::LostLease => "lost_lease",
             Self::MissingField(_) => "missing_field",
-        }
-    }
-}
-
-/// The controller's metrics.
-#[derive(Debug, Clone)]
-pub struct ControllerMetrics {
-    /// Observed shutdowns, per policy.
-    pub observations: Family<PolicyLabels, Counter>,
-    /// Pods SIGKILLed at their own deadline, per policy.
-    pub kills: Family<PolicyLabels, Counter>,
-    /// Shutdowns whose application did not acknowledge before the sidecar's deadline
-    /// (within the pod's own grace period), per policy.
-    pub timeouts: Family<PolicyLabels, Counter>,
-    /// Container-level shutdowns followed by a restart of the container, per policy and
-    /// outcome.
-    pub container_restart_shutdowns: Family<RestartLabels, Counter>,
-    /// Terminating pods that disappeared unobserved, per policy.
-    pub unobserved: Family<PolicyLabels, Counter>,
-    /// The applied grace-period recommendation, per policy.
-    pub recommendation: Family<PolicyLabels, Gauge>,
-    /// Terminating injected pods being followed.
-    pub terminating: Gauge,
-    /// Reconcile and status-write errors, by controller and kind of error.
-    pub errors: Family<ErrorLabels, Counter>,
-    /// Time a reconcile (adoption) or a status-write pass takes, by controller.
-    pub reconcile_duration: Family<ControllerLabels, Histogram>,
-    /// Status patches sent.
-    pub status_patches: Counter,
-}
-
-impl Default for ControllerMetrics {
-    fn default() -> Self {
-        Self {
-            observations: Family::default(),
-            kills: Family::default(),
-            timeouts: Family::default(),
-            container_restart_shutdowns: Family::default(),
-            unobserved: Family::default(),
-            recommendation: Family::default(),
-            terminating: Gauge::default(),
-            errors: Family::default(),
-            // 1 ms … ~16 s: a reconcile is one or two API calls, a status pass one patch per
-            // policy with news.
-            reconcile_duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 15))
-            }),
-            status_patches: Counter::default(),
-        }
-    }
-}
-
-impl ControllerMetrics {
-    /// Creates the metrics and registers them (prefix of the registry applies).
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "observations",
-            "Observed pod shutdowns, per ShutdownPolicy",
-            metrics.observations.clone(),
-        );
-        registry.register(
-            "kills",
-            "Pods SIGKILLed at their deadline, per ShutdownPolicy",
-            metrics.kills.clone(),
-        );
-        registry.register(
-            "timeouts",
-            "Shutdowns whose application did not acknowledge before the sidecar's deadline, per ShutdownPolicy",
-            metrics.timeouts.clone(),
-        );
-        registry.register(
-            "container_restart_shutdowns",
-            "Container-level shutdowns followed by a restart of the container (not pod deletions), per ShutdownPolicy and outcome",
-            metrics.container_restart_shutdowns.clone(),
-        );
-        registry.register(
-            "unobserved",
-            "Terminating pods that disappeared unobserved, per ShutdownPolicy",
-            metrics.unobserved.clone(),
-        );
-        registry.register(
-            "recommended_grace_period_seconds",
-            "Recommended terminationGracePeriodSeconds, per ShutdownPolicy",
-            metrics.recommendation.clone(),
-        );
-        registry.register(
-            "terminating_pods",
-            "Terminating injected pods being followed",
-            metrics.terminating.clone(),
-        );
-        registry.register(
-            "controller_errors",
-            "Reconcile and status-write errors, by controller and kind of error",
-            metrics.errors.clone(),
-        );
-        registry.register(
-            "controller_reconcile_duration_seconds",
-            "Time a reconcile (adoption) or a status-write pass takes, by controller",
-            metrics.reconcile_duration.clone(),
-        );
-        registry.register(
-            "status_patches",
-            "ShutdownPolicy status patches sent",
-            metrics.status_patches.clone(),
-        );
-        metrics
-    }
-}
-
-impl ControllerMetrics {
-    /// Drops the per-policy series of a deleted policy, so that a cluster with changing
-    /// workloads does not accumulate series of policies long gone.
-    pub fn forget_policy(&self, namespace: &str, policy: &str) {
-        let labels = PolicyLabels {
-            namespace: namespace.to_owned(),
-            policy: policy.to_owned(),
-        };
-        self.observations.remove(&labels);
-        self.kills.remove(&labels);
-        self.timeouts.remove(&labels);
-        self.unobserved.remove(&labels);
-        self.recommendation.remove(&labels);
-        for outcome in RESTART_OUTCOMES {
-            self.container_restart_shutdowns.remove(&RestartLabels {
-                namespace: namespace.to_owned(),
-                policy: policy.to_owned(),
-                outcome: outcome.as_str(),
-            });
-        }
-        self.container_restart_shutdowns.remove(&RestartLabels {
-            namespace: namespace.to_owned(),
-            policy: policy.to_owned(),
-            outcome: RESTARTS_OMITTED,
-        });
-    }
-}
-
-/// Every outcome a restart record can carry (the label values of the restart counter).
-const RESTART_OUTCOMES: [Outcome; 7] = [
-    Outcome::Acked,
-    Outcome::Timeout,
-    Outcome::NoApp,
-    Outcome::AppError,
-    Outcome::Disconnected,
-    Outcome::NoPrestop,
-    Outcome::Unknown,
-];
-
-/// The outcome label of restarts the report left out to fit its byte budget.
-pub const RESTARTS_OMITTED: &str = "omitted";
-
-impl ControllerMetrics {
-    /// Counts the container restarts an observation reports, by outcome.
-    pub fn count_container_restarts(&self, key: &PolicyKey, observation: &Observation) {
-        let omitted = (observation.container_restarts_omitted > 0)
-            .then_some((RESTARTS_OMITTED, observation.container_restarts_omitted));
-        let reported = observation
-            .container_restarts
-            .iter()
-            .map(|(_, outcome)| (outcome.as_str(), 1));
-        for (outcome, count) in reported.chain(omitted) {
-            self.container_restart_shutdowns
-                .get_or_create(&RestartLabels {
-                    namespace: key.namespace.clone(),
-                    policy: key.name.clone(),
-                    outcome,
-                })
-                .inc_by(count);
         }
     }
 }
@@ -661,9 +363,9 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
     if watches.wait_until_ready().await.is_err() {
         return;
     }
-    let deployments = adopt::<Deployment>(ctx.clone(), &watches);
-    let statefulsets = adopt::<StatefulSet>(ctx.clone(), &watches);
-    let daemonsets = adopt::<DaemonSet>(ctx.clone(), &watches);
+    let deployments = adopt::adopt::<Deployment>(ctx.clone(), &watches);
+    let statefulsets = adopt::adopt::<StatefulSet>(ctx.clone(), &watches);
+    let daemonsets = adopt::adopt::<DaemonSet>(ctx.clone(), &watches);
     let writer = async {
         let mut ticks = tokio::time::interval(status_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -674,7 +376,7 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
             ctx.metrics
                 .reconcile_duration
                 .get_or_create(&ControllerLabels {
-                    controller: STATUS_CONTROLLER,
+                    controller: adopt::STATUS_CONTROLLER,
                 })
                 .observe(started.elapsed().as_secs_f64());
             match written {
@@ -685,7 +387,7 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
                     ctx.metrics
                         .errors
                         .get_or_create(&ErrorLabels {
-                            controller: STATUS_CONTROLLER,
+                            controller: adopt::STATUS_CONTROLLER,
                             kind: error.kind(),
                         })
                         .inc();
@@ -705,99 +407,6 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
         }
     };
     tokio::join!(deployments, statefulsets, daemonsets, writer);
-}
-
-/// How long a follower keeps an observation: the leader records observations every few
-/// seconds, so anything older was recorded by it (or its successor saw it as a follower).
-const FOLLOWER_RETENTION: Duration = Duration::from_secs(120);
-
-/// Reconciles of one workload kind that may run at once.
-const RECONCILE_CONCURRENCY: u16 = 4;
-
-/// Adoption of one workload kind, triggered by the replica's watches (subscribed now: the
-/// first pass reconciles every workload the store already holds).
-async fn adopt<W: workloads::Workload>(ctx: Arc<Context>, watches: &Watches) {
-    let workloads = W::reflected(watches);
-    let reader = workloads.store();
-    // A deleted workload's remaining shutdowns are not recorded (its record closes).
-    let trigger = {
-        let ctx = ctx.clone();
-        workloads.subscribe().filter_map(move |change| {
-            std::future::ready(match change {
-                Change::Applied(workload) => Some(workload),
-                Change::Deleted(workload) => {
-                    workloads::close_target(&ctx, workload.as_ref());
-                    None
-                }
-            })
-        })
-    };
-    // A namespace's opt-in label changed: look at its workloads again. The namespace store
-    // holds the change before it is passed on, so the reconcile reads the new label.
-    let in_namespace = {
-        let reader = reader.clone();
-        move |namespace: Arc<PartialObjectMeta<Namespace>>| {
-            let name = namespace.name_any();
-            reader
-                .state()
-                .into_iter()
-                .filter(|workload| workload.namespace().as_deref() == Some(name.as_str()))
-                .map(|workload| reflector::ObjectRef::from_obj(workload.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    Controller::for_shared_stream(trigger, reader)
-        .owns_shared_stream(watches.policies.reflected().applied())
-        .watches_shared_stream(watches.namespaces.applied(), in_namespace)
-        .reconcile_all_on(futures::stream::once(std::future::ready(())))
-        // Each reconcile may create a policy and list pods: at start-up with hundreds of
-        // workloads, unbounded concurrency holds hundreds of responses in memory at once
-        // (a peak the allocator keeps).
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        )
-        .run(timed_reconcile::<W>, error_policy::<W>, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "workload reconcile");
-            }
-        })
-        .await;
-}
-
-/// The status writer's label in the controller metrics.
-const STATUS_CONTROLLER: &str = "status";
-
-/// [`workloads::reconcile`], timed into the reconcile duration histogram.
-async fn timed_reconcile<W: workloads::Workload>(
-    workload: Arc<W>,
-    ctx: Arc<Context>,
-) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = workloads::reconcile::<W>(workload, ctx.clone()).await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&ControllerLabels {
-            controller: W::CONTROLLER,
-        })
-        .observe(started.elapsed().as_secs_f64());
-    result
-}
-
-fn error_policy<W: workloads::Workload>(
-    _workload: Arc<W>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&ErrorLabels {
-            controller: W::CONTROLLER,
-            kind: error.kind(),
-        })
-        .inc();
-    tracing::warn!(%error, "workload reconcile failed");
-    Action::requeue(Duration::from_secs(30))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
