@@ -203,8 +203,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .for_each(|change| {
                     if let Change::Deleted(policy) = change {
                         metrics.forget_policy(
-                            policy.metadata.namespace.as_deref().unwrap_or_default(),
-                            policy.metadata.name.as_deref().unwrap_or_default(),
+                            policy.namespace.as_deref().unwrap_or_default(),
+                            &policy.name,
                         );
                     }
                     std::future::ready(())

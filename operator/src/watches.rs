@@ -55,14 +55,52 @@ pub enum Change<K> {
     /// Created, modified, or listed (initially or after a resync).
     Applied(Arc<K>),
     /// Deleted.
-    Deleted(Arc<K>),
+    Deleted(Gone),
 }
 
-impl<K> Clone for Change<K> {
+/// What is left of a deleted object: enough to forget what described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gone {
+    /// Its namespace (none for cluster-scoped objects).
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: Option<String>,
+}
+
+impl Gone {
+    fn of<K: Resource>(object: &K) -> Self {
+        let meta = object.meta();
+        Self {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+        }
+    }
+}
+
+/// What the channel carries: references, not objects. The channel keeps its last
+/// [`FAN_OUT_CAPACITY`] entries; objects there would keep that many old versions alive
+/// (a ShutdownPolicy's status is rewritten every few seconds).
+enum Sent<K>
+where
+    K: Resource,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    Applied(ObjectRef<K>),
+    Deleted(Gone),
+}
+
+impl<K> Clone for Sent<K>
+where
+    K: Resource,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     fn clone(&self) -> Self {
         match self {
-            Self::Applied(object) => Self::Applied(object.clone()),
-            Self::Deleted(object) => Self::Deleted(object.clone()),
+            Self::Applied(reference) => Self::Applied(reference.clone()),
+            Self::Deleted(gone) => Self::Deleted(gone.clone()),
         }
     }
 }
@@ -74,7 +112,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
-    changes: broadcast::Sender<Change<K>>,
+    changes: broadcast::Sender<Sent<K>>,
 }
 
 impl<K> Clone for Reflected<K>
@@ -101,11 +139,20 @@ where
     }
 
     /// Every change from now on. A subscriber that falls more than the channel's capacity
-    /// behind gets every object of the store as `Applied` instead of what it missed.
+    /// behind gets every object of the store as `Applied` instead of what it missed. An
+    /// object applied and deleted again before the subscriber reads the change is passed
+    /// on only as deleted.
     pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
         let store = self.store.clone();
         BroadcastStream::new(self.changes.subscribe()).flat_map(move |received| match received {
-            Ok(change) => stream::iter(vec![change]),
+            Ok(Sent::Applied(reference)) => stream::iter(
+                store
+                    .get(&reference)
+                    .map(Change::Applied)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            ),
+            Ok(Sent::Deleted(gone)) => stream::iter(vec![Change::Deleted(gone)]),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 tracing::warn!(
                     kind = %K::kind(&Default::default()),
@@ -168,10 +215,10 @@ where
             // waits for the change then.
             match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                    let _ = changes.send(Change::Applied(Arc::new(object)));
+                    let _ = changes.send(Sent::Applied(ObjectRef::from_obj(&object)));
                 }
                 Ok(watcher::Event::Delete(object)) => {
-                    let _ = changes.send(Change::Deleted(Arc::new(object)));
+                    let _ = changes.send(Sent::Deleted(Gone::of(&object)));
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(error) => tracing::warn!(kind = label, %error, "watch failed; retrying"),
@@ -336,7 +383,7 @@ mod tests {
         for _ in 0..FAN_OUT_CAPACITY + 5 {
             let _ = reflected
                 .changes
-                .send(Change::Applied(Arc::new(config_map("cm-0"))));
+                .send(Sent::Applied(ObjectRef::from_obj(&config_map("cm-0"))));
         }
         drop(reflected);
         let changes: Vec<_> = subscriber.collect().await;
@@ -356,21 +403,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn subscribers_see_deletions_and_applies_in_order() {
-        let (reader, _writer) = reflector::store::<ConfigMap>();
+    async fn subscribers_see_applies_and_deletions_in_order() {
+        let (reader, mut writer) = reflector::store::<ConfigMap>();
+        writer.apply_watcher_event(&Event::Apply(config_map("a")));
         let reflected = Reflected::from_store(reader);
         let subscriber = reflected.subscribe();
         let _ = reflected
             .changes
-            .send(Change::Applied(Arc::new(config_map("a"))));
+            .send(Sent::Applied(ObjectRef::from_obj(&config_map("a"))));
+        // Applied, then deleted before the subscriber read either: the store no longer has
+        // it, so only the deletion is passed on.
         let _ = reflected
             .changes
-            .send(Change::Deleted(Arc::new(config_map("a"))));
+            .send(Sent::Applied(ObjectRef::from_obj(&config_map("b"))));
+        let _ = reflected
+            .changes
+            .send(Sent::Deleted(Gone::of(&config_map("b"))));
         drop(reflected);
         let changes: Vec<_> = subscriber.collect().await;
-        assert!(matches!(
-            changes.as_slice(),
-            [Change::Applied(_), Change::Deleted(_)]
-        ));
+        match changes.as_slice() {
+            [Change::Applied(a), Change::Deleted(gone)] => {
+                assert_eq!(a.metadata.name.as_deref(), Some("a"));
+                assert_eq!(gone.name, "b");
+                assert_eq!(gone.namespace.as_deref(), Some("shop"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -29,8 +29,15 @@ pub(super) async fn adopt<W: workloads::Workload>(ctx: Arc<Context>, watches: &W
         workloads.subscribe().filter_map(move |change| {
             std::future::ready(match change {
                 Change::Applied(workload) => Some(workload),
-                Change::Deleted(workload) => {
-                    workloads::close_target(&ctx, workload.as_ref());
+                Change::Deleted(gone) => {
+                    if let Some(namespace) = gone.namespace {
+                        workloads::close_target_named::<W>(
+                            &ctx,
+                            namespace,
+                            &gone.name,
+                            gone.uid.as_deref(),
+                        );
+                    }
                     None
                 }
             })

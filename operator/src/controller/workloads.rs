@@ -143,12 +143,20 @@ pub fn close_target<W: Workload>(ctx: &Context, workload: &W) {
     else {
         return;
     };
+    close_target_named::<W>(ctx, namespace, name, workload.meta().uid.as_deref());
+}
+
+/// [`close_target`] by name: the workload is gone (a deletion the watch reported).
+pub fn close_target_named<W: Workload>(
+    ctx: &Context,
+    namespace: String,
+    name: &str,
+    uid: Option<&str>,
+) {
     let Some(policy) = ctx.policies.find(&namespace, &W::kind(&()), name) else {
         return;
     };
-    ctx.book()
-        .entry(namespace, policy.name_any())
-        .close(workload.meta().uid.as_deref());
+    ctx.book().entry(namespace, policy.name_any()).close(uid);
 }
 
 /// Whether an API error is the refusal to create anything in a namespace being deleted
