@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{FutureExt, Stream, StreamExt, stream};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -32,7 +32,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::controller::PolicyIndex;
-use crate::controller::workloads::Workload;
+use crate::controller::workloads::{SlimDaemonSet, SlimDeployment, SlimStatefulSet, Workload};
 use crate::webhook::decide::{MetaSummary, MetadataIndex};
 
 /// Changes a subscriber may fall behind by before it is resynced from the store.
@@ -234,12 +234,12 @@ where
 pub struct Watches {
     /// ReplicaSets, metadata only (a pod's owner chain).
     pub replica_sets: Reflected<PartialObjectMeta<ReplicaSet>>,
-    /// Deployments, trimmed by [`Workload::slim`].
-    pub deployments: Reflected<Deployment>,
-    /// StatefulSets, trimmed by [`Workload::slim`].
-    pub stateful_sets: Reflected<StatefulSet>,
-    /// DaemonSets, trimmed by [`Workload::slim`].
-    pub daemon_sets: Reflected<DaemonSet>,
+    /// Deployments, decoded as [`Slim`](crate::controller::workloads::Slim) (metadata, selector, template metadata).
+    pub deployments: Reflected<SlimDeployment>,
+    /// StatefulSets, as [`Slim`](crate::controller::workloads::Slim).
+    pub stateful_sets: Reflected<SlimStatefulSet>,
+    /// DaemonSets, as [`Slim`](crate::controller::workloads::Slim).
+    pub daemon_sets: Reflected<SlimDaemonSet>,
     /// Namespaces, metadata only (the opt-in label, the deletion timestamp).
     pub namespaces: Reflected<PartialObjectMeta<Namespace>>,
     /// ShutdownPolicies.
@@ -256,19 +256,19 @@ impl Watches {
             slim_meta,
         );
         let (deployments, deploy) = reflect(
-            Api::<Deployment>::all(client.clone()),
+            Api::<SlimDeployment>::all(client.clone()),
             "Deployment",
-            Deployment::slim,
+            SlimDeployment::slim,
         );
         let (stateful_sets, sts) = reflect(
-            Api::<StatefulSet>::all(client.clone()),
+            Api::<SlimStatefulSet>::all(client.clone()),
             "StatefulSet",
-            StatefulSet::slim,
+            SlimStatefulSet::slim,
         );
         let (daemon_sets, ds) = reflect(
-            Api::<DaemonSet>::all(client.clone()),
+            Api::<SlimDaemonSet>::all(client.clone()),
             "DaemonSet",
-            DaemonSet::slim,
+            SlimDaemonSet::slim,
         );
         let (namespaces, ns) = reflect(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),

@@ -18,7 +18,6 @@ pub mod writer;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
@@ -363,9 +362,9 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
     if watches.wait_until_ready().await.is_err() {
         return;
     }
-    let deployments = adopt::adopt::<Deployment>(ctx.clone(), &watches);
-    let statefulsets = adopt::adopt::<StatefulSet>(ctx.clone(), &watches);
-    let daemonsets = adopt::adopt::<DaemonSet>(ctx.clone(), &watches);
+    let deployments = adopt::adopt::<workloads::SlimDeployment>(ctx.clone(), &watches);
+    let statefulsets = adopt::adopt::<workloads::SlimStatefulSet>(ctx.clone(), &watches);
+    let daemonsets = adopt::adopt::<workloads::SlimDaemonSet>(ctx.clone(), &watches);
     let writer = async {
         let mut ticks = tokio::time::interval(status_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

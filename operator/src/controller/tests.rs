@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -19,6 +18,7 @@ use super::*;
 use crate::api::{
     CONDITION_RECOMMENDATION_PROVIDED, PodCounts, ShutdownPolicy, ShutdownPolicyStatus,
 };
+use crate::controller::workloads::SlimDeployment;
 use crate::observe::{Observation, T0Source};
 use crate::recommend::PhaseDurations;
 
@@ -26,7 +26,7 @@ type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
 const NOW: i64 = 1_800_000_000_000;
 
-fn deployment() -> Deployment {
+fn deployment() -> SlimDeployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "shop", "uid": "d-1", "annotations": {"lameduck.dev/inject": "true"}},
@@ -164,7 +164,7 @@ fn context_with_namespace(labels: Value) -> (Arc<Context>, ApiHandle) {
     (Arc::new(ctx), api)
 }
 
-fn unannotated_deployment() -> Deployment {
+fn unannotated_deployment() -> SlimDeployment {
     let mut deployment = deployment();
     deployment.metadata.annotations = None;
     deployment
@@ -576,7 +576,7 @@ fn context_in_terminating_namespace(policies: Vec<ShutdownPolicy>) -> (Arc<Conte
 }
 
 /// The Deployment `web` as another object: `uid`, created at `created`.
-fn deployment_with_uid(uid: &str, created: &str) -> Deployment {
+fn deployment_with_uid(uid: &str, created: &str) -> SlimDeployment {
     let mut deployment = deployment();
     deployment.metadata.uid = Some(uid.into());
     deployment.metadata.creation_timestamp = Some(
@@ -586,7 +586,7 @@ fn deployment_with_uid(uid: &str, created: &str) -> Deployment {
 }
 
 /// A policy of Deployment `web` (uid `owner`) with `samples` shutdowns of 6 s recorded.
-fn policy_with_history(owner: &Deployment, samples: i64) -> ShutdownPolicy {
+fn policy_with_history(owner: &SlimDeployment, samples: i64) -> ShutdownPolicy {
     let mut policy = user_policy("deployment-web");
     policy.metadata.uid = Some("p-1".into());
     policy.metadata.owner_references = workloads::owner_reference(owner).map(|o| vec![o]);
