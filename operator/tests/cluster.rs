@@ -310,6 +310,14 @@ fn observation(created_ms: i64, i: i64) -> lameduck_operator::observe::Observati
     }
 }
 
+/// The workload as the operator's watches hold it.
+fn slim(
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+) -> lameduck_operator::controller::workloads::SlimDeployment {
+    serde_json::from_value(serde_json::to_value(deployment).expect("encode"))
+        .expect("decode as the watches do")
+}
+
 fn annotated_deployment() -> k8s_openapi::api::apps::v1::Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -436,7 +444,7 @@ async fn history_scenario(client: Client, ns: String) {
         .expect("created")
         .0
         .as_millisecond();
-    workloads::reconcile(Arc::new(first.clone()), ctx.clone())
+    workloads::reconcile(Arc::new(slim(&first)), ctx.clone())
         .await
         .expect("reconcile web");
     eventually("the policy in the cache", async || cached_policy(&ns)).await;
@@ -498,7 +506,7 @@ async fn history_scenario(client: Client, ns: String) {
     })
     .await;
     // The old Deployment reconciled meanwhile: no policy is created again…
-    let action = workloads::reconcile(Arc::new(first.clone()), ctx.clone())
+    let action = workloads::reconcile(Arc::new(slim(&first)), ctx.clone())
         .await
         .expect("reconcile in a terminating namespace");
     assert_eq!(action, Action::await_change());
@@ -510,7 +518,7 @@ async fn history_scenario(client: Client, ns: String) {
         ControllerMetrics::default(),
         None,
     ));
-    let action = workloads::reconcile(Arc::new(first.clone()), blind)
+    let action = workloads::reconcile(Arc::new(slim(&first)), blind)
         .await
         .expect("a refused create is not an error");
     assert_eq!(action, Action::await_change());
@@ -557,7 +565,7 @@ async fn history_scenario(client: Client, ns: String) {
         .then_some(())
     })
     .await;
-    workloads::reconcile(Arc::new(second.clone()), ctx.clone())
+    workloads::reconcile(Arc::new(slim(&second)), ctx.clone())
         .await
         .expect("reconcile the new web");
     let fresh = eventually("the new policy in the cache", async || cached_policy(&ns)).await;
