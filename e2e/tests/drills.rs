@@ -134,18 +134,8 @@ fn apiserver_metrics() -> Result<String> {
 }
 
 fn operator_pods() -> Result<Vec<String>> {
-    let list = kubectl_json(&[
-        "get",
-        "pods",
-        "-n",
-        SYSTEM_NS,
-        "-l",
-        "app.kubernetes.io/component=operator",
-    ])?;
-    Ok(list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    Ok(operator_pod_items()?
+        .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect())
@@ -798,17 +788,21 @@ fn create_pods_until(
     })
 }
 
-/// Every operator pod, terminating ones included.
-fn all_operator_pods() -> Result<usize> {
-    let list = kubectl_json(&[
-        "get",
-        "pods",
-        "-n",
-        SYSTEM_NS,
-        "-l",
-        "app.kubernetes.io/component=operator",
-    ])?;
-    Ok(list["items"].as_array().map_or(0, Vec::len))
+/// The policy of a new Deployment `name` of 2 injected replicas (cleanup 300 ms), the
+/// Deployment itself, and the samples its policy holds.
+async fn two_injected_replicas(ns: &str, name: &str) -> Result<u64> {
+    apply(ns, &sdp_manifest(name, "Initial", 3))?;
+    Web {
+        name,
+        image: RUST_WEB,
+        replicas: 2,
+        inject: true,
+        grace: 30,
+        cleanup_millis: 300,
+    }
+    .create(ns)
+    .await?;
+    policy_samples(ns, &format!("deployment-{name}"))
 }
 
 /// The API server's webhook call counters since `before`: (calls, calls with code 200,
@@ -838,20 +832,7 @@ async fn d6_operator_rollout_under_pod_creation() {
     installed().await;
     with_namespace("self-rollout", |client, ns| async move {
         ensure!(operator_pods()?.len() == 2, "want 2 operator replicas, have {:?}", operator_pods()?);
-        apply(&ns, &sdp_manifest("obs", "Initial", 3))?;
-        Web {
-            name: "obs",
-            image: RUST_WEB,
-            replicas: 2,
-            inject: true,
-            grace: 30,
-            cleanup_millis: 300,
-        }
-        .create(&ns)
-        .await?;
-        let samples_before = policy(&ns, "deployment-obs")?["status"]["samples"]
-            .as_u64()
-            .unwrap_or(0);
+        let samples_before = two_injected_replicas(&ns, "obs").await?;
         let metrics_before = apiserver_metrics()?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let started = Instant::now();
@@ -866,7 +847,7 @@ async fn d6_operator_rollout_under_pod_creation() {
         rollout_status(SYSTEM_NS, RELEASE)?;
         // Until the old replicas are gone (they keep admitting for their shutdown delay).
         wait_for("the old operator pods to be gone", Duration::from_secs(120), || {
-            Ok((all_operator_pods()? == 2).then_some(()))
+            Ok((operator_pod_items()?.len() == 2).then_some(()))
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -885,9 +866,7 @@ async fn d6_operator_rollout_under_pod_creation() {
             .collect();
         // The two old pods of the workload: their observations land in the policy.
         let after = wait_samples(&ns, "deployment-obs", samples_before + 2, Duration::from_secs(120)).await;
-        let samples_after = policy(&ns, "deployment-obs")?["status"]["samples"]
-            .as_u64()
-            .unwrap_or(0);
+        let samples_after = policy_samples(&ns, "deployment-obs")?;
         let rate = created.len() as f64 / took.as_secs_f64();
         summary(
             "d6 operator rollout",
@@ -938,20 +917,7 @@ fn operator_restarts(pod: &str) -> Result<u64> {
 async fn d7_a_task_dies_the_process_restarts_and_resumes() {
     installed().await;
     with_namespace("task-dies", |_client, ns| async move {
-        apply(&ns, &sdp_manifest("td", "Initial", 3))?;
-        Web {
-            name: "td",
-            image: RUST_WEB,
-            replicas: 2,
-            inject: true,
-            grace: 30,
-            cleanup_millis: 300,
-        }
-        .create(&ns)
-        .await?;
-        let samples_before = policy(&ns, "deployment-td")?["status"]["samples"]
-            .as_u64()
-            .unwrap_or(0);
+        let samples_before = two_injected_replicas(&ns, "td").await?;
         let holder = lease_holder()?;
         let restarts_before = operator_restarts(&holder)?;
         // Another identity takes the Lease, as a partitioned leader would find it taken.
@@ -981,9 +947,7 @@ async fn d7_a_task_dies_the_process_restarts_and_resumes() {
         .await?;
         rollout_status(&ns, "td")?;
         let after = wait_samples(&ns, "deployment-td", samples_before + 2, Duration::from_secs(120)).await;
-        let samples_after = policy(&ns, "deployment-td")?["status"]["samples"]
-            .as_u64()
-            .unwrap_or(0);
+        let samples_after = policy_samples(&ns, "deployment-td")?;
         let named = log
             .lines()
             .find(|l| l.contains("task `controller` failed"))

@@ -803,17 +803,7 @@ async fn t5_webhook_outage_creates_uninjected_pods_and_reports_them() {
             wait_for(
                 "the operator pods to go",
                 Duration::from_secs(90),
-                || {
-                    let l = kubectl_json(&[
-                        "get",
-                        "pods",
-                        "-n",
-                        SYSTEM_NS,
-                        "-l",
-                        "app.kubernetes.io/component=operator",
-                    ])?;
-                    Ok(l["items"].as_array().is_none_or(|a| a.is_empty()).then_some(()))
-                },
+                || Ok(operator_pod_items()?.is_empty().then_some(())),
             )
             .await?;
             let started = Instant::now();

@@ -652,6 +652,23 @@ pub fn grace_of(p: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+pub fn policy_samples(ns: &str, name: &str) -> Result<u64> {
+    Ok(policy(ns, name)?["status"]["samples"].as_u64().unwrap_or(0))
+}
+
+/// Every operator pod of the release, terminating ones included.
+pub fn operator_pod_items() -> Result<Vec<Value>> {
+    let list = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        SYSTEM_NS,
+        "-l",
+        "app.kubernetes.io/component=operator",
+    ])?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
 pub fn killed(ns: &str, name: &str) -> Result<u64> {
     Ok(policy(ns, name)?["status"]["killed"].as_u64().unwrap_or(0))
 }
