@@ -302,6 +302,13 @@ impl Watches {
 
     /// Whether every store has its initial list.
     pub fn is_ready(&self) -> bool {
+        self.unlisted().is_empty()
+    }
+
+    /// The kinds whose watch has not delivered its initial list yet (or has ended): what a
+    /// replica that stays unready is waiting for, e.g. `ShutdownPolicy` while its CRD is
+    /// not installed.
+    pub fn unlisted(&self) -> Vec<&'static str> {
         fn listed<K>(reflected: &Reflected<K>) -> bool
         where
             K: Resource + Clone + Send + Sync + 'static,
@@ -313,12 +320,17 @@ impl Watches {
                 Some(Ok(()))
             )
         }
-        listed(&self.replica_sets)
-            && listed(&self.deployments)
-            && listed(&self.stateful_sets)
-            && listed(&self.daemon_sets)
-            && listed(&self.namespaces)
-            && listed(self.policies.reflected())
+        [
+            ("ReplicaSet", listed(&self.replica_sets)),
+            ("Deployment", listed(&self.deployments)),
+            ("StatefulSet", listed(&self.stateful_sets)),
+            ("DaemonSet", listed(&self.daemon_sets)),
+            ("Namespace", listed(&self.namespaces)),
+            ("ShutdownPolicy", listed(self.policies.reflected())),
+        ]
+        .into_iter()
+        .filter_map(|(kind, listed)| (!listed).then_some(kind))
+        .collect()
     }
 }
 

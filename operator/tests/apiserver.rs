@@ -15,9 +15,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use lameduck_operator::certs::{CertManager, CertPolicy, CertResolver};
 use lameduck_operator::metrics::Metrics;
 use lameduck_operator::watches::Watches;
@@ -30,31 +29,8 @@ use serde_json::json;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-async fn client() -> Client {
-    let path = match std::env::var_os("KUBECONFIG") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.state/kubeconfig"),
-    };
-    let attempt = async {
-        let kc = Kubeconfig::read_from(&path).map_err(|e| e.to_string())?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let client = Client::try_from(config).map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
-            .await
-            .map_err(|_| "API server did not answer in 5 s".to_owned())?
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(client)
-    };
-    match attempt.await {
-        Ok(client) => client,
-        Err(e) => panic!(
-            "no cluster reachable with kubeconfig {}: {e}\nrun `make cluster-up` first",
-            path.display()
-        ),
-    }
-}
+mod common;
+use common::cluster::{client, install_crd};
 
 struct Webhook {
     token: CancellationToken,
@@ -65,9 +41,19 @@ struct Webhook {
 
 async fn start_webhook(client: &Client) -> Webhook {
     let resolver = Arc::new(CertResolver::default());
+    // The webhook's watches include ShutdownPolicies: without the CRD they never list.
+    install_crd(client).await;
     let (caches, run) = Watches::start(client);
     tokio::spawn(run);
-    caches.wait_until_ready().await.expect("caches");
+    if tokio::time::timeout(Duration::from_secs(60), caches.wait_until_ready())
+        .await
+        .is_err()
+    {
+        panic!(
+            "the webhook's watches did not list within 60 s; still waiting for: {:?}",
+            caches.unlisted()
+        );
+    }
     let state = WebhookState {
         admitter: Admitter {
             config: Arc::new(InjectionConfig::default()),

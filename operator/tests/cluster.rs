@@ -6,72 +6,17 @@
 //! Run by the cluster stage only: `cargo test -p lameduck-operator --features cluster-tests
 //! --test cluster`. Fails (never skips) when no cluster is reachable.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::CustomResourceExt;
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use lameduck_operator::api::{ShutdownPolicy, ShutdownPolicyStatus};
 use lameduck_operator::recommend::{GracePeriodSettings, History, PhaseDurations, Sample};
 use serde_json::json;
 
-fn kubeconfig_path() -> PathBuf {
-    std::env::var_os("KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.state/kubeconfig"))
-        })
-}
-
-async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
-        panic!(
-            "no cluster: cannot read {} ({e}); start one with `make cluster-up` or set KUBECONFIG",
-            path.display()
-        )
-    });
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
-    let client = Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"));
-    client.apiserver_version().await.unwrap_or_else(|e| {
-        panic!(
-            "no cluster reachable through {}: {e}; start one with `make cluster-up`",
-            path.display()
-        )
-    });
-    client
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ShutdownPolicy::crd();
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    crds.patch(
-        &name,
-        &PatchParams::apply("lameduck-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    for _ in 0..60 {
-        let current = crds.get(&name).await.expect("get the CRD");
-        let established = current.status.and_then(|s| s.conditions).is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!("the ShutdownPolicy CRD was not established within 30 s");
-}
+mod common;
+use common::cluster::{client, install_crd};
 
 async fn namespace(client: &Client, name: &str) -> Api<ShutdownPolicy> {
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -1,6 +1,9 @@
 //! Shared test helpers: a map-backed metadata index and a structural Pod validator.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster-tests")]
+pub mod cluster;
+
 use std::collections::{HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Pod;
