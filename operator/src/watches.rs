@@ -16,7 +16,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::{FutureExt, Stream, StreamExt, stream};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -112,7 +112,9 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
-    changes: broadcast::Sender<Sent<K>>,
+    /// Created by the first subscriber: a follower, whose controllers never subscribe,
+    /// does not hold [`FAN_OUT_CAPACITY`] slots per kind for nobody.
+    changes: Arc<OnceLock<broadcast::Sender<Sent<K>>>>,
 }
 
 impl<K> Clone for Reflected<K>
@@ -144,7 +146,11 @@ where
     /// on only as deleted.
     pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
         let store = self.store.clone();
-        BroadcastStream::new(self.changes.subscribe()).flat_map(move |received| match received {
+        let receiver = self
+            .changes
+            .get_or_init(|| broadcast::channel(FAN_OUT_CAPACITY).0)
+            .subscribe();
+        BroadcastStream::new(receiver).flat_map(move |received| match received {
             Ok(Sent::Applied(reference)) => stream::iter(
                 store
                     .get(&reference)
@@ -182,8 +188,10 @@ where
 
     /// A reflected store fed by hand (tests): no watch behind it.
     pub fn from_store(store: Store<K>) -> Self {
-        let (changes, _) = broadcast::channel(FAN_OUT_CAPACITY);
-        Self { store, changes }
+        Self {
+            store,
+            changes: Arc::default(),
+        }
     }
 }
 
@@ -200,7 +208,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     let (store, writer) = reflector::store();
-    let (changes, _) = broadcast::channel(FAN_OUT_CAPACITY);
+    let changes: Arc<OnceLock<broadcast::Sender<Sent<K>>>> = Arc::default();
     let reflected = Reflected {
         store,
         changes: changes.clone(),
@@ -211,15 +219,18 @@ where
         // The store applies each event before it is passed on: subscribers read it there.
         .reflect(writer)
         .for_each(move |event| {
-            // `send` fails only without subscribers (a follower's controllers): nothing
-            // waits for the change then.
+            // Without a channel, or when `send` fails (no subscriber left), nothing waits
+            // for the change: a later subscriber starts from the store.
+            let send = |sent: Sent<K>| {
+                if let Some(changes) = changes.get() {
+                    let _ = changes.send(sent);
+                }
+            };
             match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                    let _ = changes.send(Sent::Applied(ObjectRef::from_obj(&object)));
+                    send(Sent::Applied(ObjectRef::from_obj(&object)));
                 }
-                Ok(watcher::Event::Delete(object)) => {
-                    let _ = changes.send(Sent::Deleted(Gone::of(&object)));
-                }
+                Ok(watcher::Event::Delete(object)) => send(Sent::Deleted(Gone::of(&object))),
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(error) => tracing::warn!(kind = label, %error, "watch failed; retrying"),
             }
@@ -395,6 +406,8 @@ mod tests {
         for _ in 0..FAN_OUT_CAPACITY + 5 {
             let _ = reflected
                 .changes
+                .get()
+                .expect("subscribed")
                 .send(Sent::Applied(ObjectRef::from_obj(&config_map("cm-0"))));
         }
         drop(reflected);
@@ -414,6 +427,17 @@ mod tests {
         assert_eq!(changes.len(), 3 + FAN_OUT_CAPACITY);
     }
 
+    #[test]
+    fn no_channel_is_held_until_someone_subscribes() {
+        let (reader, _writer) = reflector::store::<ConfigMap>();
+        let reflected = Reflected::from_store(reader);
+        let clone = reflected.clone();
+        assert!(reflected.changes.get().is_none());
+        let _subscriber = clone.subscribe();
+        // Clones share the channel: the reflector's copy sends to the later subscriber.
+        assert!(reflected.changes.get().is_some());
+    }
+
     #[tokio::test]
     async fn subscribers_see_applies_and_deletions_in_order() {
         let (reader, mut writer) = reflector::store::<ConfigMap>();
@@ -422,14 +446,20 @@ mod tests {
         let subscriber = reflected.subscribe();
         let _ = reflected
             .changes
+            .get()
+            .expect("subscribed")
             .send(Sent::Applied(ObjectRef::from_obj(&config_map("a"))));
         // Applied, then deleted before the subscriber read either: the store no longer has
         // it, so only the deletion is passed on.
         let _ = reflected
             .changes
+            .get()
+            .expect("subscribed")
             .send(Sent::Applied(ObjectRef::from_obj(&config_map("b"))));
         let _ = reflected
             .changes
+            .get()
+            .expect("subscribed")
             .send(Sent::Deleted(Gone::of(&config_map("b"))));
         drop(reflected);
         let changes: Vec<_> = subscriber.collect().await;
