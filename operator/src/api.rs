@@ -9,6 +9,7 @@
 //! (and the chart's `crds/` another), checked by a test. Regenerate it with
 //! `LAMEDUCK_UPDATE_CRDS=1 cargo test -p lameduck-operator --lib committed_crd`.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::{CustomResourceExt, Duration as KubeDuration};
 use kube::{CustomResource, KubeSchema};
@@ -414,6 +415,14 @@ pub struct ShutdownPolicyStatus {
     /// Shutdowns where the application did not acknowledge before the sidecar's deadline.
     #[serde(default)]
     pub timeouts: u64,
+    /// Shutdowns that a shorter grace period than the pod's own ended in a kill or a
+    /// timeout (an eviction or a `kubectl delete --grace-period`): the disruption's, not
+    /// the application's. Counted apart from `killed` and `timeouts`; not samples.
+    #[serde(default)]
+    pub cut_short: u64,
+    /// Observed shutdowns by cause: why each pod went.
+    #[serde(default, skip_serializing_if = "ShutdownCauses::is_empty")]
+    pub causes: ShutdownCauses,
     /// Container-level shutdowns reported by the sidecar: a container stopped by a failed
     /// liveness or startup probe and restarted, the pod not deleted. Counted apart; they
     /// are not samples of the pod's shutdown.
@@ -432,6 +441,62 @@ pub struct ShutdownPolicyStatus {
     /// loses nothing it recorded. Internal; do not edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram: Option<HistoryState>,
+}
+
+/// Observed shutdowns by cause. A cause that never occurred is left out.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownCauses {
+    /// Deleted with their own grace period: rollouts, scale-downs, `kubectl delete`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deletion: u64,
+    /// Deleted with a shorter grace period than their own (`kubectl delete --grace-period`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shortened_deletion: u64,
+    /// Evicted through the Eviction API (`kubectl drain`, the Cluster Autoscaler).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eviction: u64,
+    /// Preempted by the scheduler for pods of higher priority.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub preemption: u64,
+    /// Deleted by the taint manager (a NoExecute taint not tolerated).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub taint: u64,
+    /// Terminated by the kubelet (node shutdown, node-pressure eviction).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kubelet: u64,
+    /// Deleted by the pod garbage collector.
+    #[serde(default, rename = "podGC", skip_serializing_if = "is_zero")]
+    pub pod_gc: u64,
+    /// A DisruptionTarget condition with another reason.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl ShutdownCauses {
+    /// Whether no shutdown was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The counter of one cause.
+    pub fn count_mut(&mut self, cause: crate::observe::Cause) -> &mut u64 {
+        use crate::observe::Cause;
+        match cause {
+            Cause::Deletion => &mut self.deletion,
+            Cause::ShortenedDeletion => &mut self.shortened_deletion,
+            Cause::Eviction => &mut self.eviction,
+            Cause::Preemption => &mut self.preemption,
+            Cause::Taint => &mut self.taint,
+            Cause::Kubelet => &mut self.kubelet,
+            Cause::GarbageCollection => &mut self.pod_gc,
+            Cause::Other => &mut self.other,
+        }
+    }
 }
 
 /// Quantiles of a duration, in seconds.
@@ -517,10 +582,55 @@ pub struct PodCounts {
     pub not_injected: u32,
 }
 
+/// The ShutdownPolicy CRD, its descriptions reflowed: the doc comments they come from
+/// break lines at 100 columns, which `kubectl explain` would print as they are.
+pub fn crd() -> CustomResourceDefinition {
+    let crd = ShutdownPolicy::crd();
+    let mut value = serde_json::to_value(&crd).unwrap_or_default();
+    reflow_descriptions(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+fn reflow_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = reflow(text);
+                    }
+                    _ => reflow_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(reflow_descriptions),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph; a blank line still separates paragraphs and a line
+/// starting a list item (`- `, `* `) keeps its break.
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            let mut joined = String::with_capacity(paragraph.len());
+            for line in paragraph.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if !joined.is_empty() {
+                    let item = line.starts_with("- ") || line.starts_with("* ");
+                    joined.push(if item { '\n' } else { ' ' });
+                }
+                joined.push_str(line);
+            }
+            joined
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// The ShutdownPolicy CRD as YAML, as committed in `crds/` and installed by the chart.
 /// The operator's `crd` subcommand prints this.
 pub fn crd_yaml() -> String {
-    let crd = ShutdownPolicy::crd();
+    let crd = crd();
     let body = serde_norway::to_string(&crd).unwrap_or_default();
     let body = quote_yaml11_booleans(&body);
     format!("# Generated from operator/src/api.rs by `lameduck-operator crd`; do not edit.\n{body}")
@@ -609,6 +719,27 @@ mod tests {
     }
 
     #[test]
+    fn descriptions_read_as_prose() {
+        assert_eq!(
+            reflow("One line\nbroken at 100.\n\nA second\nparagraph:\n- an item\n- another"),
+            "One line broken at 100.\n\nA second paragraph:\n- an item\n- another"
+        );
+        let crd = serde_json::to_value(crd()).unwrap().to_string();
+        // Only paragraph breaks and list items are left.
+        for (i, _) in crd.match_indices("\\n") {
+            let after = &crd[i + 2..];
+            assert!(
+                after.starts_with("\\n")
+                    || crd[..i].ends_with("\\n")
+                    || after.starts_with("- ")
+                    || after.starts_with("* "),
+                "a hard line break in a description: …{}…",
+                &crd[i.saturating_sub(60)..(i + 60).min(crd.len())]
+            );
+        }
+    }
+
+    #[test]
     fn crd_yaml_reads_back_as_the_crd() {
         let yaml = crd_yaml();
         assert!(
@@ -616,7 +747,7 @@ mod tests {
             "YAML 1.1 would read a bare Off as false"
         );
         let parsed: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
-        assert_eq!(parsed, serde_json::to_value(ShutdownPolicy::crd()).unwrap());
+        assert_eq!(parsed, serde_json::to_value(crd()).unwrap());
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! the application's only when the pod had its own grace period: a deletion with a
 //! shorter one (an eviction, `kubectl delete --grace-period`) cut the shutdown short.
 //!
+//! Every observation carries its [`Cause`]: the reason of the `DisruptionTarget` condition
+//! the control plane sets before an eviction, a preemption, a taint-manager deletion, a
+//! kubelet termination or a garbage collection, else whether the deletion shortened the
+//! grace period.
+//!
 //! The report's `restarts` are shutdowns of single containers that were restarted (a
 //! failed liveness or startup probe), not of the pod: they are counted apart and never
 //! mixed into the pod's own shutdown.
@@ -29,6 +34,89 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 const SIGKILL_EXIT_CODE: i32 = 137;
 /// `finishedAt` is truncated to the second: a kill at the deadline may read up to 1 s early.
 const FINISHED_AT_PRECISION_MS: i64 = 1000;
+
+/// Why a pod was shut down, as the API tells it: the `DisruptionTarget` condition the
+/// control plane sets before a disruption, else the deletion's grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Deleted with its own grace period: a rollout, a scale-down, a `kubectl delete`.
+    Deletion,
+    /// Deleted with a shorter grace period than its own (`kubectl delete --grace-period`),
+    /// no disruption condition.
+    ShortenedDeletion,
+    /// Evicted through the Eviction API (`kubectl drain`, the Cluster Autoscaler, …).
+    Eviction,
+    /// Preempted by the scheduler for a pod of higher priority.
+    Preemption,
+    /// Deleted by the taint manager (a `NoExecute` taint the pod does not tolerate).
+    Taint,
+    /// Terminated by the kubelet (node shutdown, node-pressure eviction).
+    Kubelet,
+    /// Deleted by the pod garbage collector (its node is gone).
+    GarbageCollection,
+    /// A `DisruptionTarget` condition with a reason this version does not know.
+    Other,
+}
+
+impl Cause {
+    /// Every cause, in the order the status lists them.
+    pub const ALL: [Cause; 8] = [
+        Cause::Deletion,
+        Cause::ShortenedDeletion,
+        Cause::Eviction,
+        Cause::Preemption,
+        Cause::Taint,
+        Cause::Kubelet,
+        Cause::GarbageCollection,
+        Cause::Other,
+    ];
+
+    /// The name in the status (`status.causes`) and in the `cause` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Deletion => "deletion",
+            Cause::ShortenedDeletion => "shortenedDeletion",
+            Cause::Eviction => "eviction",
+            Cause::Preemption => "preemption",
+            Cause::Taint => "taint",
+            Cause::Kubelet => "kubelet",
+            Cause::GarbageCollection => "podGC",
+            Cause::Other => "other",
+        }
+    }
+
+    /// A disruption: anything but a deletion with the pod's own grace period.
+    pub fn is_disruption(self) -> bool {
+        self != Cause::Deletion
+    }
+
+    /// The cause of a terminating pod's shutdown: the reason of a true `DisruptionTarget`
+    /// condition wins; without one, a deletion with a shorter grace period than the pod's
+    /// own is told apart from a plain deletion.
+    pub fn of(pod: &Pod, grace_seconds: i64, pod_grace_seconds: i64) -> Cause {
+        let disruption = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .find(|c| c.type_ == DISRUPTION_TARGET && c.status == "True");
+        match disruption.map(|c| c.reason.as_deref().unwrap_or_default()) {
+            Some("EvictionByEvictionAPI") => Cause::Eviction,
+            // The reason was renamed in Kubernetes 1.27.
+            Some("PreemptionByScheduler" | "PreemptionByKubeScheduler") => Cause::Preemption,
+            Some("DeletionByTaintManager") => Cause::Taint,
+            Some("TerminationByKubelet") => Cause::Kubelet,
+            Some("DeletionByPodGC") => Cause::GarbageCollection,
+            Some(_) => Cause::Other,
+            None if grace_seconds < pod_grace_seconds => Cause::ShortenedDeletion,
+            None => Cause::Deletion,
+        }
+    }
+}
+
+/// The pod condition the control plane sets before it disrupts a pod.
+const DISRUPTION_TARGET: &str = "DisruptionTarget";
 
 /// Where T0 came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +138,8 @@ pub struct Observation {
     pub grace_seconds: u32,
     /// The pod's own grace period (`spec.terminationGracePeriodSeconds`).
     pub pod_grace_seconds: u32,
+    /// Why the pod was shut down.
+    pub cause: Cause,
     /// When the pod was created (`creationTimestamp`, second precision), Unix ms.
     pub pod_created_unix_ms: Option<i64>,
     /// When the kubelet would SIGKILL, Unix milliseconds.
@@ -97,6 +187,12 @@ impl Observation {
         self.grace_seconds >= self.pod_grace_seconds
     }
 
+    /// A kill or a timeout that a shorter grace period than the pod's own caused: the
+    /// disruption's, not the application's.
+    pub fn cut_short(&self) -> bool {
+        !self.own_grace_period() && (self.killed() || self.timed_out())
+    }
+
     /// A kill the application is responsible for: SIGKILLed at its own grace period.
     pub fn app_killed(&self) -> bool {
         self.killed() && self.own_grace_period()
@@ -116,7 +212,7 @@ impl Observation {
     /// grace period than the pod's own cut short (killed or timed out): it tells nothing
     /// of what the application needs.
     pub fn sample(&self) -> Option<Sample> {
-        if !self.own_grace_period() && (self.killed() || self.timed_out()) {
+        if self.cut_short() {
             return None;
         }
         Some(Sample {
@@ -305,6 +401,7 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         t0_source,
         grace_seconds: u32::try_from(grace_seconds).unwrap_or(u32::MAX),
         pod_grace_seconds: u32::try_from(spec_grace).unwrap_or(u32::MAX),
+        cause: Cause::of(pod, grace_seconds, spec_grace),
         pod_created_unix_ms: pod
             .metadata
             .creation_timestamp
@@ -427,11 +524,61 @@ mod tests {
         assert!(observation.killed() && observation.timed_out());
         assert!(!observation.own_grace_period());
         assert!(!observation.app_killed() && !observation.app_timed_out());
+        assert!(observation.cut_short());
+        assert_eq!(observation.cause, Cause::ShortenedDeletion);
         assert_eq!(observation.sample(), None, "cut short: nothing to learn");
         // A longer deletion grace period than the pod's own still censors.
         let mut pod = fixture("killed");
         pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(3);
         assert!(observe(&pod).unwrap().app_killed());
+    }
+
+    fn with_disruption(mut pod: Pod, status: &str, reason: &str) -> Pod {
+        let condition = serde_json::from_value(serde_json::json!({
+            "type": "DisruptionTarget", "status": status, "reason": reason,
+            "message": "from the test", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        pod.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(condition);
+        pod
+    }
+
+    #[test]
+    fn the_disruption_condition_names_the_cause() {
+        assert_eq!(observe(&fixture("acked")).unwrap().cause, Cause::Deletion);
+        for (reason, cause) in [
+            ("EvictionByEvictionAPI", Cause::Eviction),
+            ("PreemptionByScheduler", Cause::Preemption),
+            ("PreemptionByKubeScheduler", Cause::Preemption),
+            ("DeletionByTaintManager", Cause::Taint),
+            ("TerminationByKubelet", Cause::Kubelet),
+            ("DeletionByPodGC", Cause::GarbageCollection),
+            ("SomethingNew", Cause::Other),
+        ] {
+            let observation = observe(&with_disruption(fixture("acked"), "True", reason)).unwrap();
+            assert_eq!(observation.cause, cause, "{reason}");
+            assert!(cause.is_disruption());
+            // Its own grace period: an eviction that let the app finish is a sample.
+            assert!(observation.sample().is_some(), "{reason}");
+        }
+        // A condition that is not true is not a disruption.
+        let pod = with_disruption(fixture("acked"), "False", "EvictionByEvictionAPI");
+        assert_eq!(observe(&pod).unwrap().cause, Cause::Deletion);
+        // An eviction with a shorter grace period: the eviction is the cause, and the kill
+        // is cut short (not the app's).
+        let mut pod = with_disruption(fixture("killed"), "True", "EvictionByEvictionAPI");
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(30);
+        let observation = observe(&pod).unwrap();
+        assert_eq!(observation.cause, Cause::Eviction);
+        assert!(observation.cut_short() && !observation.app_killed());
+        // The names are distinct (status fields, metric label values).
+        let names: std::collections::HashSet<_> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), Cause::ALL.len());
     }
 
     #[test]

@@ -234,6 +234,7 @@ fn observation(created_ms: i64, i: i64) -> lameduck_operator::observe::Observati
         t0_source: lameduck_operator::observe::T0Source::Report,
         grace_seconds: 30,
         pod_grace_seconds: 30,
+        cause: lameduck_operator::observe::Cause::Deletion,
         pod_created_unix_ms: Some(created_ms + 1_000),
         deadline_unix_ms: t0 + 30_000,
         finished_unix_ms: t0 + 3_000,

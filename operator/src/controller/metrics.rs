@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::PolicyKey;
-use crate::observe::Observation;
+use crate::observe::{Cause, Observation};
 use lameduck_proto::Outcome;
 
 /// Label set of the per-policy metrics.
@@ -18,6 +18,28 @@ pub struct PolicyLabels {
     pub namespace: String,
     /// The policy's name.
     pub policy: String,
+}
+
+/// Label set of the per-policy counters by cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// Why the pod went ([`Cause::as_str`]: `deletion`, `eviction`, …).
+    pub cause: &'static str,
+}
+
+impl CauseLabels {
+    /// The labels of one policy and cause.
+    pub fn new(key: &PolicyKey, cause: Cause) -> Self {
+        Self {
+            namespace: key.namespace.clone(),
+            policy: key.name.clone(),
+            cause: cause.as_str(),
+        }
+    }
 }
 
 /// Label set of the container-restart shutdown counter.
@@ -51,8 +73,11 @@ pub struct ErrorLabels {
 /// The controller's metrics.
 #[derive(Debug, Clone)]
 pub struct ControllerMetrics {
-    /// Observed shutdowns, per policy.
-    pub observations: Family<PolicyLabels, Counter>,
+    /// Observed shutdowns, per policy and cause.
+    pub observations: Family<CauseLabels, Counter>,
+    /// Kills and timeouts that a shorter grace period than the pod's own caused, per
+    /// policy and cause (not in `kills` or `timeouts`).
+    pub cut_short: Family<CauseLabels, Counter>,
     /// Pods SIGKILLed at their own deadline, per policy.
     pub kills: Family<PolicyLabels, Counter>,
     /// Shutdowns whose application did not acknowledge before the sidecar's deadline
@@ -79,6 +104,7 @@ impl Default for ControllerMetrics {
     fn default() -> Self {
         Self {
             observations: Family::default(),
+            cut_short: Family::default(),
             kills: Family::default(),
             timeouts: Family::default(),
             container_restart_shutdowns: Family::default(),
@@ -102,8 +128,13 @@ impl ControllerMetrics {
         let metrics = Self::default();
         registry.register(
             "observations",
-            "Observed pod shutdowns, per ShutdownPolicy",
+            "Observed pod shutdowns, per ShutdownPolicy and cause (deletion, shortenedDeletion, eviction, preemption, taint, kubelet, podGC, other)",
             metrics.observations.clone(),
+        );
+        registry.register(
+            "cut_short",
+            "Kills and timeouts caused by a shorter grace period than the pod's own (not the application's), per ShutdownPolicy and cause",
+            metrics.cut_short.clone(),
         );
         registry.register(
             "kills",
@@ -162,7 +193,15 @@ impl ControllerMetrics {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
         };
-        self.observations.remove(&labels);
+        for cause in Cause::ALL {
+            let labels = CauseLabels {
+                namespace: namespace.to_owned(),
+                policy: policy.to_owned(),
+                cause: cause.as_str(),
+            };
+            self.observations.remove(&labels);
+            self.cut_short.remove(&labels);
+        }
         self.kills.remove(&labels);
         self.timeouts.remove(&labels);
         self.unobserved.remove(&labels);

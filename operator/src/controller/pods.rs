@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, watcher};
 use lameduck_proto::names::{ANNOTATION_POLICY, LABEL_INJECTED};
 
+use super::metrics::CauseLabels;
 use super::{Context, PolicyKey};
 use crate::observe::{self, Observation};
 
@@ -191,7 +192,11 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 for warning in &observation.warnings {
                     tracing::warn!(pod = %pod.name_any(), namespace = %key.namespace, "{warning}");
                 }
-                ctx.metrics.observations.get_or_create(&labels).inc();
+                let by_cause = CauseLabels::new(&key, observation.cause);
+                ctx.metrics.observations.get_or_create(&by_cause).inc();
+                if observation.cut_short() {
+                    ctx.metrics.cut_short.get_or_create(&by_cause).inc();
+                }
                 if observation.app_killed() {
                     ctx.metrics.kills.get_or_create(&labels).inc();
                 }
@@ -202,12 +207,14 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 if !observation.own_grace_period() {
                     tracing::info!(
                         pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
+                        cause = observation.cause.as_str(),
                         grace_seconds = observation.grace_seconds, pod_grace_seconds = observation.pod_grace_seconds,
                         "deleted with a shorter grace period than its own: a kill or timeout is not the application's"
                     );
                 }
                 tracing::info!(
                     pod = %pod.name_any(), namespace = %key.namespace, policy = %key.name,
+                    cause = observation.cause.as_str(),
                     duration_ms = observation.duration_ms, sequence_ms = observation.sequence_ms,
                     killed = observation.killed(), outcome = observation.outcome.map(|o| o.as_str()),
                     container_restarts = observation.container_restart_shutdowns(), "observed shutdown"

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{
     CONDITION_GRACE_PERIOD_EXCEEDED, CONDITION_LOW_CONFIDENCE, CONDITION_PODS_NOT_INJECTED,
     CONDITION_RECOMMENDATION_PROVIDED, DurationQuantiles, PhaseQuantile, PhaseQuantiles, PodCounts,
-    RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus,
+    RecommendationStatus, ShutdownCauses, ShutdownPolicy, ShutdownPolicyStatus,
 };
 use crate::observe::Observation;
 use crate::recommend::{History, Recommendation};
@@ -94,6 +94,8 @@ pub struct PolicyRecord {
     history: History,
     killed: u64,
     timeouts: u64,
+    cut_short: u64,
+    causes: ShutdownCauses,
     container_restart_shutdowns: u64,
     unobserved: u64,
     last_observation_ms: Option<i64>,
@@ -259,6 +261,10 @@ impl PolicyRecord {
                 .last_observation_ms
                 .max(Some(observation.finished_unix_ms));
             self.container_restart_shutdowns += observation.container_restart_shutdowns();
+            *self.causes.count_mut(observation.cause) += 1;
+            if observation.cut_short() {
+                self.cut_short += 1;
+            }
             if observation.app_timed_out() {
                 self.timeouts += 1;
                 self.notices.push(Notice::TimedOut {
@@ -341,6 +347,8 @@ impl PolicyRecord {
             }),
             killed: self.killed,
             timeouts: self.timeouts,
+            cut_short: self.cut_short,
+            causes: self.causes,
             container_restart_shutdowns: self.container_restart_shutdowns,
             unobserved: self.unobserved,
             recommendation: Some(RecommendationStatus {
@@ -363,6 +371,8 @@ impl PolicyRecord {
         self.history = History::new();
         self.killed = 0;
         self.timeouts = 0;
+        self.cut_short = 0;
+        self.causes = ShutdownCauses::default();
         self.container_restart_shutdowns = 0;
         self.unobserved = 0;
         self.last_observation_ms = None;
@@ -380,6 +390,8 @@ impl PolicyRecord {
             .unwrap_or_default();
         self.killed = status.killed;
         self.timeouts = status.timeouts;
+        self.cut_short = status.cut_short;
+        self.causes = status.causes;
         self.container_restart_shutdowns = status.container_restart_shutdowns;
         self.unobserved = status.unobserved;
         self.last_observation_ms = status
@@ -522,6 +534,7 @@ mod tests {
             t0_source: T0Source::Report,
             grace_seconds: 30,
             pod_grace_seconds: 30,
+            cause: crate::observe::Cause::Deletion,
             pod_created_unix_ms: Some(t0 - 3_600_000),
             deadline_unix_ms: t0 + 30_000,
             finished_unix_ms: t0 + duration_ms as i64,
@@ -583,6 +596,65 @@ mod tests {
         let (again, _) = restarted.status(&policy, now);
         assert_eq!(again, status);
         assert!(restarted.take_notices().is_empty());
+    }
+
+    #[test]
+    fn disruptions_are_counted_by_cause_and_cut_short_kills_are_not_the_apps() {
+        use crate::observe::Cause;
+        let mut policy = policy();
+        let mut record = PolicyRecord::default();
+        for i in 0..5 {
+            record.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 8_000, false),
+            );
+        }
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        let (before, _) = record.status(&policy, now);
+        record.take_notices();
+        // Evicted with 5 s instead of its 30 s, and SIGKILLed at those 5 s; deleted with
+        // `--grace-period=3` and timed out.
+        let mut evicted = observation(NOW + 20_000, 5_000, true);
+        evicted.cause = Cause::Eviction;
+        evicted.grace_seconds = 5;
+        let mut shortened = observation(NOW + 21_000, 3_000, false);
+        shortened.cause = Cause::ShortenedDeletion;
+        shortened.grace_seconds = 3;
+        shortened.outcome = Some(lameduck_proto::Outcome::Timeout);
+        record.push("web-evicted".into(), evicted);
+        record.push("web-shortened".into(), shortened);
+        let later = Timestamp::from_millisecond(NOW + 30_000).unwrap();
+        let (status, _) = record.status(&policy, later);
+        assert_eq!((status.killed, status.timeouts), (0, 0));
+        assert_eq!(status.cut_short, 2);
+        assert_eq!(
+            status.causes,
+            ShutdownCauses {
+                deletion: 5,
+                eviction: 1,
+                shortened_deletion: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(status.samples, before.samples, "not samples");
+        assert_eq!(status.recommendation, before.recommendation);
+        assert!(
+            !record
+                .take_notices()
+                .iter()
+                .any(|n| matches!(n, Notice::Killed { .. } | Notice::TimedOut { .. })),
+            "no PodKilled or timeout Event"
+        );
+        // Through JSON into a fresh record (a restart): the counts stay.
+        policy.status =
+            Some(serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap());
+        let (again, _) = PolicyRecord::default().status(&policy, later);
+        assert_eq!(again, status);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["causes"],
+            serde_json::json!({"deletion": 5, "eviction": 1, "shortenedDeletion": 1})
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@ use super::*;
 use crate::api::{
     CONDITION_RECOMMENDATION_PROVIDED, PodCounts, ShutdownPolicy, ShutdownPolicyStatus,
 };
+use crate::controller::metrics::CauseLabels;
 use crate::controller::workloads::SlimDeployment;
-use crate::observe::{Observation, T0Source};
+use crate::observe::{Cause, Observation, T0Source};
 use crate::recommend::PhaseDurations;
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
@@ -273,6 +274,7 @@ fn observation(i: i64) -> Observation {
         t0_source: T0Source::Report,
         grace_seconds: 30,
         pod_grace_seconds: 30,
+        cause: Cause::Deletion,
         pod_created_unix_ms: Some(t0 - 3_600_000),
         deadline_unix_ms: t0 + 30_000,
         finished_unix_ms: t0 + 6_000,
@@ -389,7 +391,20 @@ fn a_deleted_policy_leaves_no_metric_series() {
             namespace: "shop".into(),
             policy: policy.into(),
         };
-        metrics.observations.get_or_create(&labels).inc();
+        let key = PolicyKey {
+            namespace: "shop".into(),
+            name: policy.into(),
+        };
+        for cause in [Cause::Deletion, Cause::Eviction] {
+            metrics
+                .observations
+                .get_or_create(&CauseLabels::new(&key, cause))
+                .inc();
+        }
+        metrics
+            .cut_short
+            .get_or_create(&CauseLabels::new(&key, Cause::Eviction))
+            .inc();
         metrics.kills.get_or_create(&labels).inc();
         metrics.unobserved.get_or_create(&labels).inc();
         metrics.timeouts.get_or_create(&labels).inc();
@@ -412,10 +427,11 @@ fn a_deleted_policy_leaves_no_metric_series() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("deployment-web"), "{text}");
-    // observations, kills, unobserved, timeouts, the gauge and 3 restart outcomes.
+    // 2 observations (by cause), 1 cut short, kills, unobserved, timeouts, the gauge and 3
+    // restart outcomes.
     assert_eq!(
         text.matches("policy=\"deployment-api\"").count(),
-        8,
+        10,
         "{text}"
     );
     assert!(
@@ -431,6 +447,7 @@ fn timed_out_observation(i: i64, grace_seconds: u32) -> Observation {
     Observation {
         grace_seconds,
         pod_grace_seconds: grace_seconds,
+        cause: Cause::Deletion,
         deadline_unix_ms: t0 + i64::from(grace_seconds) * 1000,
         finished_unix_ms: t0 + deadline as i64 + 500,
         duration_ms: deadline + 500,

@@ -6,9 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::CustomResourceExt;
 use kube::{Api, Client, Config};
-use lameduck_operator::api::ShutdownPolicy;
 
 /// A client for the local cluster (`KUBECONFIG`, else `.state/kubeconfig`); panics with how
 /// to start one if none answers within 5 s.
@@ -43,7 +41,7 @@ pub async fn client() -> Client {
 /// watches (the webhook's included) are not ready without it.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ShutdownPolicy::crd();
+    let crd = lameduck_operator::api::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
     crds.patch(
         &name,
