@@ -322,6 +322,113 @@ fn request(ip: &str, port: u16, method: &str, path: &str) -> Result<u16> {
         .with_context(|| format!("no status line in {response:?}"))
 }
 
+/// An eviction through the Eviction API and a `kubectl delete --grace-period` shorter than
+/// the shutdown needs (grace 60 s, cleanup 10 s, both cut to 3 s): each is recorded with its
+/// cause; `killed`, `timeouts`, the samples and the recommendation stay as the rollout left
+/// them, and no PodKilled Event is raised.
+#[tokio::test]
+async fn t12_evictions_and_shortened_deletes_are_recorded_by_cause() {
+    installed().await;
+    with_namespace("disrupt", |client, ns| async move {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{Api, DeleteParams, EvictParams};
+        const POLICY: &str = "deployment-disrupt";
+        // Off: the pods keep their 60 s, the deletions below shorten it.
+        apply(&ns, &sdp_manifest("disrupt", "Off", 2))?;
+        Web {
+            name: "disrupt",
+            image: RUST_WEB,
+            replicas: 2,
+            inject: true,
+            grace: 60,
+            cleanup_millis: 10_000,
+        }
+        .create(&ns)
+        .await?;
+        // A rollout first: two samples and a recommendation that must not move.
+        restart_and_settle(&ns, "disrupt", 2).await?;
+        let before = wait_samples(&ns, POLICY, 2, Duration::from_secs(90)).await?["status"].clone();
+        ensure!(
+            !before["recommendation"]["gracePeriodSeconds"].is_null(),
+            "no recommendation after the rollout: {before}"
+        );
+        ensure!(
+            before["causes"] == serde_json::json!({"deletion": 2}),
+            "the rollout's causes: {}",
+            before["causes"]
+        );
+        let victims: Vec<String> = live_pods(&ns, "disrupt")?
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        let [evicted, deleted] = victims.as_slice() else {
+            anyhow::bail!("want 2 running pods, have {victims:?}");
+        };
+        let pods: Api<Pod> = Api::namespaced(client, &ns);
+        pods.evict(
+            evicted,
+            &EvictParams {
+                delete_options: Some(DeleteParams {
+                    grace_period_seconds: Some(3),
+                    ..DeleteParams::default()
+                }),
+                ..EvictParams::default()
+            },
+        )
+        .await
+        .context("evict through the Eviction API")?;
+        kubectl(&["delete", "pod", "-n", &ns, deleted, "--grace-period=3", "--wait=false"])?;
+        let after = wait_for("both disruptions recorded", Duration::from_secs(120), || {
+            let st = policy(&ns, POLICY)?["status"].clone();
+            let causes = &st["causes"];
+            Ok((causes["eviction"] == 1 && causes["shortenedDeletion"] == 1).then_some(st))
+        })
+        .await?;
+        eprintln!("{}", serde_json::to_string_pretty(&after)?);
+        for field in ["killed", "timeouts", "samples"] {
+            ensure!(
+                after[field] == before[field],
+                "{field}: {} before the disruptions, {} after",
+                before[field],
+                after[field]
+            );
+        }
+        ensure!(
+            after["recommendation"] == before["recommendation"],
+            "the recommendation moved: {} -> {}",
+            before["recommendation"],
+            after["recommendation"]
+        );
+        // 10 s of cleanup in 3 s (+2 s the kubelet adds after the preStop hook): killed.
+        ensure!(
+            after["cutShort"] == 2,
+            "cutShort {}, want both disruptions",
+            after["cutShort"]
+        );
+        let events = kubectl_json(&["get", "events", "-n", &ns])?;
+        let killed_events: Vec<&serde_json::Value> = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reason"] == "PodKilled" || e["reason"] == "ShutdownTimedOut")
+            .collect();
+        ensure!(killed_events.is_empty(), "Events for cut-short shutdowns: {killed_events:?}");
+        summary(
+            "disruptions by cause",
+            &format!(
+                "eviction and delete --grace-period=3 of a 60 s / 10 s-cleanup pod: causes {}, cutShort {}, killed {} and timeouts {} unchanged, recommendation {}s unchanged",
+                after["causes"],
+                after["cutShort"],
+                after["killed"],
+                after["timeouts"],
+                after["recommendation"]["gracePeriodSeconds"]
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn t2_rolling_restart_under_load_loses_nothing() {
     installed().await;
