@@ -60,6 +60,14 @@ pub enum Notice {
         /// Samples forgotten.
         samples: u64,
     },
+    /// `GracePeriodExceeded` turned true: the shutdowns need more than
+    /// `gracePeriod.maxSeconds`, and pods will be killed before their cleanup ends.
+    GracePeriodExceeded {
+        /// What the shutdowns need (the uncapped recommendation).
+        needed_seconds: u32,
+        /// The policy's cap.
+        max_seconds: u32,
+    },
     /// The applied recommendation changed.
     RecommendationChanged {
         /// Before (None: the workload's own value).
@@ -363,6 +371,21 @@ impl PolicyRecord {
             pods,
             histogram: (self.history.samples() > 0).then(|| self.history.to_state()),
         };
+        let exceeded = |conditions: &[Condition]| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_GRACE_PERIOD_EXCEEDED && c.status == "True")
+        };
+        if let (true, false, Some(needed)) = (
+            exceeded(&status.conditions),
+            exceeded(&current.conditions),
+            recommendation.uncapped_seconds,
+        ) {
+            self.notices.push(Notice::GracePeriodExceeded {
+                needed_seconds: needed,
+                max_seconds: settings.max_seconds,
+            });
+        }
         (status, recommendation)
     }
 
@@ -655,6 +678,48 @@ mod tests {
             json["causes"],
             serde_json::json!({"deletion": 5, "eviction": 1, "shortenedDeletion": 1})
         );
+    }
+
+    #[test]
+    fn grace_period_exceeded_is_announced_once_when_it_turns_true() {
+        let mut policy = policy();
+        policy.spec.grace_period.max_seconds = 20;
+        let mut record = PolicyRecord::default();
+        for i in 0..6 {
+            record.push(
+                format!("web-{i}"),
+                observation(NOW + i * 1000, 30_000, false),
+            );
+        }
+        let now = Timestamp::from_millisecond(NOW + 60_000).unwrap();
+        let (status, recommendation) = record.status(&policy, now);
+        assert!(recommendation.capped(), "{recommendation:?}");
+        let exceeded: Vec<_> = record
+            .take_notices()
+            .into_iter()
+            .filter(|n| matches!(n, Notice::GracePeriodExceeded { .. }))
+            .collect();
+        assert_eq!(
+            exceeded,
+            [Notice::GracePeriodExceeded {
+                needed_seconds: recommendation.uncapped_seconds.unwrap(),
+                max_seconds: 20
+            }]
+        );
+        // Still exceeded at the next write (and after a restart): no second Event.
+        policy.status = Some(status);
+        record.push("web-7".into(), observation(NOW + 70_000, 30_000, false));
+        let later = Timestamp::from_millisecond(NOW + 120_000).unwrap();
+        record.status(&policy, later);
+        assert!(
+            !record
+                .take_notices()
+                .iter()
+                .any(|n| matches!(n, Notice::GracePeriodExceeded { .. }))
+        );
+        let mut restarted = PolicyRecord::default();
+        restarted.status(&policy, later);
+        assert!(restarted.take_notices().is_empty());
     }
 
     #[test]

@@ -164,6 +164,16 @@ async fn publish(
             action: "Recommend".into(),
             secondary: None,
         },
+        Notice::GracePeriodExceeded {
+            needed_seconds,
+            max_seconds,
+        } => Event {
+            type_: EventType::Warning,
+            reason: "GracePeriodExceeded".into(),
+            note: Some(exceeded_note(needed_seconds, max_seconds)),
+            action: "Recommend".into(),
+            secondary: None,
+        },
         Notice::RecommendationChanged { from, to } => Event {
             type_: EventType::Normal,
             reason: "RecommendationChanged".into(),
@@ -182,6 +192,16 @@ async fn publish(
             tracing::warn!(%error, reason = %event.reason, object = ?reference.name, "could not publish event");
         }
     }
+}
+
+/// The note of a `GracePeriodExceeded` Event: what the shutdowns need, the cap, and the
+/// limits of the platform that a raised cap still meets.
+fn exceeded_note(needed_seconds: u32, max_seconds: u32) -> String {
+    format!(
+        "the shutdowns need about {needed_seconds}s but gracePeriod.maxSeconds is {max_seconds}s: \
+         pods will be SIGKILLed before their cleanup ends; raise maxSeconds or make the shutdown \
+         faster (the Cluster Autoscaler waits at most 600s for a drain, spot nodes give 30s to 2min)"
+    )
 }
 
 /// The note of a `PodKilled` Event. When the grace period is already at the policy's
