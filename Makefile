@@ -69,8 +69,12 @@ lint: deps ## make help lists every target; cargo fmt --check, clippy -D warning
 unit: build ## Rust unit and process-level tests (no cluster needed)
 	cargo test --locked --workspace
 
+.PHONY: alerts-test
+alerts-test: ## the chart's alert rules: promtool check + unit tests (test/alerts/), as rendered by the chart
+	$(ROOT)/hack/alerts-test.sh
+
 .PHONY: test
-test: lint unit go-test ## everything: lint, unit, process-level, SDK and cluster tests
+test: lint unit go-test alerts-test ## everything: lint, unit, process-level, SDK, alert-rule and cluster tests
 	$(MAKE) --no-print-directory cluster-test
 
 .PHONY: cluster-test

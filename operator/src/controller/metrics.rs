@@ -90,6 +90,12 @@ pub struct ControllerMetrics {
     pub unobserved: Family<PolicyLabels, Counter>,
     /// The applied grace-period recommendation, per policy.
     pub recommendation: Family<PolicyLabels, Gauge>,
+    /// What the shutdowns need, before `gracePeriod.maxSeconds` caps it, per policy.
+    pub needed: Family<PolicyLabels, Gauge>,
+    /// 1 while `GracePeriodExceeded` is true, else 0, per policy.
+    pub exceeded: Family<PolicyLabels, Gauge>,
+    /// Running pods of the workload without the sidecar, per policy.
+    pub without_sidecar: Family<PolicyLabels, Gauge>,
     /// Terminating injected pods being followed.
     pub terminating: Gauge,
     /// Reconcile and status-write errors, by controller and kind of error.
@@ -110,6 +116,9 @@ impl Default for ControllerMetrics {
             container_restart_shutdowns: Family::default(),
             unobserved: Family::default(),
             recommendation: Family::default(),
+            needed: Family::default(),
+            exceeded: Family::default(),
+            without_sidecar: Family::default(),
             terminating: Gauge::default(),
             errors: Family::default(),
             // 1 ms … ~16 s: a reconcile is one or two API calls, a status pass one patch per
@@ -162,6 +171,21 @@ impl ControllerMetrics {
             metrics.recommendation.clone(),
         );
         registry.register(
+            "needed_grace_period_seconds",
+            "The grace period the observed shutdowns need, before gracePeriod.maxSeconds caps it, per ShutdownPolicy",
+            metrics.needed.clone(),
+        );
+        registry.register(
+            "grace_period_exceeded",
+            "1 while the shutdowns need more than gracePeriod.maxSeconds (condition GracePeriodExceeded), per ShutdownPolicy",
+            metrics.exceeded.clone(),
+        );
+        registry.register(
+            "pods_without_sidecar",
+            "Running pods of the workload without the lameduck sidecar, per ShutdownPolicy",
+            metrics.without_sidecar.clone(),
+        );
+        registry.register(
             "terminating_pods",
             "Terminating injected pods being followed",
             metrics.terminating.clone(),
@@ -206,6 +230,9 @@ impl ControllerMetrics {
         self.timeouts.remove(&labels);
         self.unobserved.remove(&labels);
         self.recommendation.remove(&labels);
+        self.needed.remove(&labels);
+        self.exceeded.remove(&labels);
+        self.without_sidecar.remove(&labels);
         for outcome in RESTART_OUTCOMES {
             self.container_restart_shutdowns.remove(&RestartLabels {
                 namespace: namespace.to_owned(),

@@ -409,6 +409,9 @@ fn a_deleted_policy_leaves_no_metric_series() {
         metrics.unobserved.get_or_create(&labels).inc();
         metrics.timeouts.get_or_create(&labels).inc();
         metrics.recommendation.get_or_create(&labels).set(7);
+        metrics.needed.get_or_create(&labels).set(9);
+        metrics.exceeded.get_or_create(&labels).set(1);
+        metrics.without_sidecar.get_or_create(&labels).set(2);
         let mut restarted = observation(0);
         restarted.container_restarts = vec![
             ("web".into(), lameduck_proto::Outcome::Timeout),
@@ -427,11 +430,11 @@ fn a_deleted_policy_leaves_no_metric_series() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("deployment-web"), "{text}");
-    // 2 observations (by cause), 1 cut short, kills, unobserved, timeouts, the gauge and 3
+    // 2 observations (by cause), 1 cut short, kills, unobserved, timeouts, 4 gauges and 3
     // restart outcomes.
     assert_eq!(
         text.matches("policy=\"deployment-api\"").count(),
-        10,
+        13,
         "{text}"
     );
     assert!(

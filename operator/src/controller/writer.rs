@@ -12,7 +12,9 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::record::Notice;
 use super::{Context, Error, PolicyKey, Result};
-use crate::api::{RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus};
+use crate::api::{
+    CONDITION_GRACE_PERIOD_EXCEEDED, RecommendationStatus, ShutdownPolicy, ShutdownPolicyStatus,
+};
 
 /// Top-level status fields that are omitted when empty; a merge patch must null them so
 /// that a value that went away is removed.
@@ -40,7 +42,7 @@ pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
         // Nothing is recorded into a policy that is going away, or whose namespace is.
         let closing = policy.metadata.deletion_timestamp.is_some()
             || ctx.namespace_terminating(&key.namespace);
-        let (status, grace, notices) = {
+        let (status, grace, needed, notices) = {
             let mut book = ctx.book();
             let record = book.entry(key.namespace.clone(), key.name.clone());
             if closing {
@@ -53,14 +55,36 @@ pub async fn write_statuses(ctx: &Context, now: Timestamp) -> Result<usize> {
             (
                 status,
                 recommendation.grace_period_seconds,
+                recommendation.uncapped_seconds,
                 record.take_notices(),
             )
         };
+        let labels = key.labels();
         if let Some(seconds) = grace {
             ctx.metrics
                 .recommendation
-                .get_or_create(&key.labels())
+                .get_or_create(&labels)
                 .set(i64::from(seconds));
+        }
+        if let Some(seconds) = needed {
+            ctx.metrics
+                .needed
+                .get_or_create(&labels)
+                .set(i64::from(seconds));
+        }
+        let exceeded = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_GRACE_PERIOD_EXCEEDED && c.status == "True");
+        ctx.metrics
+            .exceeded
+            .get_or_create(&labels)
+            .set(i64::from(exceeded));
+        if let Some(pods) = status.pods {
+            ctx.metrics
+                .without_sidecar
+                .get_or_create(&labels)
+                .set(i64::from(pods.not_injected));
         }
         if policy.status.as_ref() != Some(&status) {
             patch_status(ctx, &key, &status).await?;
