@@ -73,8 +73,19 @@ unit: build ## Rust unit and process-level tests (no cluster needed)
 alerts-test: ## the chart's alert rules: promtool check + unit tests (test/alerts/), as rendered by the chart
 	$(ROOT)/hack/alerts-test.sh
 
+.PHONY: package-check
+package-check: ## cargo package of the publishable crates (lameduck-proto, the Rust SDK): metadata, README, license, and a build from the packaged sources
+	cargo package --locked --allow-dirty -p lameduck-proto -p lameduck
+	@for crate in lameduck-proto lameduck; do \
+	  files="$$(cargo package --locked --allow-dirty -p $$crate --list)"; \
+	  for f in LICENSE README.md Cargo.toml; do \
+	    grep -qx "$$f" <<<"$$files" || { echo "package-check: $$crate lacks $$f" >&2; exit 1; }; \
+	  done; \
+	done
+	@echo "package-check: lameduck-proto and lameduck package and build"
+
 .PHONY: test
-test: lint unit go-test alerts-test ## everything: lint, unit, process-level, SDK, alert-rule and cluster tests
+test: lint unit go-test alerts-test package-check ## everything: lint, unit, process-level, SDK, alert-rule, packaging and cluster tests
 	$(MAKE) --no-print-directory cluster-test
 
 .PHONY: cluster-test

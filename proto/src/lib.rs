@@ -35,3 +35,8 @@ pub use report::{
     REPORT_MAX_BYTES, REPORT_MIN_BYTES, REPORT_VERSION, RestartReport, TerminationReport,
     report_budget, truncate_chars,
 };
+
+/// The README's examples, compiled as doctests so that what it shows keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -596,3 +596,8 @@ mod tests {
         assert!(error.len() <= MAX_ERROR_BYTES);
     }
 }
+
+/// The README's examples, compiled as doctests so that what it shows keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
