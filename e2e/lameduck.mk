@@ -9,19 +9,21 @@ VEGETA := $(CACHE_DIR)/bin/vegeta
 E2E_THREADS ?= 1
 E2E_CHART := $(ROOT)/charts/lameduck
 
-.PHONY: images lameduck-images lameduck-install vegeta chart-lint e2e-test e2e-drills
+.PHONY: images lameduck-images lameduck-install publish vegeta chart-lint e2e-test e2e-drills
 
 ##@ Cluster
 
-# Every image the local cluster runs: its own (pause, testapp: images.sh) and lameduck's.
-# Each is re-imported only when its binary changed (IMAGE_SKIP_UNCHANGED), so a warm run
-# imports nothing. Further images are further image.sh lines:
+# Every image the local cluster runs. lameduck's own (operator, sidecar) and its chart go
+# through the cluster's registry, as on any cluster (publish: pushed, then pulled by the
+# kubelet); the cluster's own (pause, testapp: images.sh) and the example apps the suites
+# deploy are imported into containerd, each only when its binary changed
+# (IMAGE_SKIP_UNCHANGED), so a warm run imports nothing. Further images are further
+# image.sh lines:
 #   $(CLUSTER_DIR)/image.sh NAME:TAG STATIC_BINARY [ENTRYPOINT...]
-images: cluster-up static go-build ## build the local OCI images (pause, testapp, lameduck/*:dev) and import the changed ones into the cluster's containerd
+images: cluster-up static go-build ## publish lameduck's images and chart to the local registry; build and import the cluster's and the example apps' images
+	@$(MAKE) --no-print-directory publish REGISTRY=localhost:5000
 	@export IMAGE_SKIP_UNCHANGED=1; \
 	$(CLUSTER_DIR)/images.sh; \
-	IMAGE_BINARY_PATH=/lameduck-sidecar $(CLUSTER_DIR)/image.sh lameduck/sidecar:dev $(STATIC_DIR)/lameduck-sidecar; \
-	IMAGE_BINARY_PATH=/lameduck-operator $(CLUSTER_DIR)/image.sh lameduck/operator:dev $(STATIC_DIR)/lameduck-operator; \
 	IMAGE_BINARY_PATH=/lameduck-example-web $(CLUSTER_DIR)/image.sh lameduck/example-rust-web:dev $(STATIC_DIR)/lameduck-example-web; \
 	IMAGE_BINARY_PATH=/lameduck-example-go-web $(CLUSTER_DIR)/image.sh lameduck/example-go-web:dev $(ROOT)/target/go/go-web; \
 	IMAGE_BINARY_PATH=/lameduck-example-go-naive $(CLUSTER_DIR)/image.sh lameduck/example-go-naive:dev $(ROOT)/target/go/go-naive
@@ -30,8 +32,13 @@ images: cluster-up static go-build ## build the local OCI images (pause, testapp
 # and habits that still call it.
 lameduck-images: images ## same as images (its former name)
 
-lameduck-install: images ## helm upgrade --install lameduck on the local cluster with the local images
+lameduck-install: images ## helm upgrade --install lameduck on the local cluster from its registry (chart and images)
 	$(ROOT)/hack/install-local.sh
+
+# REGISTRY: where to (default: the local cluster's registry, localhost:5000, which needs
+# make cluster-up). Credentials: `skopeo login` and `helm registry login`.
+publish: static ## push the operator and sidecar images and the chart (OCI) to REGISTRY (default: the local cluster's)
+	$(ROOT)/hack/publish.sh
 
 ##@ Setup
 

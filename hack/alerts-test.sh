@@ -2,39 +2,15 @@
 # The chart's monitoring (make alerts-test): `promtool check rules` and `promtool test rules`
 # of charts/lameduck/files/alerts.yaml (tests in test/alerts/), the same check of the rules
 # as the chart renders them into its PrometheusRule, and `helm lint` with every monitoring
-# object on. promtool comes from Debian's prometheus package, unpacked into
-# $CACHE_DIR/prometheus-<version>/ (the package is not installed: no service is set up or
-# started); helm is the cluster's pinned build (e2e/cluster/build-binaries.sh, cached).
+# object on. promtool comes from Debian's prometheus package, unpacked into the cache by
+# hack/deb-binary.sh (the package is not installed: no service is set up or started);
+# helm is the cluster's pinned build (e2e/cluster/build-binaries.sh, cached).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../e2e/cluster/lib.sh
 source "$ROOT/e2e/cluster/lib.sh"
 
-promtool_bin() {
-  local version dir
-  version="$(apt-cache policy prometheus 2>/dev/null | sed -n 's/^ *Candidate: *//p')"
-  if [[ -z "$version" || "$version" == "(none)" ]]; then
-    apt-get update -qq
-    version="$(apt-cache policy prometheus | sed -n 's/^ *Candidate: *//p')"
-  fi
-  [[ -n "$version" && "$version" != "(none)" ]] || {
-    echo "alerts-test: Debian's prometheus package is not available (apt-cache policy prometheus); it carries promtool" >&2
-    exit 1
-  }
-  dir="$CACHE_DIR/prometheus-${version//[:+~]/_}"
-  if [[ ! -x "$dir/promtool" ]]; then
-    local tmp
-    tmp="$(mktemp -d)"
-    (cd "$tmp" && apt-get -o APT::Sandbox::User=root download "prometheus=$version" >/dev/null)
-    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
-    mkdir -p "$dir"
-    install -m 0755 "$tmp/root/usr/bin/promtool" "$dir/promtool"
-    rm -rf "$tmp"
-  fi
-  echo "$dir/promtool"
-}
-
-PROMTOOL="$(promtool_bin)"
+PROMTOOL="$("$ROOT/hack/deb-binary.sh" prometheus /usr/bin/promtool)"
 "$ROOT/e2e/cluster/build-binaries.sh" helm >&2
 HELM="$HELM_BIN/helm"
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `helm upgrade --install` of charts/lameduck on the local cluster with the locally built
-# images (make images), then waits until the webhook injects: the operator writes
-# the caBundle after it starts, and until then pods are created uninjected (failurePolicy
-# Ignore). A server-side dry-run of an annotated pod shows when it injects.
+# `helm upgrade --install` of lameduck on the local cluster from its registry: the chart
+# from oci://localhost:5000/charts/lameduck and the images pulled by digest, as `make
+# publish` left them ($STATE_DIR/published.env). Then waits until the webhook injects: the
+# operator writes the caBundle after it starts, and until then pods are created
+# uninjected (failurePolicy Ignore). A server-side dry-run of an annotated pod shows when
+# it injects.
 #
 # Usage: hack/install-local.sh [extra helm flags…]   (needs make images)
 set -euo pipefail
@@ -14,21 +16,23 @@ export KUBECONFIG
 
 RELEASE=${RELEASE:-lameduck}
 SYSTEM_NS=${SYSTEM_NS:-lameduck-system}
-operator_bin=target/x86_64-unknown-linux-gnu/release/lameduck-operator
-[[ -f $operator_bin ]] || {
-	echo "install-local: $operator_bin missing: run make images" >&2
+published=.state/published.env
+[[ -f $published ]] || {
+	echo "install-local: $published missing: run make images (it publishes to the local registry)" >&2
 	exit 1
 }
-# A new operator binary under the same :dev tag must restart the operator pods.
-op_hash=$(sha256sum "$operator_bin" | cut -c1-16)
-helm upgrade --install "$RELEASE" charts/lameduck -n "$SYSTEM_NS" --create-namespace \
-	--set operator.image.repository=lameduck/operator \
-	--set operator.image.tag=dev \
-	--set operator.image.pullPolicy=Never \
-	--set sidecar.image.repository=lameduck/sidecar \
-	--set sidecar.image.tag=dev \
-	--set sidecar.image.pullPolicy=Never \
-	--set-string "operator.podAnnotations.e2e\.lameduck\.dev/binary=$op_hash" \
+# shellcheck source=/dev/null
+source "$published"
+plain_http=()
+[[ ${PLAIN_HTTP:-0} == 1 ]] && plain_http=(--plain-http)
+# The images by digest: a rebuilt operator rolls the operator pods, and no node keeps a
+# stale copy of a tag.
+helm upgrade --install "$RELEASE" "$CHART" --version "$CHART_VERSION" "${plain_http[@]}" \
+	-n "$SYSTEM_NS" --create-namespace \
+	--set operator.image.repository="$OPERATOR_REPOSITORY" \
+	--set operator.image.tag="$OPERATOR_TAG" \
+	--set sidecar.image.repository="$SIDECAR_REPOSITORY" \
+	--set sidecar.image.tag="$SIDECAR_TAG" \
 	--wait --timeout 180s "$@" | sed -n '/^NOTES/q;s/^/    /p'
 
 webhook_injects() {

@@ -7,7 +7,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 PKGS=(containerd runc containernetworking-plugins iptables conntrack umoci openssl curl
-  iproute2 file)
+  iproute2 file skopeo)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
@@ -19,5 +19,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 # Debian's containerd package may start a system-wide instance where systemd runs; the
 # cluster runs its own with separate config, root, state and socket, so both can coexist.
+
+# The registry: Debian's docker-registry (the CNCF distribution registry), its binary only
+# (installing the package would set up a system-wide service).
+# shellcheck source=lib.sh
+REGISTRY_BIN="$(source "$HERE/lib.sh" && echo "$REGISTRY_BIN")"
+"$HERE/../../hack/deb-binary.sh" docker-registry /usr/bin/docker-registry "$REGISTRY_BIN" >/dev/null
 
 "$HERE/build-binaries.sh" k8s etcd helm

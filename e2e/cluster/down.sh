@@ -161,6 +161,7 @@ if [[ ${#containerd_pids[@]} -gt 0 && -S "$CONTAINERD_SOCK" ]]; then
   for c in "${ctrs[@]}"; do ctr_k8s containers delete "$c" >/dev/null 2>&1 || true; done
 fi
 stop_daemons 10 containerd
+stop_daemons 0 registry
 
 # 3. Shims that outlived their tasks or containerd.
 mapfile -t left < <(shim_pids)

@@ -57,12 +57,21 @@ ETCD_PEER_URL=http://127.0.0.1:23800
 # cgroup (v1, cgroupfs driver) under which the kubelet puts every pod: only ours.
 CGROUP_ROOT=lameduck
 
+# The cluster's OCI registry (the CNCF distribution registry, Debian's docker-registry
+# binary unpacked by cluster-deps): lameduck's images and its chart are pushed here and
+# pulled from here, as from any registry. Plain HTTP on loopback only; containerd is told
+# so for this one host (up.sh, hosts.toml).
+REGISTRY=localhost:5000
+REGISTRY_LISTEN=127.0.0.1:5000
+REGISTRY_BIN="$CACHE_DIR/registry/docker-registry"
+REGISTRY_DATA="$BASE/registry"
+
 # Images every cluster needs (built by images.sh, imported by cluster-up).
 PAUSE_IMAGE=docker.io/lameduck/pause:3.10
 TESTAPP_IMAGE=docker.io/lameduck/testapp:dev
 
 # The daemons in start order; cluster-down stops them in reverse.
-DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy)
 # The shim containerd runs for every pod sandbox (runtime_type io.containerd.runc.v2).
 SHIM_BIN=/usr/bin/containerd-shim-runc-v2
 # Where containerd's shims write their PID files (shim.pid in each task's bundle).
@@ -85,6 +94,7 @@ daemon_binary() {
   case "$1" in
     etcd) echo "$ETCD_BIN/etcd" ;;
     containerd) echo /usr/bin/containerd ;;
+    registry) echo "$REGISTRY_BIN" ;;
     kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) echo "$K8S_BIN/$1" ;;
     *) return 1 ;;
   esac

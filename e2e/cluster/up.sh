@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings up the single-node local cluster (idempotent):
 #   etcd -> kube-apiserver -> kube-controller-manager, kube-scheduler
-#        -> containerd (+ pause/testapp images) -> kubelet, kube-proxy
+#        -> the registry -> containerd (+ pause/testapp images) -> kubelet, kube-proxy
 # If a healthy cluster is already running it only prints the KUBECONFIG line. Anything
 # else (a half-started or killed previous run) is first cleaned away with down.sh, then the
 # cluster starts from an empty etcd. Daemons run detached (setsid) with logs in $LOGS and
@@ -17,7 +17,7 @@ lock_cluster
 start=$SECONDS
 
 for b in "$K8S_BIN"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl} \
-  "$ETCD_BIN/etcd" /usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables; do
+  "$ETCD_BIN/etcd" "$REGISTRY_BIN" /usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables; do
   [[ -x "$b" ]] || die "$b is missing: run make cluster-deps"
 done
 
@@ -165,6 +165,31 @@ start_daemon kube-scheduler "$K8S_BIN/kube-scheduler" \
   --authorization-kubeconfig "$CONF/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --leader-elect=false --profiling=false --v=1
 
+log "starting the registry on $REGISTRY"
+mkdir -p "$REGISTRY_DATA"
+cat >"$CONF/registry.yml" <<EOF_REG
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DATA
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_LISTEN
+EOF_REG
+start_daemon registry "$REGISTRY_BIN" serve "$CONF/registry.yml"
+wait_for 30 "registry" curl -fsS "http://$REGISTRY_LISTEN/v2/" || { check_alive registry; die "registry not answering"; }
+# containerd pulls from it over plain HTTP (and only from it: every other host keeps TLS).
+mkdir -p "$CONF/certs.d/$REGISTRY"
+cat >"$CONF/certs.d/$REGISTRY/hosts.toml" <<EOF_HOSTS
+server = "http://$REGISTRY"
+
+[host."http://$REGISTRY_LISTEN"]
+  capabilities = ["pull", "resolve"]
+EOF_HOSTS
+
 log "starting containerd"
 cat >"$CONF/containerd.toml" <<EOF_CTR
 version = 2
@@ -196,6 +221,8 @@ state = "$CONTAINERD_STATE"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CONF/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$CNI_CONF_DIR"
