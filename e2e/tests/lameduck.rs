@@ -32,7 +32,7 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
         web.create(&ns).await?;
         for p in live_pods(&ns, "web")? {
             ensure!(
-                init_names(&p).is_empty(),
+                !has_sidecar(&p),
                 "pod before annotation already injected"
             );
         }
@@ -928,7 +928,7 @@ async fn t5_webhook_outage_creates_uninjected_pods_and_reports_them() {
             let pods = live_pods(&ns, "outage")?;
             for p in &pods {
                 ensure!(
-                    init_names(p).is_empty(),
+                    !has_sidecar(p),
                     "pod created during the outage was injected"
                 );
             }

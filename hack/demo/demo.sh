@@ -113,8 +113,6 @@ if kubectl get namespace "$NS" >/dev/null 2>&1; then
 fi
 rm -rf "$OUT" "${RECORDS_ROOT:?}"
 mkdir -p "$OUT"
-for v in "${VARIANTS[@]}"; do mkdir -p "$RECORDS_ROOT/$v"; done
-chmod -R 0777 "$RECORDS_ROOT" # the apps run as UID 65532
 kubectl create namespace "$NS" >/dev/null
 
 manifests() {
@@ -140,6 +138,11 @@ EOF
      "metadata": {"labels": {"app": "$v", "lameduck-demo/variant": "$v"}},
      "spec": {
        "terminationGracePeriodSeconds": $GRACE,
+       "initContainers": [{
+         "name": "records-dir", "image": "lameduck/example-rust-web:dev", "imagePullPolicy": "Never",
+         "args": ["prepare-records-dir"], "env": [{"name": "RECORDS_DIR", "value": "/records"}],
+         "securityContext": {"runAsUser": 0, "runAsNonRoot": false},
+         "volumeMounts": [{"name": "records", "mountPath": "/records"}]}],
        "containers": [{
          "name": "web", "image": "$(image_of "$v")", "imagePullPolicy": "Never",
          "ports": [{"containerPort": 8080}],
@@ -149,7 +152,7 @@ EOF
          "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
          "volumeMounts": [{"name": "records", "mountPath": "/records"}]}],
        "volumes": [{"name": "records",
-                    "hostPath": {"path": "$RECORDS_ROOT/$v", "type": "Directory"}}]}}}}
+                    "hostPath": {"path": "$RECORDS_ROOT/$v", "type": "DirectoryOrCreate"}}]}}}}
 {"apiVersion": "v1", "kind": "Service",
  "metadata": {"name": "$v", "namespace": "$NS"},
  "spec": {"selector": {"app": "$v"}, "ports": [{"port": 80, "targetPort": 8080}]}}

@@ -202,6 +202,25 @@ pub fn init_names(pod: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Workloads
 
+/// The init container that readies the records hostPath for the app (the example's
+/// `prepare-records-dir`, as root: the kubelet creates the directory root-owned).
+pub fn records_dir_init() -> Value {
+    json!({
+        "name": "records-dir",
+        "image": RUST_WEB,
+        "imagePullPolicy": "Never",
+        "args": ["prepare-records-dir"],
+        "env": [{"name": "RECORDS_DIR", "value": "/records"}],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": false},
+        "volumeMounts": [{"name": "records", "mountPath": "/records"}],
+    })
+}
+
+/// Whether the pod has the lameduck sidecar.
+pub fn has_sidecar(pod: &Value) -> bool {
+    init_names(pod).iter().any(|n| n == "lameduck")
+}
+
 pub struct Web<'a> {
     pub name: &'a str,
     pub image: &'a str,
@@ -213,13 +232,9 @@ pub struct Web<'a> {
 
 impl Web<'_> {
     pub fn deployment(&self, ns: &str) -> Value {
+        // The kubelet creates the hostPath for root; the init container opens it to the app,
+        // which runs as 65532 (the manifest needs no preparation of the node).
         let records = format!("{RECORDS_ROOT}/{ns}/{}", self.name);
-        std::fs::create_dir_all(&records).expect("records dir");
-        // The app runs as UID 65532.
-        Command::new("chmod")
-            .args(["-R", "0777", &format!("{RECORDS_ROOT}/{ns}")])
-            .status()
-            .expect("chmod");
         let mut annotations = json!({});
         if self.inject {
             annotations["lameduck.dev/inject"] = json!("true");
@@ -236,6 +251,7 @@ impl Web<'_> {
                     "metadata": {"labels": {"app": self.name}},
                     "spec": {
                         "terminationGracePeriodSeconds": self.grace,
+                        "initContainers": [records_dir_init()],
                         "containers": [{
                             "name": "web",
                             "image": self.image,
@@ -251,7 +267,7 @@ impl Web<'_> {
                             "volumeMounts": [{"name": "records", "mountPath": "/records"}],
                         }],
                         "volumes": [{"name": "records",
-                                     "hostPath": {"path": records, "type": "Directory"}}],
+                                     "hostPath": {"path": records, "type": "DirectoryOrCreate"}}],
                     },
                 },
             },

@@ -10,6 +10,10 @@
 //! - `RECORDS_DIR` (default `/tmp/records`): records go to `<dir>/<HOSTNAME or pid>.records`
 //! - `LAMEDUCK_SOCKET`, `LAMEDUCK_CONTAINER`: set by the lameduck webhook
 //!
+//! `lameduck-example-web prepare-records-dir` creates `RECORDS_DIR` and opens it to every
+//! user (mode 1777), then exits: run as root in an init container, it readies a hostPath
+//! directory (created root-owned by the kubelet) for the app, which runs as user 65532.
+//!
 //! Stdout carries one line per step of the shutdown, for people and test harnesses:
 //! `listening on ADDR`, `draining (source: S, deadline in N ms, in flight: N)`,
 //! `server stopped`, `flushed N records`, `shutdown complete: ok` (or `: failed: …`).
@@ -142,6 +146,25 @@ async fn fail_liveness(State(state): State<AppState>) -> &'static str {
     "liveness broken\n"
 }
 
+/// Creates the records directory and opens it to every user (1777, like /tmp: each pod
+/// writes its own file), so that the app, running as 65532, can write to a hostPath the
+/// kubelet created for root.
+fn prepare_records_dir(dir: &Path) -> ExitCode {
+    use std::os::unix::fs::PermissionsExt;
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)));
+    match result {
+        Ok(()) => {
+            println!("records directory {} ready (mode 1777)", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("lameduck-example-web: prepare {}: {err}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -159,6 +182,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("prepare-records-dir") => return prepare_records_dir(&settings.records_dir),
+        Some(other) => {
+            eprintln!("lameduck-example-web: unknown command {other:?} (only prepare-records-dir)");
+            return ExitCode::from(2);
+        }
+    }
 
     let lameduck = lameduck::connect().await;
 

@@ -220,3 +220,25 @@ fn with_a_sidecar_drains_acknowledges_and_exits() {
     assert_eq!(service.wait_exit(), 0);
     assert_eq!(record_lines(&records), [1, 2]);
 }
+
+#[test]
+fn prepare_records_dir_creates_it_open_to_every_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ns").join("web");
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-example-web"))
+        .arg("prepare-records-dir")
+        .env("RECORDS_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "{mode:o}");
+    // An unknown command is refused, not served.
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-example-web"))
+        .arg("serve-forever")
+        .env("RECORDS_DIR", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
