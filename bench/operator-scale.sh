@@ -195,6 +195,14 @@ snapshot "$want_pods pods"
 lead=$(leader)
 echo "--- operator metrics of the leader $lead (selection)"
 metrics "$lead"
+# Which replica served the admissions matters for its RSS (the API server's keep-alive
+# connection lands on one of them): say it next to the figures.
+declare -A served
+for pod in "${!pids[@]}"; do
+	served[$pod]=$(kubectl get --raw "/api/v1/namespaces/$SYSTEM_NS/pods/$pod:$ADMIN_PORT/proxy/metrics" 2>/dev/null |
+		awk '/^lameduck_webhook_admissions_total/ {s += $2} END {print s + 0}')
+	log "admissions answered by $([[ $pod == "$lead" ]] && echo leader || echo follower) $pod: ${served[$pod]}"
+done
 
 cleanup
 sleep 5
