@@ -34,9 +34,10 @@ use crate::watches::{Reflected, Watches};
 /// How often a workload is looked at again without any change (pod counts drift).
 const RECHECK: Duration = Duration::from_secs(300);
 
-/// A workload as the operator keeps it: its metadata, its selector and its pod template's
-/// metadata, nothing else. Watches decode straight into it: serde skips the rest of the
-/// object (the template's pod spec, the status) without building it. At 500 Deployments
+/// A workload as the operator keeps it: its metadata, its selector, its pod template's
+/// metadata and a CronJob's running Jobs, nothing else. Watches decode straight into it:
+/// serde skips the rest of the object (the template's pod spec, the rest of the status)
+/// without building it. At 500 Deployments
 /// the pod specs decoded on every status change raised the heap's high-water mark by
 /// several MiB on every replica.
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
