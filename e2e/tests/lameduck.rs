@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 use lameduck_e2e::with_namespace;
+use serde_json::json;
 
 // ---------------------------------------------------------------------------------------
 // Scenarios
@@ -422,6 +423,131 @@ async fn t12_evictions_and_shortened_deletes_are_recorded_by_cause() {
                 after["killed"],
                 after["timeouts"],
                 after["recommendation"]["gracePeriodSeconds"]
+            ),
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// A CronJob's pods record into the CronJob's policy: every run is a new Job with a new
+/// name, so only a policy of the CronJob gathers samples across runs.
+#[tokio::test]
+async fn t13_cronjob_pods_record_into_the_cronjobs_policy() {
+    installed().await;
+    with_namespace("cronjob", |_client, ns| async move {
+        let name = "tick";
+        let policy_name = format!("cronjob-{name}");
+        // The web app's pod, run by a CronJob: it serves until its pod is deleted.
+        let web = Web {
+            name,
+            image: RUST_WEB,
+            replicas: 1,
+            inject: false,
+            grace: 30,
+            cleanup_millis: 200,
+        };
+        let mut template = web.deployment(&ns)["spec"]["template"].clone();
+        template["spec"]["restartPolicy"] = json!("Never");
+        apply(
+            &ns,
+            &json!({
+                "apiVersion": "batch/v1", "kind": "CronJob",
+                "metadata": {"name": name, "annotations": {"lameduck.dev/inject": "true"}},
+                "spec": {
+                    "schedule": "* * * * *",
+                    // One run at a time; a deleted pod ends its Job (no replacement).
+                    "concurrencyPolicy": "Forbid",
+                    "jobTemplate": {"spec": {
+                        "backoffLimit": 0,
+                        "activeDeadlineSeconds": 600,
+                        "template": template,
+                    }},
+                },
+            }),
+        )?;
+        let cron_job = kubectl_json(&["get", "cronjob", "-n", &ns, name])?;
+        let uid = cron_job["metadata"]["uid"].clone();
+        let sdp = wait_for(
+            &format!("ShutdownPolicy {policy_name}"),
+            Duration::from_secs(60),
+            || Ok(policy(&ns, &policy_name).ok()),
+        )
+        .await?;
+        let owners = &sdp["metadata"]["ownerReferences"];
+        ensure!(
+            owners
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["kind"] == "CronJob" && o["name"] == name && o["uid"] == uid),
+            "policy not owned by the CronJob: {owners}"
+        );
+        ensure!(
+            sdp["spec"]["targetRef"]
+                == json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": name}),
+            "targetRef: {}",
+            sdp["spec"]["targetRef"]
+        );
+        // The first run starts within a minute; its pod serves once the sidecar is up.
+        let pod = wait_for(
+            "a ready pod of the CronJob's first Job",
+            Duration::from_secs(150),
+            || {
+                Ok(pods(&ns, name)?.into_iter().find(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                }))
+            },
+        )
+        .await?;
+        // No second run meanwhile: one pod, one sample.
+        kubectl(&[
+            "patch",
+            "cronjob",
+            "-n",
+            &ns,
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ])?;
+        let pod_name = pod["metadata"]["name"]
+            .as_str()
+            .context("pod name")?
+            .to_owned();
+        let job = pod["metadata"]["ownerReferences"][0]["name"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            job.starts_with(&format!("{name}-")),
+            "pod {pod_name} owned by {job}, not by a Job of the CronJob"
+        );
+        check_injected(&pod, name, &policy_name)?;
+        ensure!(
+            pod["metadata"]["annotations"]["lameduck.dev/policy"] == json!(policy_name),
+            "pod {pod_name}: lameduck.dev/policy {}",
+            pod["metadata"]["annotations"]["lameduck.dev/policy"]
+        );
+        ensure!(
+            policy(&ns, &format!("job-{job}")).is_err(),
+            "the CronJob's Job {job} got a policy of its own"
+        );
+        kubectl(&["delete", "pod", "-n", &ns, &pod_name, "--wait=false"])?;
+        let p = wait_samples(&ns, &policy_name, 1, Duration::from_secs(90)).await?;
+        ensure!(
+            p["status"]["killed"].as_u64() == Some(0),
+            "killed {}",
+            p["status"]["killed"]
+        );
+        summary(
+            "13 cronjob",
+            &format!(
+                "policy {policy_name} owned by the CronJob; pod {pod_name} of Job {job} annotated with it; its shutdown recorded (samples {})",
+                p["status"]["samples"]
             ),
         );
         Ok(())

@@ -131,10 +131,11 @@ pub struct ShutdownPolicySpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job', 'CronJob', 'Pod'] || self.apiVersion != 'apps/v1'").message("targetRef.kind must name a workload kind such as Deployment, StatefulSet or DaemonSet"))]
 pub struct TargetRef {
-    /// API version of the workload, e.g. `apps/v1`.
+    /// API version of the workload: `apps/v1`, or `batch/v1` for a Job or CronJob.
     #[x_kube(validation = Rule::new("self != ''").message("targetRef.apiVersion must not be empty, e.g. apps/v1"))]
     pub api_version: String,
-    /// Kind of the workload: `Deployment`, `StatefulSet` or `DaemonSet`.
+    /// Kind of the workload: `Deployment`, `StatefulSet`, `DaemonSet`, `Job` or `CronJob`
+    /// (whose policy covers the pods of all its Jobs).
     #[x_kube(validation = Rule::new("self != ''").message("targetRef.kind must not be empty, e.g. Deployment"))]
     pub kind: String,
     /// Name of the workload, in the policy's namespace.

@@ -396,6 +396,8 @@ mod tests {
             deployments: listed(true),
             stateful_sets: listed(true),
             daemon_sets: listed(true),
+            jobs: listed(true),
+            cron_jobs: listed(true),
             namespaces: listed(true),
             policies: crate::controller::PolicyIndex::from_store(listed(policies_listed).store()),
         }

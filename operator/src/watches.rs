@@ -32,7 +32,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::controller::PolicyIndex;
-use crate::controller::workloads::{SlimDaemonSet, SlimDeployment, SlimStatefulSet, Workload};
+use crate::controller::workloads::{
+    SlimCronJob, SlimDaemonSet, SlimDeployment, SlimJob, SlimStatefulSet, Workload,
+};
 use crate::webhook::decide::{MetaSummary, MetadataIndex};
 
 /// Changes a subscriber may fall behind by before it is resynced from the store.
@@ -251,6 +253,13 @@ pub struct Watches {
     pub stateful_sets: Reflected<SlimStatefulSet>,
     /// DaemonSets, as [`Slim`](crate::controller::workloads::Slim).
     pub daemon_sets: Reflected<SlimDaemonSet>,
+    /// Jobs, as [`Slim`](crate::controller::workloads::Slim) trimmed further
+    /// ([`slim_job`](crate::controller::workloads::slim_job): finished Jobs pile up). The
+    /// webhook reads a new pod's Job for its CronJob; adoption gives standalone Jobs their
+    /// policy.
+    pub jobs: Reflected<SlimJob>,
+    /// CronJobs, as [`Slim`](crate::controller::workloads::Slim) (and their running Jobs).
+    pub cron_jobs: Reflected<SlimCronJob>,
     /// Namespaces, metadata only (the opt-in label, the deletion timestamp).
     pub namespaces: Reflected<PartialObjectMeta<Namespace>>,
     /// ShutdownPolicies.
@@ -281,6 +290,12 @@ impl Watches {
             "DaemonSet",
             SlimDaemonSet::slim,
         );
+        let (jobs, job) = reflect(Api::<SlimJob>::all(client.clone()), "Job", SlimJob::slim);
+        let (cron_jobs, cj) = reflect(
+            Api::<SlimCronJob>::all(client.clone()),
+            "CronJob",
+            SlimCronJob::slim,
+        );
         let (namespaces, ns) = reflect(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             "Namespace",
@@ -292,11 +307,18 @@ impl Watches {
             deployments,
             stateful_sets,
             daemon_sets,
+            jobs,
+            cron_jobs,
             namespaces,
             policies,
         };
         let run = async move {
-            futures::future::join(futures::future::join5(rs, deploy, sts, ds, ns), sdp).await;
+            futures::future::join3(
+                futures::future::join5(rs, deploy, sts, ds, ns),
+                futures::future::join(job, cj),
+                sdp,
+            )
+            .await;
         };
         (watches, run)
     }
@@ -307,6 +329,8 @@ impl Watches {
         self.deployments.store().wait_until_ready().await?;
         self.stateful_sets.store().wait_until_ready().await?;
         self.daemon_sets.store().wait_until_ready().await?;
+        self.jobs.store().wait_until_ready().await?;
+        self.cron_jobs.store().wait_until_ready().await?;
         self.namespaces.store().wait_until_ready().await?;
         self.policies.store().wait_until_ready().await
     }
@@ -336,6 +360,8 @@ impl Watches {
             ("Deployment", listed(&self.deployments)),
             ("StatefulSet", listed(&self.stateful_sets)),
             ("DaemonSet", listed(&self.daemon_sets)),
+            ("Job", listed(&self.jobs)),
+            ("CronJob", listed(&self.cron_jobs)),
             ("Namespace", listed(&self.namespaces)),
             ("ShutdownPolicy", listed(self.policies.reflected())),
         ]
@@ -368,6 +394,8 @@ impl MetadataIndex for Watches {
             "Deployment" => meta_summary(&self.deployments.store(), namespace, name),
             "StatefulSet" => meta_summary(&self.stateful_sets.store(), namespace, name),
             "DaemonSet" => meta_summary(&self.daemon_sets.store(), namespace, name),
+            "Job" => meta_summary(&self.jobs.store(), namespace, name),
+            "CronJob" => meta_summary(&self.cron_jobs.store(), namespace, name),
             _ => None,
         }
     }

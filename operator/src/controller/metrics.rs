@@ -57,7 +57,8 @@ pub struct RestartLabels {
 /// Label set of the reconcile duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
-    /// `deployments`, `statefulsets`, `daemonsets` (adoption) or `status` (the writer).
+    /// `deployments`, `statefulsets`, `daemonsets`, `jobs`, `cronjobs` (adoption) or
+    /// `status` (the writer).
     pub controller: &'static str,
 }
 

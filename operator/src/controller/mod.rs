@@ -365,6 +365,8 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
     let deployments = adopt::adopt::<workloads::SlimDeployment>(ctx.clone(), &watches);
     let statefulsets = adopt::adopt::<workloads::SlimStatefulSet>(ctx.clone(), &watches);
     let daemonsets = adopt::adopt::<workloads::SlimDaemonSet>(ctx.clone(), &watches);
+    let jobs = adopt::adopt::<workloads::SlimJob>(ctx.clone(), &watches);
+    let cron_jobs = adopt::adopt::<workloads::SlimCronJob>(ctx.clone(), &watches);
     let writer = async {
         let mut ticks = tokio::time::interval(status_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,7 +407,14 @@ async fn lead(ctx: Arc<Context>, watches: Watches, status_interval: Duration) {
             );
         }
     };
-    tokio::join!(deployments, statefulsets, daemonsets, writer);
+    tokio::join!(
+        deployments,
+        statefulsets,
+        daemonsets,
+        jobs,
+        cron_jobs,
+        writer
+    );
 }
 
 #[cfg(test)]

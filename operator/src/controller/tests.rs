@@ -913,3 +913,157 @@ fn a_lease_is_free_only_when_nobody_holds_it() {
         json!({"holderIdentity": "lameduck-abc", "leaseDurationSeconds": 12})
     ))));
 }
+
+fn cron_job(active: Value) -> workloads::SlimCronJob {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "report", "namespace": "shop", "uid": "cj-1"},
+        "spec": {"schedule": "* * * * *",
+                 "jobTemplate": {"spec": {"template": {"metadata": {"annotations": {"lameduck.dev/inject": "true"}}}}}},
+        "status": {"active": active}
+    }))
+    .unwrap()
+}
+
+fn job(owner: Option<Value>) -> workloads::SlimJob {
+    let mut value = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "report-29000000", "namespace": "shop", "uid": "j-1"},
+        "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-1"}},
+                 "template": {"metadata": {"annotations": {"lameduck.dev/inject": "true"}}}}
+    });
+    if let Some(owner) = owner {
+        value["metadata"]["ownerReferences"] = json!([owner]);
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+const CREATE_POLICY_PATH: &str =
+    "/apis/lameduck.dev/v1alpha1/namespaces/shop/shutdownpolicies?&fieldManager=lameduck-operator";
+
+#[tokio::test]
+async fn an_annotated_cronjob_gets_an_owned_policy_and_counts_its_running_jobs_pods() {
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::POST,
+            CREATE_POLICY_PATH,
+            |body| {
+                assert_eq!(body["metadata"]["name"], "cronjob-report");
+                assert_eq!(
+                    body["metadata"]["ownerReferences"][0],
+                    json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "report",
+                           "uid": "cj-1", "controller": true, "blockOwnerDeletion": true})
+                );
+                assert_eq!(
+                    body["spec"]["targetRef"],
+                    json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "report"})
+                );
+            },
+            serde_json::to_value(user_policy("cronjob-report")).unwrap(),
+        )
+        .await;
+        // The pods of its running Job, by the Job controller's uid label.
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/shop/pods?&labelSelector=batch.kubernetes.io%2Fcontroller-uid+in+%28j-1%29",
+            |_| {},
+            pod_list(),
+        )
+        .await;
+    });
+    let running = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "report-29000000",
+                          "namespace": "shop", "uid": "j-1"}]);
+    let action = workloads::reconcile(Arc::new(cron_job(running)), ctx.clone())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let mut book = ctx.book.lock().unwrap();
+    let record = book.entry("shop".into(), "cronjob-report".into());
+    let (status, _) = record.status(
+        &user_policy("cronjob-report"),
+        Timestamp::from_millisecond(NOW).unwrap(),
+    );
+    assert_eq!(status.target_uid.as_deref(), Some("cj-1"));
+    assert_eq!(
+        status.pods,
+        Some(PodCounts {
+            injected: 1,
+            not_injected: 1
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_cronjob_between_runs_counts_no_pods_without_listing() {
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::POST,
+            CREATE_POLICY_PATH,
+            |body| assert_eq!(body["metadata"]["name"], "cronjob-report"),
+            serde_json::to_value(user_policy("cronjob-report")).unwrap(),
+        )
+        .await;
+        expect_silence(&mut api, "no pod list for a CronJob without running Jobs").await;
+    });
+    workloads::reconcile(Arc::new(cron_job(json!([]))), ctx.clone())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+    let mut book = ctx.book.lock().unwrap();
+    let record = book.entry("shop".into(), "cronjob-report".into());
+    let (status, _) = record.status(
+        &user_policy("cronjob-report"),
+        Timestamp::from_millisecond(NOW).unwrap(),
+    );
+    assert_eq!(status.pods, Some(PodCounts::default()));
+}
+
+#[tokio::test]
+async fn an_annotated_standalone_job_gets_an_owned_policy() {
+    let (ctx, mut api) = context(vec![]);
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::POST,
+            CREATE_POLICY_PATH,
+            |body| {
+                assert_eq!(body["metadata"]["name"], "job-report-29000000");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Job");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "j-1");
+                assert_eq!(body["spec"]["targetRef"]["apiVersion"], "batch/v1");
+            },
+            serde_json::to_value(user_policy("job-report-29000000")).unwrap(),
+        )
+        .await;
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/shop/pods?&labelSelector=batch.kubernetes.io%2Fcontroller-uid%3Dj-1",
+            |_| {},
+            pod_list(),
+        )
+        .await;
+    });
+    workloads::reconcile(Arc::new(job(None)), ctx.clone())
+        .await
+        .unwrap();
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cronjobs_job_gets_no_policy_of_its_own() {
+    let (ctx, mut api) = context(vec![]);
+    let owner = json!({"apiVersion": "batch/v1", "kind": "CronJob", "name": "report",
+                       "uid": "cj-1", "controller": true});
+    let action = workloads::reconcile(Arc::new(job(Some(owner))), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    expect_silence(&mut api, "no policy for a Job its CronJob's policy covers").await;
+}

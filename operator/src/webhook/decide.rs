@@ -44,7 +44,8 @@ impl MetaSummary {
 
 /// Read access to the metadata caches. Implementations never call the API server.
 pub trait MetadataIndex: Send + Sync + 'static {
-    /// A ReplicaSet, Deployment, StatefulSet or DaemonSet by kind, namespace and name.
+    /// A ReplicaSet, Deployment, StatefulSet, DaemonSet, Job or CronJob by kind, namespace
+    /// and name.
     fn workload(&self, kind: &str, namespace: &str, name: &str) -> Option<MetaSummary>;
     /// The value of the namespace's `lameduck.dev/inject` label.
     fn namespace_label(&self, namespace: &str) -> Option<String>;
@@ -109,10 +110,12 @@ pub fn decide(pod: &ObjectMeta, namespace: &str, index: &dyn MetadataIndex) -> D
 
 /// The pod's top-level workload and, when cached, its metadata summary.
 ///
-/// Pod → ReplicaSet → Deployment; StatefulSet, DaemonSet, Job and other controllers are
-/// their own top level. A ReplicaSet the cache has not seen yet (it was created moments
-/// ago) is resolved to its Deployment through the `pod-template-hash` naming convention.
-/// A bare pod is `Pod/<name>`, or `Pod/<generateName without its trailing '-'>`.
+/// Pod → ReplicaSet → Deployment; Pod → Job → CronJob; StatefulSet, DaemonSet, a Job
+/// without a CronJob and other controllers are their own top level. A ReplicaSet the cache
+/// has not seen yet (it was created moments ago) is resolved to its Deployment through the
+/// `pod-template-hash` naming convention; a Job likewise to its CronJob through the
+/// CronJob controller's naming (see [`resolve_job`]). A bare pod is `Pod/<name>`, or
+/// `Pod/<generateName without its trailing '-'>`.
 pub fn resolve_workload(
     pod: &ObjectMeta,
     namespace: &str,
@@ -145,6 +148,9 @@ pub fn resolve_workload(
         kind: owner.kind.clone(),
         name: owner.name.clone(),
     };
+    if owner.kind == "Job" {
+        return resolve_job(&owner.name, namespace, index);
+    }
     if owner.kind != "ReplicaSet" {
         let meta = index.workload(&owner.kind, namespace, &owner.name);
         return (owner_ref, meta);
@@ -177,5 +183,198 @@ pub fn resolve_workload(
             )
         }
         None => (owner_ref, replica_set),
+    }
+}
+
+/// A Job's top-level workload: the CronJob that controls it, else the Job itself.
+///
+/// Each run of a CronJob is a new Job, `<cronjob>-<scheduled time in minutes since the
+/// epoch>`: its pods are the CronJob's, and record into the CronJob's policy. The Job cache
+/// names the controller; a Job it has not seen yet (the Job controller creates the pods
+/// moments after the Job) is the CronJob's when its name is `<prefix>-<digits>` and a
+/// CronJob `<prefix>` exists in the namespace.
+fn resolve_job(
+    job_name: &str,
+    namespace: &str,
+    index: &dyn MetadataIndex,
+) -> (WorkloadRef, Option<MetaSummary>) {
+    let job = index.workload("Job", namespace, job_name);
+    let cron_job = match job.as_ref() {
+        Some(job) => job
+            .controller
+            .as_ref()
+            .filter(|(kind, _)| kind == "CronJob")
+            .map(|(_, name)| name.clone()),
+        None => scheduled_by(job_name)
+            .filter(|name| index.workload("CronJob", namespace, name).is_some())
+            .map(str::to_owned),
+    };
+    match cron_job {
+        Some(name) => {
+            let meta = index.workload("CronJob", namespace, &name);
+            (
+                WorkloadRef {
+                    kind: "CronJob".to_owned(),
+                    name,
+                },
+                meta,
+            )
+        }
+        None => (
+            WorkloadRef {
+                kind: "Job".to_owned(),
+                name: job_name.to_owned(),
+            },
+            job,
+        ),
+    }
+}
+
+/// The CronJob name a Job name `<cronjob>-<digits>` would come from.
+fn scheduled_by(job_name: &str) -> Option<&str> {
+    let (prefix, suffix) = job_name.rsplit_once('-')?;
+    (!prefix.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    use super::*;
+
+    /// Cached objects by kind, namespace and name.
+    #[derive(Default)]
+    struct Index(HashMap<(&'static str, &'static str), MetaSummary>);
+
+    impl Index {
+        fn with(mut self, kind: &'static str, name: &'static str, summary: MetaSummary) -> Self {
+            self.0.insert((kind, name), summary);
+            self
+        }
+    }
+
+    impl MetadataIndex for Index {
+        fn workload(&self, kind: &str, namespace: &str, name: &str) -> Option<MetaSummary> {
+            if namespace != "shop" {
+                return None;
+            }
+            self.0
+                .iter()
+                .find(|((k, n), _)| *k == kind && *n == name)
+                .map(|(_, summary)| summary.clone())
+        }
+        fn namespace_label(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn summary(inject: Option<&str>, controller: Option<(&str, &str)>, uid: &str) -> MetaSummary {
+        MetaSummary {
+            inject: inject.map(Into::into),
+            controller: controller.map(|(k, n)| (k.into(), n.into())),
+            uid: Some(uid.into()),
+        }
+    }
+
+    fn job_pod(job: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(format!("{job}-x7k2p")),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: job.into(),
+                uid: "job-uid".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    fn workload(kind: &str, name: &str) -> WorkloadRef {
+        WorkloadRef {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_cronjobs_pod_resolves_to_the_cronjob_through_the_job_cache() {
+        // The Job's name says nothing: only its controller owner names the CronJob.
+        let index = Index::default()
+            .with(
+                "Job",
+                "manual-run",
+                summary(None, Some(("CronJob", "report")), "j-1"),
+            )
+            .with("CronJob", "report", summary(Some("true"), None, "cj-1"));
+        let (workload_ref, meta) = resolve_workload(&job_pod("manual-run"), "shop", &index);
+        assert_eq!(workload_ref, workload("CronJob", "report"));
+        assert_eq!(workload_ref.policy_name(), "cronjob-report");
+        assert_eq!(meta, Some(summary(Some("true"), None, "cj-1")));
+        // The CronJob's annotation opts the pod in.
+        assert!(matches!(
+            decide(&job_pod("manual-run"), "shop", &index),
+            Decision::Inject { workload, workload_uid: Some(uid), .. }
+                if workload.name == "report" && uid == "cj-1"
+        ));
+    }
+
+    #[test]
+    fn a_job_not_cached_yet_resolves_to_the_cronjob_its_name_comes_from() {
+        let index = Index::default().with("CronJob", "nightly-report", summary(None, None, "cj-1"));
+        let (workload_ref, meta) =
+            resolve_workload(&job_pod("nightly-report-29000000"), "shop", &index);
+        assert_eq!(workload_ref, workload("CronJob", "nightly-report"));
+        assert_eq!(meta.and_then(|m| m.uid).as_deref(), Some("cj-1"));
+        // Only in the namespace that holds the CronJob.
+        let (workload_ref, meta) =
+            resolve_workload(&job_pod("nightly-report-29000000"), "other", &index);
+        assert_eq!(workload_ref, workload("Job", "nightly-report-29000000"));
+        assert_eq!(meta, None);
+    }
+
+    #[test]
+    fn a_standalone_job_is_its_own_workload() {
+        let index = Index::default()
+            .with("Job", "migrate", summary(Some("true"), None, "j-1"))
+            .with("CronJob", "migrate", summary(None, None, "cj-1"));
+        // Cached without a CronJob owner: the Job, even though a CronJob has its name.
+        let (workload_ref, meta) = resolve_workload(&job_pod("migrate"), "shop", &index);
+        assert_eq!(workload_ref, workload("Job", "migrate"));
+        assert_eq!(workload_ref.policy_name(), "job-migrate");
+        assert_eq!(meta, Some(summary(Some("true"), None, "j-1")));
+        // A cached Job is believed over its name.
+        let index = Index::default()
+            .with("Job", "backup-42", summary(None, None, "j-2"))
+            .with("CronJob", "backup", summary(None, None, "cj-2"));
+        let (workload_ref, _) = resolve_workload(&job_pod("backup-42"), "shop", &index);
+        assert_eq!(workload_ref, workload("Job", "backup-42"));
+    }
+
+    #[test]
+    fn a_job_whose_prefix_names_no_cronjob_is_the_job() {
+        let index = Index::default().with("CronJob", "backup", summary(None, None, "cj-1"));
+        for job in [
+            "cleanup-29000000",
+            "backup-v2",
+            "backup-",
+            "-29000000",
+            "backup",
+        ] {
+            let (workload_ref, meta) = resolve_workload(&job_pod(job), "shop", &index);
+            assert_eq!(workload_ref, workload("Job", job), "{job}");
+            assert_eq!(meta, None, "{job}");
+        }
+    }
+
+    #[test]
+    fn the_cronjob_name_is_everything_before_the_last_dash() {
+        assert_eq!(scheduled_by("a-b-29000000"), Some("a-b"));
+        assert_eq!(scheduled_by("a-b"), None);
+        assert_eq!(scheduled_by("29000000"), None);
     }
 }
