@@ -273,7 +273,7 @@ impl Watches {
         let (replica_sets, rs) = reflect(
             Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
             "ReplicaSet",
-            slim_meta,
+            slim_replica_set,
         );
         let (deployments, deploy) = reflect(
             Api::<SlimDeployment>::all(client.clone()),
@@ -299,7 +299,7 @@ impl Watches {
         let (namespaces, ns) = reflect(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             "Namespace",
-            slim_meta,
+            slim_namespace,
         );
         let (policies, sdp) = PolicyIndex::start(client.clone());
         let watches = Self {
@@ -371,10 +371,22 @@ impl Watches {
     }
 }
 
-/// The metadata caches need names, owners, labels and annotations; managedFields is the
-/// bulk.
-fn slim_meta<K>(meta: &mut PartialObjectMeta<K>) {
-    meta.metadata.managed_fields = None;
+/// A ReplicaSet is read for its owner (the Deployment), its uid and the inject annotation
+/// only (the metadata caches drop managedFields, the bulk, and whatever nobody reads).
+fn slim_replica_set(meta: &mut PartialObjectMeta<ReplicaSet>) {
+    crate::controller::workloads::keep_inject(&mut meta.metadata);
+}
+
+/// A Namespace is read for its opt-in label and its deletion only.
+fn slim_namespace(meta: &mut PartialObjectMeta<Namespace>) {
+    let metadata = &mut meta.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.labels = metadata
+        .labels
+        .take()
+        .and_then(|mut labels| labels.remove_entry(names::NAMESPACE_LABEL_INJECT))
+        .map(|entry| std::collections::BTreeMap::from([entry]));
 }
 
 fn meta_summary<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<MetaSummary>
@@ -453,6 +465,44 @@ mod tests {
         assert_eq!(sorted, ["cm-0", "cm-1", "cm-2"], "{resynced:?}");
         // The resync stands in for what was missed; what is still in the channel follows.
         assert_eq!(changes.len(), 3 + FAN_OUT_CAPACITY);
+    }
+
+    #[test]
+    fn namespaces_and_replica_sets_keep_only_what_is_read() {
+        let mut ns: PartialObjectMeta<Namespace> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {
+                names::NAMESPACE_LABEL_INJECT: "enabled",
+                "kubernetes.io/metadata.name": "shop"},
+                "annotations": {"owner": "team-a"}}
+        }))
+        .unwrap();
+        slim_namespace(&mut ns);
+        assert_eq!(ns.metadata.annotations, None);
+        assert_eq!(
+            ns.metadata
+                .labels
+                .as_ref()
+                .map(|l| l.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![names::NAMESPACE_LABEL_INJECT.to_owned()])
+        );
+        let mut rs: PartialObjectMeta<ReplicaSet> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "namespace": "shop", "uid": "u1",
+                "labels": {"pod-template-hash": "abc"},
+                "annotations": {"deployment.kubernetes.io/revision": "3"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": "web", "uid": "d1", "controller": true}]}
+        }))
+        .unwrap();
+        slim_replica_set(&mut rs);
+        let summary = MetaSummary::from_meta(&rs.metadata);
+        assert_eq!(
+            summary.controller,
+            Some(("Deployment".into(), "web".into()))
+        );
+        assert_eq!(summary.uid.as_deref(), Some("u1"));
+        assert_eq!((rs.metadata.labels, rs.metadata.annotations), (None, None));
     }
 
     #[test]

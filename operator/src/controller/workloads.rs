@@ -284,9 +284,32 @@ workload!(
     active_jobs_pods
 );
 
-/// Drops the managed fields, which nothing reads.
+/// Keeps of a workload's metadata and its template's only what anything reads: names,
+/// uid, owners, times and the `lameduck.dev/inject` annotation. The rest can be large and
+/// is read by nobody: `kubectl apply` stores the whole object again in
+/// `kubectl.kubernetes.io/last-applied-configuration`, and `managedFields` is bigger
+/// still; every replica caches every workload of the cluster.
 fn slim_metadata<K>(workload: &mut Slim<K>) {
-    workload.metadata.managed_fields = None;
+    keep_inject(&mut workload.metadata);
+    if let Some(meta) = workload
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.pod_template_mut())
+        .and_then(|template| template.metadata.as_mut())
+    {
+        keep_inject(meta);
+    }
+}
+
+/// Drops the managed fields, the labels and every annotation but `lameduck.dev/inject`.
+pub fn keep_inject(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.annotations = meta
+        .annotations
+        .take()
+        .and_then(|mut annotations| annotations.remove_entry(ANNOTATION_INJECT))
+        .map(|entry| BTreeMap::from([entry]));
 }
 
 /// A Job keeps only what adoption and the webhook read: name, namespace, uid, owners,
@@ -305,15 +328,6 @@ fn slim_metadata<K>(workload: &mut Slim<K>) {
 /// metadata); 5,000 finished Jobs cost every replica 5–9 MiB, next to the ~18 MiB a
 /// follower uses at 5,000 pods. Kept whole but for the managed fields, 2.3–2.5 KiB.
 pub fn slim_job(job: &mut SlimJob) {
-    fn keep_inject(meta: &mut ObjectMeta) {
-        meta.managed_fields = None;
-        meta.labels = None;
-        meta.annotations = meta
-            .annotations
-            .take()
-            .and_then(|mut annotations| annotations.remove_entry(ANNOTATION_INJECT))
-            .map(|entry| BTreeMap::from([entry]));
-    }
     keep_inject(&mut job.metadata);
     let generated = generated_job_selector(&job.metadata);
     if let Some(spec) = job.spec.as_mut() {
@@ -736,6 +750,38 @@ mod tests {
         let policy = new_policy(&slim).unwrap();
         assert_eq!(policy.owner_references()[0].kind, "Deployment");
         assert_eq!(policy.owner_references()[0].api_version, "apps/v1");
+    }
+
+    #[test]
+    fn only_the_inject_annotation_is_kept() {
+        let mut value = serde_json::to_value(deployment(
+            &[(ANNOTATION_INJECT, "true")],
+            &[(ANNOTATION_INJECT, "false")],
+        ))
+        .unwrap();
+        let applied = "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\"}".repeat(50);
+        value["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+            serde_json::json!(applied);
+        value["metadata"]["labels"] = serde_json::json!({"team": "shop"});
+        value["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] =
+            serde_json::json!("true");
+        value["spec"]["template"]["metadata"]["labels"] = serde_json::json!({"app": "web"});
+        let mut slim: SlimDeployment = serde_json::from_value(value).unwrap();
+        slim.slim();
+        assert_eq!(
+            slim.metadata.annotations,
+            Some(BTreeMap::from([(ANNOTATION_INJECT.into(), "true".into())]))
+        );
+        assert_eq!(slim.metadata.labels, None);
+        assert_eq!(
+            slim.template_annotations(),
+            Some(&BTreeMap::from([(
+                ANNOTATION_INJECT.into(),
+                "false".into()
+            )]))
+        );
+        // What reconciling decides from is unchanged.
+        assert!(!opted_in(&slim, true));
     }
 
     #[test]
