@@ -22,6 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
@@ -271,7 +272,7 @@ pub async fn run(
     let warm_up = Duration::from_secs(config.lease_seconds * 2);
     loop {
         let free = match lease_api.get_opt(&config.lease_name).await {
-            Ok(lease) => lease_is_free(lease.as_ref()),
+            Ok(lease) => lease_is_free(lease.as_ref(), Timestamp::now(), warm_up),
             Err(error) => {
                 tracing::warn!(%error, "reading the Lease failed; retrying");
                 false
@@ -331,19 +332,57 @@ pub async fn run(
                     }
                     Err(error) => tracing::warn!(%error, "last status write failed"),
                 }
+                mark_handed_over(&lease_api, &config.lease_name).await;
                 return Ok(());
             }
         }
     }
 }
 
-/// Whether nobody holds the Lease: it does not exist yet, or its holder released it
-/// (a graceful shutdown writes every observation first).
-fn lease_is_free(lease: Option<&Lease>) -> bool {
-    lease
-        .and_then(|lease| lease.spec.as_ref())
+/// The Lease annotation a leader writes when it hands over at a graceful shutdown, after
+/// its last status write: the time, RFC 3339.
+pub const ANNOTATION_HANDED_OVER: &str = "lameduck.dev/handed-over-at";
+
+/// Whether a new process may compete for the Lease at once: it does not exist yet, or
+/// nobody holds it and a leader handed it over within `window` of `now` (it wrote every
+/// observation first). A Lease without holder is not enough: a replica that finds another
+/// holder's lease expired (a crashed or partitioned leader) clears it before taking it,
+/// and a new process that won in between would never fold in the shutdowns it did not
+/// see.
+fn lease_is_free(lease: Option<&Lease>, now: Timestamp, window: Duration) -> bool {
+    let Some(lease) = lease else {
+        return true;
+    };
+    let held = lease
+        .spec
+        .as_ref()
         .and_then(|spec| spec.holder_identity.as_deref())
-        .is_none_or(str::is_empty)
+        .is_some_and(|holder| !holder.is_empty());
+    let handed_over = lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_HANDED_OVER))
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .is_some_and(|at| {
+            let age = now.as_millisecond() - at.as_millisecond();
+            (0..=i64::try_from(window.as_millis()).unwrap_or(i64::MAX)).contains(&age)
+        });
+    !held && handed_over
+}
+
+/// Marks the Lease as handed over now (see [`lease_is_free`]); the release itself follows
+/// when the lease manager is dropped.
+async fn mark_handed_over(lease_api: &Api<Lease>, name: &str) {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        ANNOTATION_HANDED_OVER: Timestamp::now().to_string()
+    }}});
+    if let Err(error) = lease_api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(%error, "could not mark the Lease as handed over; a new replica will wait its warm-up");
+    }
 }
 
 async fn lease_error(

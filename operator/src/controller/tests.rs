@@ -901,17 +901,48 @@ fn the_book_forgets_what_describes_objects_that_are_gone() {
 
 #[test]
 fn a_lease_is_free_only_when_nobody_holds_it() {
-    let lease = |spec: Value| -> k8s_openapi::api::coordination::v1::Lease {
-        serde_json::from_value(json!({"metadata": {"name": "lameduck-operator"}, "spec": spec}))
-            .unwrap()
+    let lease = |annotations: Value, spec: Value| -> k8s_openapi::api::coordination::v1::Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "lameduck-operator", "annotations": annotations},
+            "spec": spec
+        }))
+        .unwrap()
     };
-    assert!(lease_is_free(None), "no Lease yet");
-    assert!(lease_is_free(Some(&lease(json!({})))), "released");
-    assert!(lease_is_free(Some(&lease(json!({"holderIdentity": ""})))));
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let window = Duration::from_secs(24);
+    let at = |seconds_ago: i64| json!({ANNOTATION_HANDED_OVER: Timestamp::from_second(1_800_000_000 - seconds_ago).unwrap().to_string()});
+    assert!(lease_is_free(None, now, window), "no Lease yet");
+    assert!(
+        lease_is_free(Some(&lease(at(3), json!({}))), now, window),
+        "handed over 3 s ago and released"
+    );
+    assert!(lease_is_free(
+        Some(&lease(at(3), json!({"holderIdentity": ""}))),
+        now,
+        window
+    ));
+    // Released, but not by a graceful hand-over: another replica cleared an expired lease
+    // of a crashed or partitioned leader before taking it.
+    assert!(!lease_is_free(
+        Some(&lease(json!({}), json!({}))),
+        now,
+        window
+    ));
+    // A hand-over long ago says nothing about this release.
+    assert!(!lease_is_free(
+        Some(&lease(at(600), json!({}))),
+        now,
+        window
+    ));
     // Held, or held by a replica that crashed (its renewals stopped): a new process waits.
-    assert!(!lease_is_free(Some(&lease(
-        json!({"holderIdentity": "lameduck-abc", "leaseDurationSeconds": 12})
-    ))));
+    assert!(!lease_is_free(
+        Some(&lease(
+            at(3),
+            json!({"holderIdentity": "lameduck-abc", "leaseDurationSeconds": 12})
+        )),
+        now,
+        window
+    ));
 }
 
 fn cron_job(active: Value) -> workloads::SlimCronJob {
