@@ -53,6 +53,25 @@ pub enum CertError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_reconcile_is_retried_soon_then_less_often() {
+        use std::time::Duration;
+        let interval = Duration::from_secs(60);
+        let mut waits = Vec::new();
+        let mut previous = None;
+        for _ in 0..8 {
+            let wait = secret::next_retry(previous, interval);
+            waits.push(wait.as_secs());
+            previous = Some(wait);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // Never longer than the interval, even a short one.
+        assert_eq!(
+            secret::next_retry(None, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
+    }
     use std::time::Duration;
 
     const DAY: u64 = 86_400;

@@ -111,19 +111,41 @@ impl CertManager {
         mut installed: impl FnMut(&StoredCerts) + Send,
         token: CancellationToken,
     ) {
+        let mut retry = None;
         loop {
-            match self.reconcile().await {
-                Ok(stored) => installed(&stored),
-                Err(error) => {
-                    tracing::warn!(%error, "webhook certificate reconcile failed; retrying")
+            let wait = match self.reconcile().await {
+                Ok(stored) => {
+                    installed(&stored);
+                    retry = None;
+                    interval
                 }
-            }
+                Err(error) => {
+                    let wait = next_retry(retry, interval);
+                    tracing::warn!(%error, retry_in = ?wait, "webhook certificate reconcile failed; retrying");
+                    retry = Some(wait);
+                    wait
+                }
+            };
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
+
+/// The first retry after a failed reconcile comes after this long.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// How long to wait after a failed reconcile: 1 s, then twice the previous wait, at most
+/// `interval`. A replica without a certificate is not ready; the usual failure is a
+/// conflict with the other replica writing the same Secret or `caBundle` at start-up,
+/// which the next attempt resolves, so waiting a whole interval would only keep the
+/// replica unready (a `helm install --wait` then waited a minute).
+pub fn next_retry(previous: Option<Duration>, interval: Duration) -> Duration {
+    previous
+        .map_or(FIRST_RETRY, |previous| previous.saturating_mul(2))
+        .min(interval)
 }
 
 /// Sets `caBundle` on every webhook of the configuration where it differs.
