@@ -114,7 +114,7 @@ pub fn decide(pod: &ObjectMeta, namespace: &str, index: &dyn MetadataIndex) -> D
 /// without a CronJob and other controllers are their own top level. A ReplicaSet the cache
 /// has not seen yet (it was created moments ago) is resolved to its Deployment through the
 /// `pod-template-hash` naming convention; a Job likewise to its CronJob through the
-/// CronJob controller's naming (see [`resolve_job`]). A bare pod is `Pod/<name>`, or
+/// CronJob controller's naming (see [`through_parent`]). A bare pod is `Pod/<name>`, or
 /// `Pod/<generateName without its trailing '-'>`.
 pub fn resolve_workload(
     pod: &ObjectMeta,
@@ -148,85 +148,65 @@ pub fn resolve_workload(
         kind: owner.kind.clone(),
         name: owner.name.clone(),
     };
-    if owner.kind == "Job" {
-        return resolve_job(&owner.name, namespace, index);
-    }
-    if owner.kind != "ReplicaSet" {
-        let meta = index.workload(&owner.kind, namespace, &owner.name);
-        return (owner_ref, meta);
-    }
-    let replica_set = index.workload("ReplicaSet", namespace, &owner.name);
-    let deployment_name = match replica_set.as_ref() {
-        Some(rs) => rs
-            .controller
-            .as_ref()
-            .filter(|(kind, _)| kind == "Deployment")
-            .map(|(_, n)| n.clone()),
-        None => pod
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(POD_TEMPLATE_HASH))
-            .and_then(|hash| owner.name.strip_suffix(hash.as_str()))
-            .and_then(|prefix| prefix.strip_suffix('-'))
-            .filter(|name| index.workload("Deployment", namespace, name).is_some())
-            .map(str::to_owned),
-    };
-    match deployment_name {
-        Some(name) => {
-            let meta = index.workload("Deployment", namespace, &name);
-            (
-                WorkloadRef {
-                    kind: "Deployment".to_owned(),
-                    name,
-                },
-                meta,
-            )
+    match owner.kind.as_str() {
+        // The ReplicaSet controller names a ReplicaSet `<deployment>-<pod-template-hash>`.
+        "ReplicaSet" => {
+            let guessed = pod
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(POD_TEMPLATE_HASH))
+                .and_then(|hash| owner.name.strip_suffix(hash.as_str()))
+                .and_then(|prefix| prefix.strip_suffix('-'));
+            through_parent(owner_ref, "Deployment", guessed, namespace, index)
         }
-        None => (owner_ref, replica_set),
+        // Each run of a CronJob is a new Job, `<cronjob>-<scheduled time in minutes since
+        // the epoch>`: its pods are the CronJob's, and record into the CronJob's policy.
+        "Job" => {
+            let guessed = scheduled_by(&owner.name);
+            through_parent(owner_ref, "CronJob", guessed, namespace, index)
+        }
+        _ => {
+            let meta = index.workload(&owner.kind, namespace, &owner.name);
+            (owner_ref, meta)
+        }
     }
 }
 
-/// A Job's top-level workload: the CronJob that controls it, else the Job itself.
-///
-/// Each run of a CronJob is a new Job, `<cronjob>-<scheduled time in minutes since the
-/// epoch>`: its pods are the CronJob's, and record into the CronJob's policy. The Job cache
-/// names the controller; a Job it has not seen yet (the Job controller creates the pods
-/// moments after the Job) is the CronJob's when its name is `<prefix>-<digits>` and a
-/// CronJob `<prefix>` exists in the namespace.
-fn resolve_job(
-    job_name: &str,
+/// Resolves an intermediate controller (a ReplicaSet, a Job) to the `parent_kind` object
+/// that controls it: the controller owner of the cached intermediate; an intermediate the
+/// cache has not seen yet (created moments before its pods) to `guessed`, the parent's
+/// name by its controller's naming convention, when that parent is cached. Otherwise the
+/// intermediate is its own top level (a cached one is believed over its name).
+fn through_parent(
+    intermediate: WorkloadRef,
+    parent_kind: &str,
+    guessed: Option<&str>,
     namespace: &str,
     index: &dyn MetadataIndex,
 ) -> (WorkloadRef, Option<MetaSummary>) {
-    let job = index.workload("Job", namespace, job_name);
-    let cron_job = match job.as_ref() {
-        Some(job) => job
+    let cached = index.workload(&intermediate.kind, namespace, &intermediate.name);
+    let parent = match cached.as_ref() {
+        Some(meta) => meta
             .controller
             .as_ref()
-            .filter(|(kind, _)| kind == "CronJob")
+            .filter(|(kind, _)| kind == parent_kind)
             .map(|(_, name)| name.clone()),
-        None => scheduled_by(job_name)
-            .filter(|name| index.workload("CronJob", namespace, name).is_some())
+        None => guessed
+            .filter(|name| index.workload(parent_kind, namespace, name).is_some())
             .map(str::to_owned),
     };
-    match cron_job {
+    match parent {
         Some(name) => {
-            let meta = index.workload("CronJob", namespace, &name);
+            let meta = index.workload(parent_kind, namespace, &name);
             (
                 WorkloadRef {
-                    kind: "CronJob".to_owned(),
+                    kind: parent_kind.to_owned(),
                     name,
                 },
                 meta,
             )
         }
-        None => (
-            WorkloadRef {
-                kind: "Job".to_owned(),
-                name: job_name.to_owned(),
-            },
-            job,
-        ),
+        None => (intermediate, cached),
     }
 }
 
