@@ -134,12 +134,7 @@ async fn an_annotated_deployment_gets_an_owned_policy() {
         .unwrap();
     scenario.await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let mut book = ctx.book.lock().unwrap();
-    let record = book.entry("shop".into(), "deployment-web".into());
-    let (status, _) = record.status(
-        &user_policy("deployment-web"),
-        Timestamp::from_millisecond(NOW).unwrap(),
-    );
+    let status = recorded_status(&ctx, "deployment-web");
     assert_eq!(
         status.pods,
         Some(PodCounts {
@@ -265,6 +260,17 @@ async fn unannotated_workloads_are_left_alone() {
             .is_err(),
         "no API call"
     );
+}
+
+/// The status the book's record of `shop/<policy>` gives now (a user-created policy).
+fn recorded_status(ctx: &Context, policy: &str) -> ShutdownPolicyStatus {
+    let mut book = ctx.book.lock().unwrap();
+    let record = book.entry("shop".into(), policy.into());
+    let (status, _) = record.status(
+        &user_policy(policy),
+        Timestamp::from_millisecond(NOW).unwrap(),
+    );
+    status
 }
 
 fn observation(i: i64) -> Observation {
@@ -1012,12 +1018,7 @@ async fn an_annotated_cronjob_gets_an_owned_policy_and_counts_its_running_jobs_p
         .unwrap();
     scenario.await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let mut book = ctx.book.lock().unwrap();
-    let record = book.entry("shop".into(), "cronjob-report".into());
-    let (status, _) = record.status(
-        &user_policy("cronjob-report"),
-        Timestamp::from_millisecond(NOW).unwrap(),
-    );
+    let status = recorded_status(&ctx, "cronjob-report");
     assert_eq!(status.target_uid.as_deref(), Some("cj-1"));
     assert_eq!(
         status.pods,
@@ -1046,12 +1047,7 @@ async fn a_cronjob_between_runs_counts_no_pods_without_listing() {
         .await
         .unwrap();
     scenario.await.unwrap();
-    let mut book = ctx.book.lock().unwrap();
-    let record = book.entry("shop".into(), "cronjob-report".into());
-    let (status, _) = record.status(
-        &user_policy("cronjob-report"),
-        Timestamp::from_millisecond(NOW).unwrap(),
-    );
+    let status = recorded_status(&ctx, "cronjob-report");
     assert_eq!(status.pods, Some(PodCounts::default()));
 }
 
