@@ -3,8 +3,10 @@
 //! reads it back. Both sides go through these types, so a variable cannot be written under
 //! one name or format and read under another. The names are in [`crate::names`].
 
+use crate::action::DrainAction;
 use crate::drain::{DRAIN_DEFAULTS, DrainMode, DrainSettings, HttpDrain, UnknownDrainMode};
 use crate::names;
+use crate::traffic::{self, ContainerPorts, ProbePort};
 
 /// Kubernetes' default `terminationGracePeriodSeconds`, assumed when nothing says otherwise.
 pub const DEFAULT_GRACE_SECONDS: u64 = 30;
@@ -36,6 +38,10 @@ pub struct SidecarEnv {
     /// Bytes of termination message the kubelet keeps for the sidecar
     /// (see [`crate::report_budget`]).
     pub report_max_bytes: usize,
+    /// The TCP ports each selected container declares (the kernel view's ports).
+    pub ports: Vec<ContainerPorts>,
+    /// The kubelet's probes that connect to the pod.
+    pub probes: Vec<ProbePort>,
 }
 
 impl Default for SidecarEnv {
@@ -45,19 +51,22 @@ impl Default for SidecarEnv {
             grace_seconds: DEFAULT_GRACE_SECONDS,
             drain: DrainSettings::default(),
             report_max_bytes: crate::REPORT_MAX_BYTES,
+            ports: Vec::new(),
+            probes: Vec::new(),
         }
     }
 }
 
 impl SidecarEnv {
     /// The downward-API variables of the sidecar container: (name, `fieldRef.fieldPath`).
-    pub const FIELD_REFS: [(&'static str, &'static str); 2] = [
+    pub const FIELD_REFS: [(&'static str, &'static str); 3] = [
         (names::ENV_POD_NAME, "metadata.name"),
         (names::ENV_POD_NAMESPACE, "metadata.namespace"),
+        (names::ENV_HOST_IP, "status.hostIP"),
     ];
 
     /// Every variable [`SidecarEnv::to_env`] may write and [`SidecarEnv::from_env`] reads.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 12] = [
         names::ENV_GRACE_SECONDS,
         names::ENV_DRAIN_MODE,
         names::ENV_DELAY_MILLIS,
@@ -68,6 +77,8 @@ impl SidecarEnv {
         names::ENV_DRAIN_BUDGET_MILLIS,
         names::ENV_HTTP_DRAIN_PORT,
         names::ENV_HTTP_DRAIN_PATH,
+        names::ENV_PORTS,
+        names::ENV_PROBES,
     ];
 
     /// The variables, in the order the webhook writes them. The drain budget is written
@@ -102,6 +113,12 @@ impl SidecarEnv {
         if let (DrainMode::Http, Some(http)) = (drain.mode, drain.http.as_ref()) {
             env.push((names::ENV_HTTP_DRAIN_PORT, http.port.to_string()));
             env.push((names::ENV_HTTP_DRAIN_PATH, http.path.clone()));
+        }
+        if self.ports.iter().any(|c| !c.ports.is_empty()) {
+            env.push((names::ENV_PORTS, traffic::ports_to_env(&self.ports)));
+        }
+        if !self.probes.is_empty() {
+            env.push((names::ENV_PROBES, traffic::probes_to_env(&self.probes)));
         }
         env
     }
@@ -147,6 +164,22 @@ impl SidecarEnv {
             },
             report_max_bytes: parse(&get, names::ENV_REPORT_MAX_BYTES)?
                 .unwrap_or(defaults.report_max_bytes),
+            ports: match get(names::ENV_PORTS) {
+                Some(value) => traffic::ports_from_env(&value).map_err(|reason| EnvError {
+                    name: names::ENV_PORTS,
+                    value,
+                    reason,
+                })?,
+                None => Vec::new(),
+            },
+            probes: match get(names::ENV_PROBES) {
+                Some(value) => traffic::probes_from_env(&value).map_err(|reason| EnvError {
+                    name: names::ENV_PROBES,
+                    value,
+                    reason,
+                })?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -164,13 +197,16 @@ pub struct AppEnv {
     /// What the preStop hook waits when the sidecar is unreachable: the drain settings'
     /// fixed delay.
     pub fallback_delay_millis: u64,
+    /// The container's drain action, when the annotation or the policy sets one (the hook
+    /// runs it when no SDK of the container is connected).
+    pub drain_action: Option<DrainAction>,
 }
 
 impl AppEnv {
     /// The variables, in the order the webhook writes them; the socket is always
     /// [`names::POD_APP_SOCKET_PATH`].
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             (names::ENV_SOCKET, names::POD_APP_SOCKET_PATH.to_owned()),
             (names::ENV_CONTAINER, self.container.clone()),
             (names::ENV_GRACE_SECONDS, self.grace_seconds.to_string()),
@@ -178,7 +214,11 @@ impl AppEnv {
                 names::ENV_FALLBACK_DELAY_MILLIS,
                 self.fallback_delay_millis.to_string(),
             ),
-        ]
+        ];
+        if let Some(action) = &self.drain_action {
+            env.push((names::ENV_DRAIN_ACTION, action.to_string()));
+        }
+        env
     }
 }
 
@@ -228,6 +268,8 @@ mod tests {
             path in "/[a-z/]{0,20}",
             budget in prop::option::of(1u64..10_000_000),
             report_max_bytes in 512usize..=4096,
+            served in prop::collection::vec(1u16.., 0..3),
+            probe_periods in prop::collection::vec(1u64..100_000, 0..3),
         ) {
             let env = SidecarEnv {
                 grace_seconds,
@@ -242,6 +284,15 @@ mod tests {
                     budget_millis: budget,
                 },
                 report_max_bytes,
+                ports: if served.is_empty() {
+                    vec![]
+                } else {
+                    vec![ContainerPorts { container: "web".into(), ports: served.clone() }]
+                },
+                probes: probe_periods
+                    .iter()
+                    .map(|&period_millis| ProbePort { port: 8080, period_millis })
+                    .collect(),
             };
             let written = env.to_env();
             for (name, _) in &written {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod action;
 pub mod codec;
 pub mod control;
 pub mod drain;
@@ -23,7 +24,9 @@ pub mod names;
 pub mod opt_in;
 pub mod report;
 pub mod timing;
+pub mod traffic;
 
+pub use action::{BadDrainAction, DrainAction, DrainActions};
 pub use codec::{CodecError, LineDecoder, MAX_LINE_BYTES, decode_line, encode_line};
 pub use control::{ControlReply, ControlRequest};
 pub use drain::{DRAIN_DEFAULTS, DrainDefaults, DrainMode, DrainSettings, HttpDrain};
@@ -32,9 +35,10 @@ pub use log::LogFormat;
 pub use message::{AppMessage, PROTOCOL_VERSION, SidecarMessage};
 pub use report::{
     AppReport, ERROR_MAX_CHARS, Outcome, POD_TERMINATION_MESSAGES_MAX_BYTES, PhasesMs,
-    REPORT_MAX_BYTES, REPORT_MIN_BYTES, REPORT_VERSION, RestartReport, TerminationReport,
-    report_budget, truncate_chars,
+    PortConnections, REPORT_MAX_BYTES, REPORT_MIN_BYTES, REPORT_VERSION, RestartReport,
+    TerminationReport, report_budget, truncate_chars,
 };
+pub use traffic::{ContainerPorts, ProbePort};
 
 /// The README's examples, compiled as doctests so that what it shows keeps working.
 #[cfg(doctest)]

@@ -90,6 +90,21 @@ pub const ENV_FALLBACK_DELAY_MILLIS: &str = "LAMEDUCK_FALLBACK_DELAY_MILLIS";
 /// cleanup, in ms (the policy's learned drain + cleanup p99 with its margin). Unset or 0:
 /// a fixed share of the budget.
 pub const ENV_DRAIN_BUDGET_MILLIS: &str = "LAMEDUCK_DRAIN_BUDGET_MILLIS";
+/// Environment variable (sidecar): the TCP ports each selected container declares,
+/// `web=8080,8443;api=9090` (see `traffic`).
+pub const ENV_PORTS: &str = "LAMEDUCK_PORTS";
+/// Environment variable (sidecar): the kubelet's TCP probes of the pod,
+/// `8080/1000,9090/10000` (port/periodMillis; see `traffic`).
+pub const ENV_PROBES: &str = "LAMEDUCK_PROBES";
+/// Environment variable (sidecar, downward API `status.hostIP`): the node's address, the
+/// source of the kubelet's probes.
+pub const ENV_HOST_IP: &str = "HOST_IP";
+/// Environment variable (app containers, read by the preStop hook): the container's drain
+/// action (see `action`), when the annotation or the policy sets one.
+pub const ENV_DRAIN_ACTION: &str = "LAMEDUCK_DRAIN_ACTION";
+/// Annotation (workload, pod template or pod): the drain action of the containers without
+/// an SDK, one for all (`signal:SIGQUIT`) or per container (`web=signal:SIGQUIT;api=none`).
+pub const ANNOTATION_DRAIN: &str = "lameduck.dev/drain";
 /// Environment variable (sidecar): the bytes of termination message the kubelet keeps for
 /// this pod's containers (see `report::report_budget`).
 pub const ENV_REPORT_MAX_BYTES: &str = "LAMEDUCK_REPORT_MAX_BYTES";

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the report shape, the `"v"` field. Version 2 added `restarts`; a reader
-/// also accepts version 1 (the same shape without it).
-pub const REPORT_VERSION: u32 = 2;
+/// Version of the report shape, the `"v"` field. Version 2 added `restarts`, version 3
+/// `refused` and `connections` (the kernel's view); a reader also accepts versions 1 and 2
+/// (the same shape without them).
+pub const REPORT_VERSION: u32 = 3;
 
 /// The kubelet keeps at most this many bytes of one container's termination message.
 pub const REPORT_MAX_BYTES: usize = 4096;
@@ -143,6 +144,22 @@ pub struct RestartReport {
     pub released_ms: Option<u64>,
 }
 
+/// The connections one served port had open at the two moments that matter to clients
+/// with long-lived connections (keep-alive, gRPC streams, WebSockets), from the kernel's
+/// socket table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConnections {
+    /// The container that declares the port, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The port.
+    pub port: u16,
+    /// Established connections when the drain started (end of the deregister phase).
+    pub at_drain: u32,
+    /// Established connections when the hook was released.
+    pub at_release: u32,
+}
+
 /// The termination report, one JSON object within the kubelet's per-container budget
 /// ([`report_budget`], at most [`REPORT_MAX_BYTES`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +197,14 @@ pub struct TerminationReport {
     /// Restart records left out (oldest first) to stay within the byte budget.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts_omitted: usize,
+    /// Connection attempts the pod answered with a reset after its listeners closed, until
+    /// the report was written (the kernel's `OutRsts` over that window): clients that were
+    /// still sent to the pod after it let go. Absent when the kernel view was unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    /// Per served port, the connections open at drain and at release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<PortConnections>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -211,6 +236,10 @@ impl TerminationReport {
             report.restarts_omitted += 1;
             json = encode(&report);
         }
+        while json.len() > max && !report.connections.is_empty() {
+            report.connections.pop();
+            json = encode(&report);
+        }
         if json.len() > max {
             for app in &mut report.apps {
                 app.error = None;
@@ -225,7 +254,7 @@ impl TerminationReport {
         json
     }
 
-    /// Parses a termination message: a version 1 or 2 report, anything else is an error.
+    /// Parses a termination message: a version 1, 2 or 3 report, anything else is an error.
     pub fn parse(message: &str) -> Result<Self, String> {
         let report: Self = serde_json::from_str(message.trim()).map_err(|e| e.to_string())?;
         if !(1..=REPORT_VERSION).contains(&report.v) {
@@ -271,6 +300,8 @@ mod tests {
             apps_omitted: 0,
             restarts: Vec::new(),
             restarts_omitted: 0,
+            refused: None,
+            connections: vec![],
         }
     }
 
@@ -292,8 +323,10 @@ mod tests {
     fn matches_the_documented_shape() {
         let json = report(1, 3).to_bounded_json(REPORT_MAX_BYTES);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["v"], 2);
+        assert_eq!(value["v"], 3);
         assert!(value.get("restarts").is_none(), "empty lists stay out");
+        assert!(value.get("connections").is_none(), "empty lists stay out");
+        assert!(value.get("refused").is_none(), "no kernel view, no figure");
         assert_eq!(value["outcome"], "app-error");
         assert_eq!(value["phases_ms"]["deregister"], 1200);
         assert_eq!(value["apps"][0]["container"], "c0");
@@ -371,7 +404,7 @@ mod tests {
             "",
             "garbage",
             "{}",
-            r#"{"v":3,"grace_seconds":1,"outcome":"acked"}"#,
+            r#"{"v":4,"grace_seconds":1,"outcome":"acked"}"#,
             r#"{"v":0,"grace_seconds":1,"outcome":"acked"}"#,
         ] {
             assert!(TerminationReport::parse(bad).is_err(), "{bad}");

@@ -161,6 +161,8 @@ impl ServeArgs {
             grace_seconds,
             drain,
             report_max_bytes,
+            ports: _,
+            probes: _,
         } = SidecarEnv::from_env(lookup).map_err(|error| error.to_string())?;
         let ms = std::time::Duration::from_millis;
         let drain_mode = self.drain_mode.unwrap_or(drain.mode);
@@ -292,6 +294,8 @@ mod tests {
                 budget_millis: Some(4_200),
             },
             report_max_bytes: 2_457,
+            ports: Vec::new(),
+            probes: Vec::new(),
         };
         let settings = serve_args(&[])
             .into_settings(lookup(written.to_env()))

@@ -678,6 +678,8 @@ impl State {
                 apps_omitted: 0,
                 restarts,
                 restarts_omitted: self.restarts_omitted,
+                refused: None,
+                connections: Vec::new(),
             };
         }
         let apps: Vec<&App> = self.apps.values().collect();
@@ -714,6 +716,8 @@ impl State {
             apps_omitted: 0,
             restarts,
             restarts_omitted: self.restarts_omitted,
+            refused: None,
+            connections: Vec::new(),
         }
     }
 

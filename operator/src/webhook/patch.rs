@@ -295,6 +295,7 @@ fn patch_app_container(
         container: container.name.clone(),
         grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
         fallback_delay_millis,
+        drain_action: None,
     };
     let env: Vec<Value> = app_env
         .to_env()
@@ -372,6 +373,8 @@ pub fn sidecar_container(
         grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
         drain: plan.drain.clone(),
         report_max_bytes,
+        ports: Vec::new(),
+        probes: Vec::new(),
     };
     let env = SidecarEnv::FIELD_REFS
         .iter()
@@ -630,6 +633,8 @@ mod tests {
                     grace_seconds: grace_override.map_or(30, |g| g as u64),
                     drain: drain.clone(),
                     report_max_bytes: lameduck_proto::report_budget(containers + 2),
+                    ports: Vec::new(),
+                    probes: Vec::new(),
                 }
             );
         }
