@@ -9,24 +9,19 @@ VEGETA := $(CACHE_DIR)/bin/vegeta
 E2E_THREADS ?= 1
 E2E_CHART := $(ROOT)/charts/lameduck
 
-.PHONY: images lameduck-images lameduck-install publish vegeta chart-lint e2e-test e2e-drills
+.PHONY: images lameduck-images lameduck-install publish publish-examples vegeta chart-lint e2e-test e2e-drills
 
 ##@ Cluster
 
-# Every image the local cluster runs. lameduck's own (operator, sidecar) and its chart go
-# through the cluster's registry, as on any cluster (publish: pushed, then pulled by the
-# kubelet); the cluster's own (pause, testapp: images.sh) and the example apps the suites
-# deploy are imported into containerd, each only when its binary changed
-# (IMAGE_SKIP_UNCHANGED), so a warm run imports nothing. Further images are further
-# image.sh lines:
-#   $(CLUSTER_DIR)/image.sh NAME:TAG STATIC_BINARY [ENTRYPOINT...]
-images: cluster-up static go-build ## publish lameduck's images and chart to the local registry; build and import the cluster's and the example apps' images
-	@$(MAKE) --no-print-directory publish REGISTRY=localhost:5000
-	@export IMAGE_SKIP_UNCHANGED=1; \
-	$(CLUSTER_DIR)/images.sh; \
-	IMAGE_BINARY_PATH=/lameduck-example-web $(CLUSTER_DIR)/image.sh lameduck/example-rust-web:dev $(STATIC_DIR)/lameduck-example-web; \
-	IMAGE_BINARY_PATH=/lameduck-example-go-web $(CLUSTER_DIR)/image.sh lameduck/example-go-web:dev $(ROOT)/target/go/go-web; \
-	IMAGE_BINARY_PATH=/lameduck-example-go-naive $(CLUSTER_DIR)/image.sh lameduck/example-go-naive:dev $(ROOT)/target/go/go-naive
+# Every image the local cluster runs. lameduck's own (operator, sidecar, chart) and the
+# images the demo and the suites deploy (example apps, load generator) go through the
+# cluster's registry, as on any cluster: pushed (publish, publish-examples), then pulled by
+# the kubelet. Only the node's own images (pause, the smoke suite's testapp: images.sh) are
+# imported into containerd, each only when its binary changed (IMAGE_SKIP_UNCHANGED), as
+# a node image would carry them.
+images: cluster-up static go-build ## publish lameduck's images, chart and the demo's images to the local registry; import the node's own images
+	@$(MAKE) --no-print-directory publish publish-examples REGISTRY=localhost:5000
+	@IMAGE_SKIP_UNCHANGED=1 $(CLUSTER_DIR)/images.sh
 
 # The name this target had while it built only lameduck's images; kept for the scripts
 # and habits that still call it.
@@ -39,6 +34,9 @@ lameduck-install: images ## helm upgrade --install lameduck on the local cluster
 # make cluster-up). Credentials: `skopeo login` and `helm registry login`.
 publish: static ## push the operator and sidecar images and the chart (OCI) to REGISTRY (default: the local cluster's)
 	$(ROOT)/hack/publish.sh
+
+publish-examples: static go-build ## push the demo's images (example apps, load generator) to REGISTRY (default: the local cluster's)
+	$(ROOT)/hack/publish.sh examples
 
 ##@ Setup
 

@@ -3,6 +3,7 @@
 # the Helm chart as an OCI artifact, the way a platform team installs it from there.
 #
 #   REGISTRY=registry.example.com/platform make publish
+#   hack/publish.sh examples    the demo's images instead (make publish-examples)
 #
 # REGISTRY defaults to the local cluster's registry (localhost:5000). The images are built
 # from the static binaries (make static) as the Dockerfiles build them: FROM scratch, the
@@ -12,6 +13,10 @@
 #   $REGISTRY/lameduck/operator:<appVersion>   $REGISTRY/lameduck/sidecar:<appVersion>
 #   oci://$REGISTRY/charts/lameduck, version <chart version>
 # and $STATE_DIR/published.env records the references, the images by digest.
+# `examples` pushes the images the demo, the rollout benchmark and the e2e suite deploy:
+#   $REGISTRY/lameduck/example-rust-web, example-go-web, example-go-naive, loadgen
+# (tag <appVersion>; binaries from make static and make go-build) and records them by
+# digest in $STATE_DIR/examples.env.
 # Credentials are skopeo's and helm's own (`skopeo login`, `helm registry login`).
 # PLAIN_HTTP=1 pushes without TLS: the default for localhost and 127.0.0.1 only.
 set -euo pipefail
@@ -52,11 +57,12 @@ if [[ "$PLAIN_HTTP" == 1 ]]; then
   helm_tls=(--plain-http)
 fi
 
-# push NAME BINARY: builds the image, pushes it as NAME:<appVersion>, prints its digest.
+# push NAME BINARY [PATH_IN_IMAGE]: builds the image (the binary at PATH_IN_IMAGE, default
+# /<its file name>), pushes it as NAME:<appVersion>, prints its digest.
 push() {
-  local name="$1" binary="$2" archive digest_file
-  [[ -x "$binary" ]] || die "$binary missing: run make static"
-  archive="$(IMAGE_NO_IMPORT=1 IMAGE_BINARY_PATH="/$(basename "$binary")" \
+  local name="$1" binary="$2" in_image="${3:-/$(basename "$2")}" archive digest_file
+  [[ -x "$binary" ]] || die "$binary missing: run make static go-build"
+  archive="$(IMAGE_NO_IMPORT=1 IMAGE_BINARY_PATH="$in_image" \
     "$CLUSTER_HERE/image.sh" "$name:$app_version" "$binary")"
   digest_file="$(mktemp)"
   skopeo copy --quiet "${tls[@]}" --digestfile "$digest_file" \
@@ -64,6 +70,28 @@ push() {
   cat "$digest_file"
   rm -f "$digest_file"
 }
+
+mkdir -p "$STATE_DIR"
+
+if [[ "${1:-}" == examples ]]; then
+  go_bin="$ROOT/target/go"
+  refs=()
+  for spec in \
+    "EXAMPLE_RUST_WEB lameduck/example-rust-web $STATIC_DIR/lameduck-example-web /lameduck-example-web" \
+    "EXAMPLE_GO_WEB lameduck/example-go-web $go_bin/go-web /lameduck-example-go-web" \
+    "EXAMPLE_GO_NAIVE lameduck/example-go-naive $go_bin/go-naive /lameduck-example-go-naive" \
+    "LOADGEN lameduck/loadgen $go_bin/loadgen /loadgen"; do
+    read -r var name binary in_image <<<"$spec"
+    digest="$(push "$name" "$binary" "$in_image")"
+    log "pushed $REGISTRY/$name:$app_version ($digest)"
+    refs+=("$var=$REGISTRY/$name:$app_version@$digest")
+  done
+  {
+    echo "# Written by hack/publish.sh examples: the demo's images in the registry, by digest."
+    printf '%s\n' "${refs[@]}"
+  } >"$STATE_DIR/examples.env"
+  exit 0
+fi
 
 operator_digest="$(push lameduck/operator "$STATIC_DIR/lameduck-operator")"
 sidecar_digest="$(push lameduck/sidecar "$STATIC_DIR/lameduck-sidecar")"
@@ -77,7 +105,6 @@ trap 'rm -rf "$packaged"' EXIT
   sed 's/^/    /' >&2
 log "pushed oci://$REGISTRY/charts/lameduck version $chart_version"
 
-mkdir -p "$STATE_DIR"
 cat >"$STATE_DIR/published.env" <<EOF_ENV
 # Written by hack/publish.sh: what is in the registry now.
 REGISTRY=$REGISTRY

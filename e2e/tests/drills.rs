@@ -168,7 +168,7 @@ fn gated_pod(name: &str) -> Value {
                      "annotations": {"lameduck.dev/inject": "true"}},
         "spec": {
             "schedulingGates": [{"name": "e2e.lameduck.dev/never"}],
-            "containers": [{"name": "web", "image": RUST_WEB, "imagePullPolicy": "Never"}],
+            "containers": [{"name": "web", "image": rust_web()}],
         },
     })
 }
@@ -199,7 +199,7 @@ async fn d1_leader_failover_during_a_rollout_under_load() {
         apply(&ns, &sdp_manifest("lf", "Initial", 3))?;
         let ip = Web {
             name: "lf",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 3,
             inject: true,
             grace: 30,
@@ -438,7 +438,7 @@ async fn d3_sidecar_killed_mid_deregister() {
         apply(&ns, &sdp)?;
         let ip = Web {
             name: "sk",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 2,
             inject: true,
             grace: 30,
@@ -647,7 +647,7 @@ async fn d5_node_level_view_of_a_rolling_restart() {
         for (name, grace, cleanup_millis) in [("ok", 30, 1000), ("capped", 5, 8000)] {
             Web {
                 name,
-                image: RUST_WEB,
+                image: rust_web(),
                 replicas: 3,
                 inject: true,
                 grace,
@@ -794,7 +794,7 @@ async fn two_injected_replicas(ns: &str, name: &str) -> Result<u64> {
     apply(ns, &sdp_manifest(name, "Initial", 3))?;
     Web {
         name,
-        image: RUST_WEB,
+        image: rust_web(),
         replicas: 2,
         inject: true,
         grace: 30,

@@ -24,7 +24,7 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
     with_namespace("inject", |_client, ns| async move {
         let web = Web {
             name: "web",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 2,
             inject: false,
             grace: 30,
@@ -102,7 +102,7 @@ async fn t10_namespace_label_opts_in_its_workloads() {
     with_namespace("nslabel", |_client, ns| async move {
         Web {
             name: "plain",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 1,
             inject: false,
             grace: 30,
@@ -152,7 +152,7 @@ async fn t11_liveness_kill_restarts_one_container_and_the_pod_serves_again() {
     with_namespace("liveness", |_client, ns| async move {
         let web = Web {
             name: "lv",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 2,
             inject: true,
             grace: 30,
@@ -170,8 +170,7 @@ async fn t11_liveness_kill_restarts_one_container_and_the_pod_serves_again() {
             .context("containers")?
             .push(serde_json::json!({
                 "name": "side",
-                "image": RUST_WEB,
-                "imagePullPolicy": "Never",
+                "image": rust_web(),
                 "env": [
                     {"name": "LISTEN_ADDR", "value": "0.0.0.0:8081"},
                     {"name": "RECORDS_DIR", "value": "/side-records"},
@@ -336,7 +335,7 @@ async fn t12_evictions_and_shortened_deletes_are_recorded_by_cause() {
         apply(&ns, &sdp_manifest("disrupt", "Off", 2))?;
         Web {
             name: "disrupt",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 2,
             inject: true,
             grace: 60,
@@ -443,7 +442,7 @@ async fn t13_cronjob_pods_record_into_the_cronjobs_policy() {
         // The web app's pod, run by a CronJob: it serves until its pod is deleted.
         let web = Web {
             name,
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 1,
             inject: false,
             grace: 30,
@@ -565,7 +564,7 @@ async fn t2_rolling_restart_under_load_loses_nothing() {
         for (name, inject) in [("ld", true), ("plain", false)] {
             let web = Web {
                 name,
-                image: RUST_WEB,
+                image: rust_web(),
                 replicas: 3,
                 inject,
                 grace: 30,
@@ -640,7 +639,7 @@ async fn t3_observations_land_in_the_policy() {
         apply(&ns, &sdp_manifest("obs", "Initial", 3))?;
         let web = Web {
             name: "obs",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 3,
             inject: true,
             grace: 30,
@@ -698,7 +697,7 @@ async fn t4_fast_cleanup_converges_and_initial_mode_applies() {
         for name in ["fast", "fastoff"] {
             Web {
                 name,
-                image: RUST_WEB,
+                image: rust_web(),
                 replicas: 3,
                 inject: true,
                 grace: 30,
@@ -785,7 +784,7 @@ async fn t6_slow_cleanup_kills_are_recorded_then_avoided() {
         apply(&ns, &sdp_manifest("slow", "Initial", 2))?;
         Web {
             name: "slow",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 2,
             inject: true,
             grace: 30,
@@ -891,7 +890,7 @@ async fn t7_stable_shutdowns_converge_without_timeouts_or_kills() {
         // shutdown has work to wait for. vegeta keeps its connections alive.
         let ip = Web {
             name: NAME,
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 3,
             inject: true,
             grace: 30,
@@ -1044,7 +1043,7 @@ async fn t5_webhook_outage_creates_uninjected_pods_and_reports_them() {
             let started = Instant::now();
             Web {
                 name: "outage",
-                image: RUST_WEB,
+                image: rust_web(),
                 replicas: 2,
                 inject: true,
                 grace: 30,
@@ -1100,7 +1099,7 @@ async fn t9_helm_uninstall_keeps_crds_and_injected_pods() {
     with_namespace("uninstall", |_client, ns| async move {
         Web {
             name: "keep",
-            image: RUST_WEB,
+            image: rust_web(),
             replicas: 1,
             inject: true,
             grace: 30,

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# make demo — the main job. On a fresh machine: bring up (or reuse) the local cluster, build
-# and import the images, `helm upgrade --install` lameduck, deploy three variants of the same
-# service into namespace lameduck-demo, restart each under the same constant load, and print
-# one side-by-side table (also written as Markdown, JSON and a PNG plot under out/demo/).
+# make demo — the main job. On a fresh machine: bring up (or reuse) the local cluster, publish
+# the images and the chart to its registry, `helm upgrade --install` lameduck from there,
+# deploy three variants of the same service into namespace lameduck-demo, restart each
+# under the same constant load, and print one side-by-side table (also written as
+# Markdown, JSON and a PNG plot under out/demo/).
 #
 #   go-naive   the usual Go service: signal.Notify → os.Exit, no lameduck
 #   go-web     the same service with the Go SDK, Deployment annotated lameduck.dev/inject
 #   rust-web   the Rust example with the Rust SDK, annotated
 #
+# Any cluster: with REGISTRY and KUBECONFIG both set, the demo publishes to REGISTRY
+# (skopeo and helm credentials as for make publish) and runs on the cluster of KUBECONFIG
+# instead of the local one, with the kubectl and helm on PATH (else the pinned ones, built
+# once). Everything it measures is read inside the cluster: the load comes from a pod
+# (e2e/loadgen), the records are counted by a pod on each node that ran the service.
+#
 # Knobs (environment): DEMO_RATE (req/s per variant, default 50), DEMO_CLEANUP_MILLIS
 # (default 2000), DEMO_GRACE (the Deployments' terminationGracePeriodSeconds, default 30).
-# The cluster is left up; `make cluster-down` removes it.
+# The cluster is left up; `make cluster-down` removes the local one.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,25 +27,34 @@ NS=lameduck-demo
 RELEASE=lameduck
 SYSTEM_NS=lameduck-system
 OUT=$ROOT/out/demo
+STATE_DIR=${STATE_DIR:-$ROOT/.state}
+# On the nodes, one directory per run: runs never mix, and nothing needs cleaning from
+# outside the cluster.
 RECORDS_ROOT=/var/lib/lameduck-demo
+RUN_ID=$(date -u +%Y%m%d-%H%M%S)
+RECORDS_DIR=$RECORDS_ROOT/$RUN_ID
 RATE=${DEMO_RATE:-50}
 CLEANUP_MILLIS=${DEMO_CLEANUP_MILLIS:-2000}
 GRACE=${DEMO_GRACE:-30}
 REPLICAS=3
 VARIANTS=(go-naive go-web rust-web)
 MAKE=${MAKE:-make}
-CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lameduck}
-VEGETA=${VEGETA:-$CACHE_DIR/bin/vegeta}
 STARTED=$SECONDS
 PHASES=9
 PHASE=0
+EXTERNAL=0
+[[ -n ${REGISTRY:-} ]] && EXTERNAL=1
 
+# image_of VARIANT (or LOADGEN): the reference make publish-examples recorded, by digest.
 image_of() {
+	local var
 	case $1 in
-	go-naive) echo lameduck/example-go-naive:dev ;;
-	go-web) echo lameduck/example-go-web:dev ;;
-	rust-web) echo lameduck/example-rust-web:dev ;;
+	go-naive) var=EXAMPLE_GO_NAIVE ;;
+	go-web) var=EXAMPLE_GO_WEB ;;
+	rust-web) var=EXAMPLE_RUST_WEB ;;
+	loadgen) var=LOADGEN ;;
 	esac
+	sed -n "s/^$var=//p" "$STATE_DIR/examples.env"
 }
 injected() { [[ $1 != go-naive ]]; }
 
@@ -81,15 +97,36 @@ cleanup_bg() {
 trap cleanup_bg EXIT
 
 # ---------------------------------------------------------------------------------------
-phase "local cluster (make cluster-up; reused when already up)"
-$MAKE --no-print-directory cluster-up
-eval "$(e2e/cluster/env.sh)"
-export KUBECONFIG
-kubectl get node -o wide | sed 's/^/    /'
+if ((EXTERNAL)); then
+	phase "the cluster of KUBECONFIG, the registry $REGISTRY"
+	[[ -n ${KUBECONFIG:-} && -f ${KUBECONFIG%%:*} ]] ||
+		die "REGISTRY is set, so the demo runs on another cluster: set KUBECONFIG to its kubeconfig too (unset REGISTRY for the local cluster)"
+	export KUBECONFIG
+	for tool in kubectl helm; do
+		if ! command -v "$tool" >/dev/null; then
+			info "$tool not on PATH: using the pinned one (built once into the cache)"
+			e2e/cluster/build-binaries.sh k8s helm
+			eval "$(e2e/cluster/env.sh | grep '^export PATH=')"
+			break
+		fi
+	done
+	kubectl get nodes -o wide | sed 's/^/    /' || die "the cluster of $KUBECONFIG does not answer"
 
-phase "images and load tool (make images vegeta)"
-$MAKE --no-print-directory images vegeta
-[[ -x $VEGETA ]] || die "vegeta not found at $VEGETA"
+	phase "images and chart to $REGISTRY (make publish publish-examples)"
+	$MAKE --no-print-directory publish publish-examples REGISTRY="$REGISTRY"
+else
+	phase "local cluster (make cluster-up; reused when already up)"
+	$MAKE --no-print-directory cluster-up
+	eval "$(e2e/cluster/env.sh)"
+	export KUBECONFIG
+	kubectl get node -o wide | sed 's/^/    /'
+
+	phase "images and chart to the cluster's registry (make images)"
+	$MAKE --no-print-directory images
+fi
+for v in "${VARIANTS[@]}" loadgen; do
+	[[ -n $(image_of "$v") ]] || die "no image of $v in $STATE_DIR/examples.env (make publish-examples)"
+done
 
 phase "plot library (matplotlib)"
 if python3 -c 'import matplotlib' 2>/dev/null; then
@@ -101,8 +138,8 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-phase "helm upgrade --install lameduck (the e2e suite's values)"
-hack/install-local.sh || die "helm install of charts/lameduck failed"
+phase "helm upgrade --install lameduck from oci://$(sed -n 's|^CHART=oci://||p' "$STATE_DIR/published.env")"
+hack/install.sh || die "helm install of lameduck failed"
 
 # ---------------------------------------------------------------------------------------
 phase "deploy ${VARIANTS[*]} into namespace $NS ($REPLICAS replicas each)"
@@ -111,8 +148,10 @@ if kubectl get namespace "$NS" >/dev/null 2>&1; then
 	ns_gone() { ! kubectl get namespace "$NS" >/dev/null 2>&1; }
 	wait_until "deleting the previous run's namespace" 300 ns_gone || die "namespace $NS stuck"
 fi
-rm -rf "$OUT" "${RECORDS_ROOT:?}"
+rm -rf "$OUT"
 mkdir -p "$OUT"
+# The local cluster's node is this machine: earlier runs' records can go.
+((EXTERNAL)) || rm -rf "${RECORDS_ROOT:?}"
 kubectl create namespace "$NS" >/dev/null
 
 manifests() {
@@ -139,12 +178,12 @@ EOF
      "spec": {
        "terminationGracePeriodSeconds": $GRACE,
        "initContainers": [{
-         "name": "records-dir", "image": "lameduck/example-rust-web:dev", "imagePullPolicy": "Never",
+         "name": "records-dir", "image": "$(image_of rust-web)",
          "args": ["prepare-records-dir"], "env": [{"name": "RECORDS_DIR", "value": "/records"}],
          "securityContext": {"runAsUser": 0, "runAsNonRoot": false},
          "volumeMounts": [{"name": "records", "mountPath": "/records"}]}],
        "containers": [{
-         "name": "web", "image": "$(image_of "$v")", "imagePullPolicy": "Never",
+         "name": "web", "image": "$(image_of "$v")",
          "ports": [{"containerPort": 8080}],
          "env": [{"name": "RECORDS_DIR", "value": "/records"},
                  {"name": "REQUEST_MILLIS", "value": "20"},
@@ -152,7 +191,7 @@ EOF
          "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
          "volumeMounts": [{"name": "records", "mountPath": "/records"}]}],
        "volumes": [{"name": "records",
-                    "hostPath": {"path": "$RECORDS_ROOT/$v", "type": "DirectoryOrCreate"}}]}}}}
+                    "hostPath": {"path": "$RECORDS_DIR/$v", "type": "DirectoryOrCreate"}}]}}}}
 {"apiVersion": "v1", "kind": "Service",
  "metadata": {"name": "$v", "namespace": "$NS"},
  "spec": {"selector": {"app": "$v"}, "ports": [{"port": 80, "targetPort": 8080}]}}
@@ -175,12 +214,10 @@ pods_exactly() { # NAME N: exactly N pods (terminating ones included)
 	echo "($n pods)"
 	[[ $n == "$2" ]]
 }
-answers() { curl -fsS --max-time 2 "http://$1/healthz" >/dev/null; }
 for v in "${VARIANTS[@]}"; do
 	wait_until "$v ready" 240 rolled_out "$v" || die "$v did not become ready"
 	IP[$v]=$(kubectl get service -n "$NS" "$v" -o jsonpath='{.spec.clusterIP}')
-	[[ ${IP[$v]} == 10.96.* ]] || die "ClusterIP ${IP[$v]} of $v is outside the cluster's Service range"
-	wait_until "$v Service at ${IP[$v]}:80 answering" 60 answers "${IP[$v]}" || die "Service $v does not answer"
+	[[ -n ${IP[$v]} ]] || die "Service $v has no ClusterIP"
 done
 for v in "${VARIANTS[@]}"; do
 	injected "$v" || continue
@@ -194,18 +231,39 @@ kubectl get pods -n "$NS" --watch --output-watch-events -o json >"$OUT/pods.watc
 BG_PIDS+=($!)
 
 # ---------------------------------------------------------------------------------------
-phase "rolling restarts under load ($RATE req/s per variant through its ClusterIP, one variant at a time)"
+phase "rolling restarts under load ($RATE req/s per variant to its ClusterIP from a pod, one variant at a time)"
 TIMINGS="$OUT/timings.tsv"
 printf 'variant\tready_s\tgone_s\tload_s\n' >"$TIMINGS"
+# load_pod VARIANT IP: the load generator, in a pod of the namespace (not injected), so that
+# the load comes from a pod address, as a client's would, on any cluster.
+load_pod() {
+	cat <<EOF
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "load-$1", "namespace": "$NS", "labels": {"lameduck-demo/role": "load"}},
+ "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
+          "containers": [{"name": "loadgen", "image": "$(image_of loadgen)",
+                          "args": ["attack", "-target", "http://$2/", "-rate", "$RATE",
+                                   "-duration", "900s", "-timeout", "5s"],
+                          "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}}]}}
+EOF
+}
+pod_phase() { # POD PHASE
+	local p
+	p=$(kubectl get pod -n "$NS" "$1" -o jsonpath='{.status.phase}')
+	echo "(${p:-Pending})"
+	[[ $p == "$2" ]]
+}
 for v in "${VARIANTS[@]}"; do
 	ip=${IP[$v]}
-	info "${bold}$v${reset}: vegeta attack -rate=$RATE/s → http://$ip/"
-	echo "GET http://$ip/" | "$VEGETA" attack -rate="$RATE/s" -duration=600s -timeout=5s \
-		-output "$OUT/$v.vegeta.bin" &
-	load_pid=$!
-	BG_PIDS+=($load_pid)
+	info "${bold}$v${reset}: loadgen attack -rate $RATE → http://$ip/ (pod load-$v)"
+	kubectl delete pod -n "$NS" "load-$v" --ignore-not-found --wait >/dev/null
+	load_pod "$v" "$ip" | kubectl apply -f - >/dev/null
 	load_start=$SECONDS
+	wait_until "load-$v running" 120 pod_phase "load-$v" Running ||
+		die "the load generator load-$v did not start (kubectl describe pod -n $NS load-$v)"
 	sleep 3
+	kubectl exec -n "$NS" "load-$v" -- /loadgen get "http://$ip/healthz" ||
+		die "$v does not answer at http://$ip/ from a pod"
 	t0=$(date +%s.%N)
 	kubectl rollout restart -n "$NS" "deployment/$v" | sed 's/^/    /'
 	wait_until "$v rollout (new pods ready)" 300 rolled_out "$v" || die "rollout of $v did not finish"
@@ -213,17 +271,17 @@ for v in "${VARIANTS[@]}"; do
 	wait_until "$v old pods gone" 300 pods_exactly "$v" "$REPLICAS" || die "old pods of $v did not go away"
 	t_gone=$(date +%s.%N)
 	sleep 3
-	kill -INT "$load_pid"
-	wait "$load_pid" || true
-	"$VEGETA" report -type=json "$OUT/$v.vegeta.bin" >"$OUT/$v.vegeta.json"
+	kubectl exec -n "$NS" "load-$v" -- /loadgen stop
+	wait_until "load-$v report" 60 pod_phase "load-$v" Succeeded || die "the load generator load-$v did not finish"
+	kubectl logs -n "$NS" "load-$v" >"$OUT/$v.load.json"
 	awk -v v="$v" -v a="$t0" -v b="$t_ready" -v c="$t_gone" -v l=$((SECONDS - load_start)) \
 		'BEGIN { printf "%s\t%.1f\t%.1f\t%d\n", v, b - a, c - a, l }' >>"$TIMINGS"
-	python3 - "$OUT/$v.vegeta.json" <<'EOF'
+	python3 - "$OUT/$v.load.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-codes = r.get("status_codes") or {}
-ok = codes.get("200", 0)
-print(f"    load: {r['requests']} requests, {ok} ok, {r['requests'] - ok} failed, codes {codes}")
+g = r["loadgen"]
+print(f"    load: {g['requests']} requests, {g['ok']} ok, {g['failed']} failed {g['failures_by_kind'] or ''}"
+      f" (loadgen: p99 {g['latency_p99_ms']} ms, {g['cpu_seconds']:.1f} s CPU in {g['wall_seconds']:.0f} s)")
 for e in (r.get("errors") or [])[:3]:
     print(f"      error: {e}")
 EOF
@@ -250,12 +308,48 @@ for v in "${VARIANTS[@]}"; do
 done
 sleep 2 # let the watch write the last events
 kubectl get sdp -n "$NS" -o json >"$OUT/sdp.json"
+# The records are on the nodes that ran the service: a pod on each counts them there.
+nodes=$(python3 - "$OUT/pods.watch.json" <<'EOF'
+import json, sys
+text, dec, i, nodes = open(sys.argv[1]).read(), json.JSONDecoder(), 0, set()
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    try:
+        ev, i = dec.raw_decode(text, i)
+    except json.JSONDecodeError:
+        break
+    obj = ev.get("object", ev)
+    if "app" in obj.get("metadata", {}).get("labels", {}) and obj.get("spec", {}).get("nodeName"):
+        nodes.add(obj["spec"]["nodeName"])
+print(" ".join(sorted(nodes)))
+EOF
+)
+[[ -n $nodes ]] || die "no node ran the variants' pods (pod watch in $OUT/pods.watch.json)"
+count_pod() { # NAME NODE
+	cat <<EOF
+{"apiVersion": "v1", "kind": "Pod",
+ "metadata": {"name": "$1", "namespace": "$NS", "labels": {"lameduck-demo/role": "count"}},
+ "spec": {"restartPolicy": "Never", "nodeName": "$2",
+          "containers": [{"name": "count", "image": "$(image_of rust-web)",
+                          "args": ["count-records"], "env": [{"name": "RECORDS_DIR", "value": "/records"}],
+                          "volumeMounts": [{"name": "records", "mountPath": "/records", "readOnly": true}]}],
+          "volumes": [{"name": "records", "hostPath": {"path": "$RECORDS_DIR", "type": "Directory"}}]}}
+EOF
+}
+: >"$OUT/records.counts"
+i=0
+for node in $nodes; do
+	i=$((i + 1))
+	count_pod "count-records-$i" "$node" | kubectl apply -f - >/dev/null
+	wait_until "records on $node" 120 pod_phase "count-records-$i" Succeeded ||
+		die "counting the records on $node failed (kubectl logs -n $NS count-records-$i)"
+	kubectl logs -n "$NS" "count-records-$i" >>"$OUT/records.counts"
+done
 for v in "${VARIANTS[@]}"; do
-	n=0
-	for f in "$RECORDS_ROOT/$v"/*.records; do
-		[[ -e $f ]] && n=$((n + $(grep -c . "$f" || true)))
-	done
-	printf '%s\t%d\n' "$v" "$n"
+	printf '%s\t%d\n' "$v" "$(awk -F'\t' -v v="$v" '$1 == v { n += $2 } END { print n + 0 }' "$OUT/records.counts")"
 done >"$OUT/records.tsv"
 
 # New pods get the tuned grace period (updateMode Initial) at admission.
@@ -277,12 +371,12 @@ cat <<EOF
 ${bold}Done in $((SECONDS - STARTED))s.${reset} The cluster is still up, with the three variants running:
 
   export KUBECONFIG=$KUBECONFIG
-  export PATH=$(dirname "$(command -v kubectl)"):\$PATH   # the pinned kubectl and helm
+  export PATH=$(dirname "$(command -v kubectl)"):\$PATH   # the kubectl and helm used
   kubectl get sdp -n $NS
   kubectl describe sdp -n $NS deployment-go-web
   kubectl get pods -n $NS -o custom-columns=NAME:.metadata.name,GRACE:.spec.terminationGracePeriodSeconds
   kubectl rollout restart -n $NS deployment/rust-web   # more observations
-  make cluster-down                                    # remove the cluster
+  make cluster-down                                    # remove the local cluster
 
 Results: out/demo/table.md, out/demo/table.json, out/demo/shutdown-durations.png
 EOF

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The table and plot of `make demo` (hack/demo/demo.sh), from what it collected in out/demo/:
 
-  <variant>.vegeta.json   vegeta report of the load during that variant's rolling restart
-  records.tsv             variant, records flushed to the hostPath records directory
+  <variant>.load.json     the load generator's report (e2e/loadgen: vegeta's report and its
+                          own figures under "loadgen") for that variant's rolling restart
+  records.tsv             variant, records flushed to the nodes' records directories
   timings.tsv             variant, restart → new pods ready, restart → old pods gone, load s
   sdp.json                the ShutdownPolicies of the namespace (kubectl get sdp -o json)
   pods.watch.json         `kubectl get pods --watch --output-watch-events -o json`
@@ -148,7 +149,8 @@ def main():
 
     result = {}
     for v in a.variants:
-        r = json.load(open(o(f"{v}.vegeta.json")))
+        r = json.load(open(o(f"{v}.load.json")))
+        g = r.get("loadgen") or {}
         codes = r.get("status_codes") or {}
         ok = int(codes.get("200", 0))
         written = int(records.get(v, 0))
@@ -168,6 +170,9 @@ def main():
             "ok": ok,
             "failed": int(r["requests"]) - ok,
             "status_codes": codes,
+            "failures_by_kind": g.get("failures_by_kind") or {},
+            "loadgen_cpu_seconds": g.get("cpu_seconds"),
+            "loadgen_wall_seconds": g.get("wall_seconds"),
             "errors": (r.get("errors") or [])[:5],
             "latency_p99_ms": round(r["latencies"]["99th"] / 1e6, 1),
             "records_acknowledged": ok,
@@ -196,8 +201,7 @@ def main():
         ("lameduck", lambda x: "injected + SDK" if x["injected"] else "no"),
         ("requests sent", lambda x: fmt(x["requests"])),
         ("requests failed", lambda x: fmt(x["failed"]) + ("" if not x["failed"] else " (" + ", ".join(
-            f"{'no response' if k == '0' else 'HTTP ' + k}: {n}"
-            for k, n in x["status_codes"].items() if k != "200") + ")")),
+            f"{k}: {n}" for k, n in sorted(x["failures_by_kind"].items())) + ")")),
         ("records acknowledged", lambda x: fmt(x["records_acknowledged"])),
         ("records lost", lambda x: fmt(x["records_lost"])),
         ("pods SIGKILLed (exit 137 / policy `killed`)",
@@ -229,11 +233,14 @@ def main():
     notes = [
         "",
         f"{when}, commit {commit}, {machine()}. Each variant: 3 replicas, rolling restart "
-        f"(maxSurge 1, maxUnavailable 0) under {a.rate} req/s through its ClusterIP "
-        f"(vegeta, from 3 s before the restart until 3 s after the last old pod was gone), "
+        f"(maxSurge 1, maxUnavailable 0) under {a.rate} req/s to its ClusterIP from a pod "
+        f"(e2e/loadgen, vegeta's attacker, keep-alive; from 3 s before the restart until 3 s "
+        f"after the last old pod was gone), "
         f"REQUEST_MILLIS 20, CLEANUP_MILLIS {a.cleanup_millis}, grace period {a.grace} s. "
         "Records: acknowledged (HTTP 200) minus lines flushed to the records directory after "
-        "the rollout and a scale to 0. Shutdown p50/p99: the ShutdownPolicy's status "
+        "the rollout and a scale to 0, counted by a pod on each node. Failed requests by kind: "
+        "refused (nothing listening), reset, eof (connection closed under the request), "
+        "timeout, http-<code>. Shutdown p50/p99: the ShutdownPolicy's status "
         "(deletion → app exit; rollout and scale-to-0 shutdowns) for injected variants, "
         "container finishedAt − deletion time (1 s resolution) for go-naive.",
     ]

@@ -3,7 +3,7 @@
 
 GO ?= go
 # Each is its own module; the examples use the SDK through a replace directive.
-GO_MODULES := $(ROOT)/sdk/go $(ROOT)/examples/go-web $(ROOT)/examples/go-naive
+GO_MODULES := $(ROOT)/sdk/go $(ROOT)/examples/go-web $(ROOT)/examples/go-naive $(ROOT)/e2e/loadgen
 GO_EXAMPLES := go-web go-naive
 GO_BIN_DIR := $(ROOT)/target/go
 # The process-level tests run the real sidecar (debug build).
@@ -23,10 +23,12 @@ go-test: ## Go SDK and examples: go vet, go test -race (process tests run the re
 ##@ Build
 
 .PHONY: go-build
-go-build: ## static binaries of the Go examples into target/go/
+go-build: ## static binaries of the Go examples and of the in-cluster load generator (e2e/loadgen) into target/go/
 	@mkdir -p $(GO_BIN_DIR)
 	@for example in $(GO_EXAMPLES); do \
 		( cd $(ROOT)/examples/$$example && \
 		  CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(GO_BIN_DIR)/$$example . ) || exit 1; \
 		echo "$(GO_BIN_DIR)/$$example"; \
 	done
+	@cd $(ROOT)/e2e/loadgen && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(GO_BIN_DIR)/loadgen .
+	@echo "$(GO_BIN_DIR)/loadgen"

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 
 pub const RELEASE: &str = "lameduck";
 pub const SYSTEM_NS: &str = "lameduck-system";
-pub const RUST_WEB: &str = "lameduck/example-rust-web:dev";
 /// Records survive their pods here (hostPath), one directory per test namespace.
 pub const RECORDS_ROOT: &str = "/var/lib/lameduck-e2e";
 
@@ -25,6 +24,33 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("e2e/ is inside the repository")
         .to_path_buf()
+}
+
+/// The Rust example's image in the local registry, by digest, as `make images` published it
+/// (`EXAMPLE_RUST_WEB` in `.state/examples.env`): the kubelet pulls it like any image.
+pub fn rust_web() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| published_example("EXAMPLE_RUST_WEB"))
+}
+
+/// The load generator's image (`e2e/loadgen`), as [`rust_web`].
+pub fn loadgen_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| published_example("LOADGEN"))
+}
+
+/// A reference from `.state/examples.env` (hack/publish.sh examples).
+fn published_example(var: &str) -> String {
+    let path = repo_root().join(".state/examples.env");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `make images` (it publishes the example images to the local registry)",
+            path.display()
+        )
+    });
+    text.lines()
+        .find_map(|line| line.strip_prefix(var)?.strip_prefix('=').map(str::to_owned))
+        .unwrap_or_else(|| panic!("{var} missing from {}: run `make images`", path.display()))
 }
 
 /// PATH with the pinned kubectl and helm first (what `eval "$(e2e/cluster/env.sh)"` does).
@@ -207,8 +233,7 @@ pub fn init_names(pod: &Value) -> Vec<String> {
 pub fn records_dir_init() -> Value {
     json!({
         "name": "records-dir",
-        "image": RUST_WEB,
-        "imagePullPolicy": "Never",
+        "image": rust_web(),
         "args": ["prepare-records-dir"],
         "env": [{"name": "RECORDS_DIR", "value": "/records"}],
         "securityContext": {"runAsUser": 0, "runAsNonRoot": false},
@@ -255,7 +280,6 @@ impl Web<'_> {
                         "containers": [{
                             "name": "web",
                             "image": self.image,
-                            "imagePullPolicy": "Never",
                             "ports": [{"containerPort": 8080}],
                             "env": [
                                 {"name": "RECORDS_DIR", "value": "/records"},

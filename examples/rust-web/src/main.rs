@@ -13,6 +13,9 @@
 //! `lameduck-example-web prepare-records-dir` creates `RECORDS_DIR` and opens it to every
 //! user (mode 1777), then exits: run as root in an init container, it readies a hostPath
 //! directory (created root-owned by the kubelet) for the app, which runs as user 65532.
+//! `lameduck-example-web count-records` prints, for `RECORDS_DIR` and each directory in it,
+//! `<name>\t<records>` (the root is `.`): how many records reached the disk, read where
+//! they are (on the node) when the records cannot be read from outside the cluster.
 //!
 //! Stdout carries one line per step of the shutdown, for people and test harnesses:
 //! `listening on ADDR`, `draining (source: S, deadline in N ms, in flight: N)`,
@@ -165,6 +168,34 @@ fn prepare_records_dir(dir: &Path) -> ExitCode {
     }
 }
 
+/// Records (non-empty lines of `*.records` files) directly in `dir`.
+fn records_in(dir: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "records") && path.is_file() {
+            let text = std::fs::read_to_string(&path)?;
+            n += text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+        }
+    }
+    Ok(n)
+}
+
+/// `<name>\t<records>` for `dir` itself (`.`) and each directory in it, sorted by name.
+fn count_records(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut counts = vec![(".".to_owned(), records_in(dir)?)];
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for sub in subdirs {
+        let name = sub.file_name().map(|n| n.to_string_lossy().into_owned());
+        counts.push((name.unwrap_or_default(), records_in(&sub)?));
+    }
+    Ok(counts)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -185,8 +216,27 @@ async fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => {}
         Some("prepare-records-dir") => return prepare_records_dir(&settings.records_dir),
+        Some("count-records") => {
+            return match count_records(&settings.records_dir) {
+                Ok(counts) => {
+                    for (name, n) in counts {
+                        println!("{name}\t{n}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!(
+                        "lameduck-example-web: count {}: {err}",
+                        settings.records_dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(other) => {
-            eprintln!("lameduck-example-web: unknown command {other:?} (only prepare-records-dir)");
+            eprintln!(
+                "lameduck-example-web: unknown command {other:?} (prepare-records-dir or count-records)"
+            );
             return ExitCode::from(2);
         }
     }

@@ -242,3 +242,37 @@ fn prepare_records_dir_creates_it_open_to_every_user() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn count_records_reads_every_variant_directory() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("a.records"), "1\n").unwrap();
+    for (dir, files) in [("go-web", vec!["1\n2\n", "3\n\n"]), ("rust-web", vec![])] {
+        std::fs::create_dir(root.path().join(dir)).unwrap();
+        for (i, text) in files.into_iter().enumerate() {
+            std::fs::write(root.path().join(dir).join(format!("p{i}.records")), text).unwrap();
+        }
+    }
+    // Not a records file: not counted.
+    std::fs::write(root.path().join("go-web").join("notes.txt"), "x\ny\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-example-web"))
+        .arg("count-records")
+        .env("RECORDS_DIR", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        ".\t1\ngo-web\t3\nrust-web\t0\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-example-web"))
+        .arg("count-records")
+        .env("RECORDS_DIR", root.path().join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing directory is an error: {out:?}"
+    );
+}
