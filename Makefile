@@ -97,6 +97,7 @@ cluster-test: ## the suites that need the local cluster (brings it up if needed)
 	$(MAKE) --no-print-directory e2e-test
 	$(MAKE) --no-print-directory e2e-drills
 	$(MAKE) --no-print-directory demo-external-check
+	$(MAKE) --no-print-directory bench-rollout-smoke
 
 .PHONY: webhook-cluster-test
 webhook-cluster-test: ## the webhook and the ShutdownPolicy CRD against the local cluster's API server (needs make cluster-up)
@@ -112,6 +113,17 @@ bench: static ## sidecar size, idle RSS, start-to-probe and shutdown overhead (f
 .PHONY: bench-webhook
 bench-webhook: ## webhook handler latency, HTTPS throughput on one core (wrk), idle RSS
 	$(ROOT)/bench/webhook.sh
+
+.PHONY: bench-rollout
+bench-rollout: images ## no preStop, preStop sleep 5 / 15, lameduck without and with the SDK: failed requests and rollout time, ≥ 100k requests each (local cluster, ~15 min; out/bench-rollout/)
+	$(ROOT)/bench/rollout.sh
+
+# The same harness, one rollout per variant at a low rate: it runs and its figures hold
+# together (make test). The figures themselves are make bench-rollout's.
+.PHONY: bench-rollout-smoke
+bench-rollout-smoke: images ## bench-rollout in miniature (one rollout per variant, a few hundred requests), its result checked
+	BENCH_SMOKE=1 BENCH_OUT=$(ROOT)/out/bench-rollout-smoke $(ROOT)/bench/rollout.sh
+	$(ROOT)/hack/demo/rollout_check.py $(ROOT)/out/bench-rollout-smoke/table.json
 
 .PHONY: bench-operator-scale
 bench-operator-scale: ## operator RSS (leader, follower) with 5,000 injected pods in 500 workloads (local cluster)

@@ -30,7 +30,9 @@ TIMEOUT_SECONDS=${TIMEOUT_SECONDS:-1800}
 SYSTEM_NS=lameduck-system
 LEASE=lameduck-operator
 ADMIN_PORT=8080
-IMAGE=lameduck/example-rust-web:dev
+# Never pulled (the pods stay gated), but a real reference: the Rust example as published.
+IMAGE=$(sed -n 's/^EXAMPLE_RUST_WEB=//p' .state/examples.env 2>/dev/null)
+IMAGE=${IMAGE:-localhost:5000/lameduck/example-rust-web:0.1.0}
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() {

@@ -33,7 +33,9 @@ export KUBECONFIG
 OUT=${1:-operator/tests/fixtures/pods}
 NS=fixture-pods
 NS_MANUAL=fixture-pods-manual
-RUST=lameduck/example-rust-web:dev
+# The Rust example as make images published it (pulled from the local registry).
+RUST=$(sed -n 's/^EXAMPLE_RUST_WEB=//p' .state/examples.env 2>/dev/null)
+[[ -n $RUST ]] || { echo "capture-pod-fixtures: no .state/examples.env: run make images" >&2; exit 1; }
 TESTAPP=lameduck/testapp:dev
 ALLOC=lameduck/fixture-alloc:dev
 
@@ -93,7 +95,7 @@ injected() {
  "metadata": {"name": "$1", "namespace": "$NS", "labels": {"app": "$1"},
               "annotations": {"lameduck.dev/inject": "true"}},
  "spec": {"terminationGracePeriodSeconds": $2,
-          "containers": [{"name": "web", "image": "$RUST", "imagePullPolicy": "Never",
+          "containers": [{"name": "web", "image": "$RUST",
                           "env": [{"name": "CLEANUP_MILLIS", "value": "$3"}],
                           "ports": [{"containerPort": 8080}]}]}}
 EOF

@@ -6,6 +6,7 @@
 //	loadgen attack -target URL -rate N [-duration D] [-timeout T] [-keepalive=false]
 //	loadgen stop
 //	loadgen get URL
+//	loadgen admit -dns-name NAME [-addr :8443]
 //
 // attack sends GET requests at a constant rate (vegeta's attacker) until -duration has
 // passed or it receives SIGINT or SIGTERM, then prints one JSON document on stdout:
@@ -13,7 +14,8 @@
 // the rollout figures need: failures by kind, per-second counts, the time of each failure,
 // and the generator's own CPU time and latency (to show it was not the bottleneck).
 // stop sends SIGINT to PID 1 (the attack, when it is the container's entrypoint: `kubectl
-// exec POD -- /loadgen stop`). get fetches URL once and exits 0 on a 200.
+// exec POD -- /loadgen stop`). get fetches URL once and exits 0 on a 200. admit serves a
+// no-op admission webhook, the baseline of the webhook's cost (admit.go).
 package main
 
 import (
@@ -46,6 +48,8 @@ func main() {
 			fmt.Fprintln(os.Stderr, "loadgen stop: signalling PID 1:", err)
 			os.Exit(1)
 		}
+	case "admit":
+		runAdmit()
 	case "get":
 		if len(os.Args) != 3 {
 			usage()
@@ -60,7 +64,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen attack -target URL -rate N [-duration D] [-timeout T] [-keepalive=false] | loadgen stop | loadgen get URL")
+	fmt.Fprintln(os.Stderr, "usage: loadgen attack -target URL -rate N [-duration D] [-timeout T] [-keepalive=false] | loadgen stop | loadgen get URL | loadgen admit -dns-name NAME")
 	os.Exit(2)
 }
 

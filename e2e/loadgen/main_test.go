@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -93,5 +96,46 @@ func TestAttackCountsRefusedAfterTheListenerCloses(t *testing.T) {
 	}
 	if s.CPUSecs <= 0 || s.WallSecs < 1.4 {
 		t.Fatalf("own figures: cpu %.3fs wall %.3fs", s.CPUSecs, s.WallSecs)
+	}
+}
+
+// The no-op webhook answers a real AdmissionReview over TLS with its own certificate:
+// allowed, the same uid, no patch; anything else is a 400.
+func TestAdmitAllowsEverything(t *testing.T) {
+	cert, certPEM, err := selfSigned("noop.bench.svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(review))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(certPEM) {
+		t.Fatal("the PEM is not a certificate")
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "noop.bench.svc"}}}
+	body := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","object":{}}}`
+	resp, err := client.Post(srv.URL, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Response map[string]any `json:"response"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Response["uid"] != "u-1" || got.Response["allowed"] != true || got.Response["patch"] != nil {
+		t.Fatalf("response %v", got.Response)
+	}
+	bad, err := client.Post(srv.URL, "application/json", strings.NewReader("garbage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Body.Close()
+	if bad.StatusCode != http.StatusBadRequest {
+		t.Fatalf("garbage: status %d", bad.StatusCode)
 	}
 }

@@ -41,60 +41,23 @@ VARIANTS=(go-naive go-web rust-web)
 MAKE=${MAKE:-make}
 STARTED=$SECONDS
 PHASES=9
-PHASE=0
 EXTERNAL=0
 [[ -n ${REGISTRY:-} ]] && EXTERNAL=1
 
-# image_of VARIANT (or LOADGEN): the reference make publish-examples recorded, by digest.
+# image_of VARIANT (or loadgen): the reference make publish-examples recorded, by digest.
 image_of() {
-	local var
 	case $1 in
-	go-naive) var=EXAMPLE_GO_NAIVE ;;
-	go-web) var=EXAMPLE_GO_WEB ;;
-	rust-web) var=EXAMPLE_RUST_WEB ;;
-	loadgen) var=LOADGEN ;;
+	go-naive) published_image EXAMPLE_GO_NAIVE ;;
+	go-web) published_image EXAMPLE_GO_WEB ;;
+	rust-web) published_image EXAMPLE_RUST_WEB ;;
+	loadgen) published_image LOADGEN ;;
 	esac
-	sed -n "s/^$var=//p" "$STATE_DIR/examples.env"
 }
 injected() { [[ $1 != go-naive ]]; }
 
-bold=$'\033[1m' dim=$'\033[2m' reset=$'\033[0m'
-[[ -t 1 ]] || bold='' dim='' reset=''
-phase() {
-	PHASE=$((PHASE + 1))
-	printf '\n%s==> [%d/%d] %s%s %s(%ds)%s\n' "$bold" "$PHASE" "$PHASES" "$*" "$reset" "$dim" $((SECONDS - STARTED)) "$reset"
-}
-info() { printf '    %s\n' "$*"; }
-die() {
-	printf '\ndemo: %s\n' "$*" >&2
-	exit 1
-}
-
-# wait_until DESCRIPTION TIMEOUT_S COMMAND... — polls COMMAND every second with a counter;
-# COMMAND's stdout (one short line) is shown next to the counter.
-wait_until() {
-	local what=$1 timeout=$2 start=$SECONDS note=''
-	shift 2
-	while true; do
-		if note=$("$@" 2>/dev/null); then
-			printf '\r\033[K    %s: done in %ds %s\n' "$what" $((SECONDS - start)) "$note"
-			return 0
-		fi
-		if ((SECONDS - start >= timeout)); then
-			printf '\r\033[K    %s: timed out after %ds %s\n' "$what" "$timeout" "$note"
-			return 1
-		fi
-		printf '\r\033[K    %s … %ds %s' "$what" $((SECONDS - start)) "$note"
-		sleep 1
-	done
-}
-
-BG_PIDS=()
-cleanup_bg() {
-	local p
-	for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-}
-trap cleanup_bg EXIT
+SCRIPT_NAME=demo
+# shellcheck source=lib.sh
+source "$ROOT/hack/demo/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 if ((EXTERNAL)); then
@@ -200,20 +163,6 @@ EOF
 for v in "${VARIANTS[@]}"; do manifests "$v"; done | kubectl apply -f - | sed 's/^/    /'
 
 declare -A IP
-rolled_out() { # NAME: the Deployment's pods all updated, ready, and no old pod left
-	local s
-	s=$(kubectl get deployment -n "$NS" "$1" -o jsonpath='{.metadata.generation} {.status.observedGeneration} {.status.updatedReplicas} {.status.readyReplicas} {.status.availableReplicas} {.status.replicas}')
-	read -r gen obs upd rdy avl tot <<<"$s"
-	echo "(updated ${upd:-0}/$REPLICAS, ready ${rdy:-0})"
-	[[ $gen == "$obs" && ${upd:-0} == "$REPLICAS" && ${rdy:-0} == "$REPLICAS" && ${avl:-0} == "$REPLICAS" && ${tot:-0} == "$REPLICAS" ]]
-}
-pod_count() { kubectl get pods -n "$NS" -l "app=$1" --no-headers 2>/dev/null | wc -l; }
-pods_exactly() { # NAME N: exactly N pods (terminating ones included)
-	local n
-	n=$(pod_count "$1")
-	echo "($n pods)"
-	[[ $n == "$2" ]]
-}
 for v in "${VARIANTS[@]}"; do
 	wait_until "$v ready" 240 rolled_out "$v" || die "$v did not become ready"
 	IP[$v]=$(kubectl get service -n "$NS" "$v" -o jsonpath='{.spec.clusterIP}')
@@ -234,36 +183,12 @@ BG_PIDS+=($!)
 phase "rolling restarts under load ($RATE req/s per variant to its ClusterIP from a pod, one variant at a time)"
 TIMINGS="$OUT/timings.tsv"
 printf 'variant\tready_s\tgone_s\tload_s\n' >"$TIMINGS"
-# load_pod VARIANT IP: the load generator, in a pod of the namespace (not injected), so that
-# the load comes from a pod address, as a client's would, on any cluster.
-load_pod() {
-	cat <<EOF
-{"apiVersion": "v1", "kind": "Pod",
- "metadata": {"name": "load-$1", "namespace": "$NS", "labels": {"lameduck-demo/role": "load"}},
- "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
-          "containers": [{"name": "loadgen", "image": "$(image_of loadgen)",
-                          "args": ["attack", "-target", "http://$2/", "-rate", "$RATE",
-                                   "-duration", "900s", "-timeout", "5s"],
-                          "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}}]}}
-EOF
-}
-pod_phase() { # POD PHASE
-	local p
-	p=$(kubectl get pod -n "$NS" "$1" -o jsonpath='{.status.phase}')
-	echo "(${p:-Pending})"
-	[[ $p == "$2" ]]
-}
 for v in "${VARIANTS[@]}"; do
 	ip=${IP[$v]}
 	info "${bold}$v${reset}: loadgen attack -rate $RATE → http://$ip/ (pod load-$v)"
-	kubectl delete pod -n "$NS" "load-$v" --ignore-not-found --wait >/dev/null
-	load_pod "$v" "$ip" | kubectl apply -f - >/dev/null
 	load_start=$SECONDS
-	wait_until "load-$v running" 120 pod_phase "load-$v" Running ||
-		die "the load generator load-$v did not start (kubectl describe pod -n $NS load-$v)"
+	start_load "load-$v" "http://$ip/" "$RATE"
 	sleep 3
-	kubectl exec -n "$NS" "load-$v" -- /loadgen get "http://$ip/healthz" ||
-		die "$v does not answer at http://$ip/ from a pod"
 	t0=$(date +%s.%N)
 	kubectl rollout restart -n "$NS" "deployment/$v" | sed 's/^/    /'
 	wait_until "$v rollout (new pods ready)" 300 rolled_out "$v" || die "rollout of $v did not finish"
@@ -271,9 +196,7 @@ for v in "${VARIANTS[@]}"; do
 	wait_until "$v old pods gone" 300 pods_exactly "$v" "$REPLICAS" || die "old pods of $v did not go away"
 	t_gone=$(date +%s.%N)
 	sleep 3
-	kubectl exec -n "$NS" "load-$v" -- /loadgen stop
-	wait_until "load-$v report" 60 pod_phase "load-$v" Succeeded || die "the load generator load-$v did not finish"
-	kubectl logs -n "$NS" "load-$v" >"$OUT/$v.load.json"
+	stop_load "load-$v" "$OUT/$v.load.json"
 	awk -v v="$v" -v a="$t0" -v b="$t_ready" -v c="$t_gone" -v l=$((SECONDS - load_start)) \
 		'BEGIN { printf "%s\t%.1f\t%.1f\t%d\n", v, b - a, c - a, l }' >>"$TIMINGS"
 	python3 - "$OUT/$v.load.json" <<'EOF'
@@ -362,7 +285,6 @@ kubectl get pods -n "$NS" -o json >"$OUT/pods.after.json"
 # ---------------------------------------------------------------------------------------
 phase "results"
 cleanup_bg
-BG_PIDS=()
 python3 hack/demo/report.py --out "$OUT" --rate "$RATE" --cleanup-millis "$CLEANUP_MILLIS" \
 	--grace "$GRACE" --variants "${VARIANTS[@]}"
 
