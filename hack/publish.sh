@@ -14,8 +14,9 @@
 #   oci://$REGISTRY/charts/lameduck, version <chart version>
 # and $STATE_DIR/published.env records the references, the images by digest.
 # `examples` pushes the images the demo, the rollout benchmark and the e2e suite deploy:
-#   $REGISTRY/lameduck/example-rust-web, example-go-web, example-go-naive, loadgen
-# (tag <appVersion>; binaries from make static and make go-build) and records them by
+#   $REGISTRY/lameduck/example-rust-web, example-go-web, example-go-naive, loadgen, caddy
+# (tag <appVersion>; binaries from make static and make go-build, Caddy built once from its
+# Go module into the cache) and records them by
 # digest in $STATE_DIR/examples.env.
 # Credentials are skopeo's and helm's own (`skopeo login`, `helm registry login`).
 # PLAIN_HTTP=1 pushes without TLS: the default for localhost and 127.0.0.1 only.
@@ -75,12 +76,15 @@ mkdir -p "$STATE_DIR"
 
 if [[ "${1:-}" == examples ]]; then
   go_bin="$ROOT/target/go"
+  # An unmodified third-party server (Caddy, built once from its Go module into the cache).
+  "$CLUSTER_HERE/build-binaries.sh" caddy >&2
   refs=()
   for spec in \
     "EXAMPLE_RUST_WEB lameduck/example-rust-web $STATIC_DIR/lameduck-example-web /lameduck-example-web" \
     "EXAMPLE_GO_WEB lameduck/example-go-web $go_bin/go-web /lameduck-example-go-web" \
     "EXAMPLE_GO_NAIVE lameduck/example-go-naive $go_bin/go-naive /lameduck-example-go-naive" \
-    "LOADGEN lameduck/loadgen $go_bin/loadgen /loadgen"; do
+    "LOADGEN lameduck/loadgen $go_bin/loadgen /loadgen" \
+    "CADDY lameduck/caddy $CACHE_DIR/caddy-$CADDY_VERSION/bin/caddy /caddy"; do
     read -r var name binary in_image <<<"$spec"
     digest="$(push "$name" "$binary" "$in_image")"
     log "pushed $REGISTRY/$name:$app_version ($digest)"

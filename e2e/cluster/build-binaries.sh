@@ -5,8 +5,9 @@
 #                                 kubelet,kube-proxy,kubectl}
 #   $CACHE_DIR/etcd-<version>/bin/{etcd,etcdctl}
 #   $CACHE_DIR/helm-<version>/bin/helm
+#   $CACHE_DIR/caddy-<version>/bin/caddy   (only when asked for: the e2e suite's third-party server)
 # A component whose cache directory has a `.complete` stamp is not touched at all, so a
-# warm run costs nothing. Usage: build-binaries.sh [k8s|etcd|helm]...  (default: all)
+# warm run costs nothing. Usage: build-binaries.sh [k8s|etcd|helm|caddy]...  (default: k8s etcd helm)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,6 +76,11 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm:helm
 }
 
+build_caddy() {
+  build_component caddy "$CADDY_VERSION" "$HERE/build/caddy" "" \
+    github.com/caddyserver/caddy/v2/cmd/caddy:caddy
+}
+
 components=("$@")
 [[ ${#components[@]} -gt 0 ]] || components=(k8s etcd helm)
 for c in "${components[@]}"; do
@@ -82,6 +88,7 @@ for c in "${components[@]}"; do
     k8s) build_k8s ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
+    caddy) build_caddy ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -1195,3 +1195,108 @@ async fn t9_helm_uninstall_keeps_crds_and_injected_pods() {
     })
     .await;
 }
+
+/// An unmodified third-party server (Caddy, built from its Go module, no SDK) with the
+/// annotation only: the sidecar reads the pod's connections from the kernel, waits until
+/// they stop arriving, and only then lets SIGTERM through; the load comes from pods, a new
+/// connection per request. Next to it, the same server without lameduck, and with lameduck
+/// but a deregister phase forced to 0 s: the refused connections that one causes must show
+/// in lameduck's own count (the measurement can see harm), and be 0 with the real phase.
+#[tokio::test]
+async fn t14_unmodified_server_annotation_only() {
+    installed().await;
+    with_namespace("nosdk", |_client, ns| async move {
+        const REPLICAS: usize = 2;
+        // The forced-short phase: a fixed delay of 0 s.
+        apply(
+            &ns,
+            &json!({"apiVersion": "lameduck.dev/v1alpha1", "kind": "ShutdownPolicy",
+                    "metadata": {"name": "deployment-short"},
+                    "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "short"},
+                             "drain": {"mode": "Delay", "delaySeconds": 0}}}),
+        )?;
+        let caddy = |name: &str, inject: bool| {
+            let annotations = if inject {
+                json!({"lameduck.dev/inject": "true"})
+            } else {
+                json!({})
+            };
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": name, "annotations": annotations},
+                   "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": name}},
+                            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                            "template": {"metadata": {"labels": {"app": name}},
+                                         "spec": {"terminationGracePeriodSeconds": 30,
+                                                  "containers": [{"name": "caddy", "image": caddy_image(),
+                                                                  "args": ["respond", "--listen", ":8080", "ok"],
+                                                                  "env": [{"name": "HOME", "value": "/tmp"},
+                                                                          {"name": "XDG_DATA_HOME", "value": "/tmp/data"},
+                                                                          {"name": "XDG_CONFIG_HOME", "value": "/tmp/config"}],
+                                                                  "ports": [{"containerPort": 8080}],
+                                                                  "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
+                                                                                     "periodSeconds": 1}}]}}}})
+        };
+        let variants = [("plain", false), ("lameduck", true), ("short", true)];
+        let mut ips = BTreeMap::new();
+        for (name, inject) in variants {
+            apply(&ns, &caddy(name, inject))?;
+            apply(
+                &ns,
+                &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+            )?;
+        }
+        for (name, inject) in variants {
+            rollout_status(&ns, name)?;
+            let pods = live_pods(&ns, name)?;
+            ensure!(
+                pods.iter().all(|p| has_sidecar(p) == inject),
+                "{name}: sidecar expected {inject}"
+            );
+            let ip = kubectl(&["get", "service", "-n", &ns, name, "-o", "jsonpath={.spec.clusterIP}"])?;
+            ips.insert(name, ip.trim().to_owned());
+        }
+        let loads = variants
+            .iter()
+            .map(|(name, _)| PodLoad::start(&ns, &format!("load-{name}"), &format!("http://{}/", ips[name]), 40, false))
+            .collect::<Result<Vec<_>>>()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for (name, _) in variants {
+            kubectl(&["rollout", "restart", "-n", &ns, &format!("deployment/{name}")])?;
+        }
+        for (name, _) in variants {
+            rollout_status(&ns, name)?;
+            wait_pod_count(&ns, name, REPLICAS, Duration::from_secs(180)).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut reports = BTreeMap::new();
+        for ((name, _), load) in variants.iter().zip(loads) {
+            reports.insert(*name, load.stop()?);
+        }
+        let lameduck = wait_samples(&ns, "deployment-lameduck", REPLICAS as u64, Duration::from_secs(90)).await?;
+        let short = wait_samples(&ns, "deployment-short", REPLICAS as u64, Duration::from_secs(90)).await?;
+        let g = |name: &str, key: &str| reports[name]["loadgen"][key].clone();
+        let refused = |p: &serde_json::Value| p["status"]["refused"]["total"].as_u64();
+        summary(
+            "unmodified server",
+            &format!(
+                "Caddy, {REPLICAS} replicas each, 40 req/s from pods, a connection per request; plain: {} of {} failed {}; lameduck (annotation only): {} of {} failed {}, lameduck's refused count {:?}, deregister p50 {:?}; forced 0 s phase: {} of {} failed {}, lameduck's refused count {:?}",
+                g("plain", "failed"), g("plain", "requests"), g("plain", "failures_by_kind"),
+                g("lameduck", "failed"), g("lameduck", "requests"), g("lameduck", "failures_by_kind"),
+                refused(&lameduck), lameduck["status"]["phases"]["deregister"]["p50"],
+                g("short", "failed"), g("short", "requests"), g("short", "failures_by_kind"),
+                refused(&short),
+            ),
+        );
+        ensure!(g("lameduck", "failed") == 0, "requests failed with lameduck: {}", g("lameduck", "failures_by_kind"));
+        ensure!(refused(&lameduck) == Some(0), "lameduck's refused count with the real phase: {}", lameduck["status"]["refused"]);
+        ensure!(
+            refused(&short).is_some_and(|n| n > 0),
+            "a 0 s deregister phase refused nothing by lameduck's count: {} (load generator: {})",
+            short["status"]["refused"],
+            g("short", "failures_by_kind")
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -39,6 +39,12 @@ pub fn loadgen_image() -> &'static str {
     IMAGE.get_or_init(|| published_example("LOADGEN"))
 }
 
+/// Caddy, unmodified, built from its Go module (`make publish-examples`), as [`rust_web`].
+pub fn caddy_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| published_example("CADDY"))
+}
+
 /// A reference from `.state/examples.env` (hack/publish.sh examples).
 fn published_example(var: &str) -> String {
     let path = repo_root().join(".state/examples.env");
@@ -741,4 +747,56 @@ pub fn scale_operator(replicas: u32) -> Result<()> {
         &format!("--replicas={replicas}"),
     ])
     .map(|_| ())
+}
+
+/// Load from a pod (`loadgen attack`, e2e/loadgen) rather than from the node: the kubelet's
+/// probes come from the node's address, and load from a pod looks like a client's.
+pub struct PodLoad {
+    ns: String,
+    name: String,
+}
+
+impl PodLoad {
+    /// Starts `loadgen attack` against `url` at `rate` req/s in pod `name` of `ns`, a new
+    /// connection per request unless `keepalive`, and waits until it runs.
+    pub fn start(ns: &str, name: &str, url: &str, rate: u32, keepalive: bool) -> Result<Self> {
+        apply(
+            ns,
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "labels": {"e2e.lameduck.dev/role": "load"}},
+                    "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
+                             "containers": [{"name": "loadgen", "image": loadgen_image(),
+                                             "args": ["attack", "-target", url,
+                                                      "-rate", rate.to_string(),
+                                                      "-duration", "3600s", "-timeout", "5s",
+                                                      format!("-keepalive={keepalive}")]}]}}),
+        )?;
+        kubectl(&[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=120s",
+        ])?;
+        Ok(Self {
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Stops the load and returns its report (vegeta's, with `loadgen` figures).
+    pub fn stop(self) -> Result<Value> {
+        kubectl(&["exec", "-n", &self.ns, &self.name, "--", "/loadgen", "stop"])?;
+        kubectl(&[
+            "wait",
+            "-n",
+            &self.ns,
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{}", self.name),
+            "--timeout=60s",
+        ])?;
+        let text = kubectl(&["logs", "-n", &self.ns, &self.name])?;
+        serde_json::from_str(&text).with_context(|| format!("load report of {}: {text}", self.name))
+    }
 }
