@@ -33,6 +33,8 @@ pub const CONDITION_LOW_CONFIDENCE: &str = "LowConfidence";
 pub const CONDITION_PODS_NOT_INJECTED: &str = "PodsNotInjected";
 /// Condition type: shutdowns need more than `gracePeriod.maxSeconds`.
 pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
+/// Condition type: `spec.drain.action` cannot be read and is ignored.
+pub const CONDITION_DRAIN_ACTION_INVALID: &str = "DrainActionInvalid";
 
 /// Describes how lameduck shuts down the pods of one workload and what it learned from
 /// observing them. Created by the operator for every injected workload (named
@@ -94,6 +96,12 @@ pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
         type_ = "integer",
         json_path = ".status.timeouts",
         description = "Shutdowns whose application did not acknowledge before the sidecar's deadline."
+    ),
+    printcolumn(
+        name = "Refused",
+        type_ = "integer",
+        json_path = ".status.refused.total",
+        description = "Connections the pods refused after their listeners closed: clients still sent to a pod that had let go."
     ),
     printcolumn(
         name = "Restarts",
@@ -279,6 +287,7 @@ impl GracePeriodSpec {
 /// How the sidecar ends the deregister phase: defined with the sidecar's settings, as the
 /// operator, the sidecar and the chart must agree on its values.
 pub use lameduck_proto::DrainMode;
+use lameduck_proto::{BadDrainAction, DrainActions};
 
 /// How the sidecar lets traffic drain away before the application is told to stop.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -312,6 +321,25 @@ pub struct DrainSpec {
     /// The application's drain endpoint for mode `HTTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpDrainSpec>,
+    /// The default drain action of the workload's containers, for a container that takes
+    /// no part in the protocol (no SDK connected): what its preStop hook does once the
+    /// deregister phase is over, before SIGTERM. The pod template's `lameduck.dev/drain`
+    /// annotation wins for the containers it names. One action for every container, or
+    /// one per container (`web=signal:SIGQUIT;api=none`, a container not named gets
+    /// none):
+    /// - `signal:SIGQUIT`: the signal to the container's PID 1 (SIGHUP, SIGINT, SIGQUIT,
+    ///   SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH), e.g. nginx's graceful stop;
+    /// - `exec:nginx -s quit`, or `exec:["/bin/sh","-c","kill -QUIT 1"]`: a command run in
+    ///   the container;
+    /// - `http:8080/drain`: `POST http://127.0.0.1:8080/drain`;
+    /// - `none`: nothing, SIGTERM follows.
+    ///
+    /// After signal, exec and http the hook waits until the container's listeners are
+    /// closed and its connections gone. A value that cannot be read is ignored (no
+    /// action) and reported in the condition DrainActionInvalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub action: Option<String>,
 }
 
 impl Default for DrainSpec {
@@ -324,6 +352,7 @@ impl Default for DrainSpec {
             quiet_period_millis: d::quiet_period_millis(),
             max_delay_seconds: d::max_delay_seconds(),
             http: None,
+            action: None,
         }
     }
 }
@@ -361,6 +390,14 @@ mod drain_defaults {
 }
 
 impl DrainSpec {
+    /// `action`, read: `Ok(None)` when unset (or blank), the reason when it cannot be read.
+    pub fn drain_actions(&self) -> Result<Option<DrainActions>, BadDrainAction> {
+        match self.action.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(value) => value.parse().map(Some),
+        }
+    }
+
     /// The limits of the learned deregister delay.
     pub fn deregister_settings(&self) -> DeregisterSettings {
         DeregisterSettings {
@@ -387,7 +424,8 @@ pub struct HttpDrainSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ShutdownPolicyStatus {
-    /// RecommendationProvided, LowConfidence, PodsNotInjected, GracePeriodExceeded.
+    /// RecommendationProvided, LowConfidence, PodsNotInjected, GracePeriodExceeded,
+    /// DrainActionInvalid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation the status was last computed from.
@@ -424,6 +462,10 @@ pub struct ShutdownPolicyStatus {
     /// Observed shutdowns by cause: why each pod went.
     #[serde(default, skip_serializing_if = "ShutdownCauses::is_empty")]
     pub causes: ShutdownCauses,
+    /// Connections refused after the pods' listeners closed (clients still sent to a pod
+    /// that had let go), from the sidecar's reports. Absent until a report measured them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedConnections>,
     /// Container-level shutdowns reported by the sidecar: a container stopped by a failed
     /// liveness or startup probe and restarted, the pod not deleted. Counted apart; they
     /// are not samples of the pod's shutdown.
@@ -442,6 +484,26 @@ pub struct ShutdownPolicyStatus {
     /// loses nothing it recorded. Internal; do not edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram: Option<HistoryState>,
+}
+
+/// Connections refused after the listeners closed, as the sidecars measured them from the
+/// kernel's view of the pod (the reset segments the pod sent between the closing of its
+/// listeners and the report).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedConnections {
+    /// Connections refused in every observed shutdown, whatever its cause.
+    pub total: u64,
+    /// Shutdowns whose report measured them (the others' sidecars had no kernel view).
+    pub measured: u64,
+    /// Shutdowns that refused at least one connection.
+    pub shutdowns: u64,
+    /// 99th percentile of the connections refused per shutdown, recent shutdowns weighing
+    /// more; shutdowns cut short by a shorter grace period than the pod's own are left
+    /// out, as from every percentile. A refusal raises the deregister delay
+    /// (`recommendation.deregisterDelayMillis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<u64>,
 }
 
 /// Observed shutdowns by cause. A cause that never occurred is left out.
@@ -563,7 +625,10 @@ pub struct RecommendationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncapped: Option<u32>,
     /// The deregister delay learned from how long traffic kept arriving after deletion,
-    /// in milliseconds: new pods' sidecars wait at least this long.
+    /// in milliseconds: new pods' sidecars wait at least this long. A shutdown that
+    /// refused connections raises it at once, for one half-life, to
+    /// max(its deregister phase × killBumpRatio, the phase + 1 s), within
+    /// drain.minDelaySeconds and drain.maxDelaySeconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_delay_millis: Option<u64>,
     /// The time new pods' sidecars leave for drain and cleanup before the deadline, in
@@ -798,6 +863,7 @@ mod tests {
                 "RECOMMENDED",
                 "KILLED",
                 "TIMEOUTS",
+                "REFUSED",
                 "RESTARTS",
                 "AGE"
             ]

@@ -95,6 +95,9 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
     let learned = recommendation.and_then(|r| r.deregister_delay_millis);
     let min_delay_millis =
         (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
+    // An unreadable action is ignored (no action), as a bad annotation is: the pod is
+    // never blocked; the status condition and the admission warning say why.
+    let drain_actions = spec.drain.drain_actions();
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
         update_mode: spec.update_mode,
@@ -113,6 +116,8 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
             }),
             budget_millis: recommendation.and_then(|r| r.drain_budget_millis),
         }),
+        drain_actions: drain_actions.as_ref().ok().cloned().flatten(),
+        drain_action_error: drain_actions.err().map(|e| e.to_string()),
     }
 }
 

@@ -20,6 +20,7 @@ fn reported(at_unix_ms: i64, sequence_ms: u64) -> Sample {
             exit: Some(100),
             ..PhaseDurations::default()
         },
+        refused: None,
     }
 }
 
@@ -297,28 +298,28 @@ fn deregister_delay_is_learned_within_limits() {
     };
     let mut samples: Vec<_> = (0..50).map(|i| reported(i, 8_000)).collect();
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         None
     );
     for (i, s) in samples.iter_mut().enumerate() {
         s.deregister_lag_ms = Some(2_000 + i as u64 * 10); // 2.0 … 2.49 s
     }
     let delay = history(&samples, &settings)
-        .deregister_delay_ms(&settings, &limits)
+        .deregister_delay_ms(&settings, &limits, 0)
         .unwrap();
     assert!((2_940..=3_100).contains(&delay), "{delay}"); // ≈ 2.5 s × 1.2
     for s in &mut samples {
         s.deregister_lag_ms = Some(100);
     }
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         Some(1_000)
     );
     for s in &mut samples {
         s.deregister_lag_ms = Some(60_000);
     }
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         Some(15_000)
     );
 }
@@ -480,6 +481,7 @@ fn sample_strategy() -> impl Strategy<Value = Sample> {
                     cleanup: Some(duration / 2),
                     exit: sequence.and(exit),
                 },
+                refused: None,
             },
         )
 }

@@ -204,6 +204,7 @@ impl Admitter {
                 .and_then(|p| p.drain.as_ref())
                 .unwrap_or(&self.config.default_drain),
             grace_override: policy.as_ref().and_then(|p| p.grace_override()),
+            drain_actions: policy.as_ref().and_then(|p| p.drain_actions.as_ref()),
         };
         let injection = match build_patch(pod, &plan) {
             PatchOutcome::Injected(injection) => injection,
@@ -219,6 +220,12 @@ impl Admitter {
         };
 
         let mut warnings = Vec::new();
+        if let Some(error) = policy.as_ref().and_then(|p| p.drain_action_error.as_ref()) {
+            warnings.push(format!(
+                "lameduck: ShutdownPolicy {policy_name}: spec.drain.action ignored: {error}"
+            ));
+        }
+        warnings.extend(injection.warnings.iter().map(|w| format!("lameduck: {w}")));
         if !injection.unknown.is_empty() {
             warnings.push(format!(
                 "lameduck: {} names unknown containers: {}",
