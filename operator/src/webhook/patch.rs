@@ -689,6 +689,51 @@ mod tests {
         }
     }
 
+    /// The sidecar watches the ports of the containers it serves (not of one left alone
+    /// with its own hook), and knows every probe into the pod, that one's included.
+    #[test]
+    fn the_sidecar_reads_back_the_served_ports_and_every_probe() {
+        use lameduck_proto::{ContainerPorts, ProbePort};
+
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        let pod = pod(json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"containers": [
+                {"name": "web", "image": "web",
+                 "ports": [{"containerPort": 8080, "name": "http"}],
+                 "readinessProbe": {"httpGet": {"port": "http"}, "periodSeconds": 1}},
+                {"name": "envoy", "image": "envoy",
+                 "ports": [{"containerPort": 15001}],
+                 "livenessProbe": {"tcpSocket": {"port": 15001}},
+                 "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}}
+            ]}
+        }));
+        let pod = patched(&pod, &plan(&config, &drain, None));
+        let sidecar = sidecar(&pod);
+        let read = SidecarEnv::from_env(|name| env(sidecar, name)).unwrap();
+        assert_eq!(
+            read.ports,
+            [ContainerPorts {
+                container: "web".into(),
+                ports: vec![8080]
+            }]
+        );
+        assert_eq!(
+            read.probes,
+            [
+                ProbePort {
+                    port: 8080,
+                    period_millis: 1_000
+                },
+                ProbePort {
+                    port: 15001,
+                    period_millis: 10_000
+                }
+            ]
+        );
+    }
+
     #[test]
     fn a_probes_shorter_grace_period_reaches_the_containers_hook() {
         let config = InjectionConfig::default();
