@@ -51,6 +51,16 @@ pub enum Notice {
         /// The sidecar's deadline, milliseconds after T0 (when the report gives it).
         deadline_ms: Option<u64>,
     },
+    /// A pod refused connections after its listeners closed (in a shutdown that was not
+    /// cut short): the deregister delay rises.
+    Refused {
+        /// The pod's name.
+        pod: String,
+        /// Connections refused.
+        refused: u64,
+        /// Its deregister phase, in milliseconds (when the report gives it).
+        deregister_ms: Option<u64>,
+    },
     /// The policy's target is another object than the one its history described: the
     /// history starts over.
     HistoryReset {
@@ -267,6 +277,13 @@ impl PolicyRecord {
             // nothing about what the application needs: it is not a sample.
             if let Some(sample) = observation.sample() {
                 self.history.record(&sample, &settings);
+                if let Some(refused) = sample.refused.filter(|n| *n > 0) {
+                    self.notices.push(Notice::Refused {
+                        pod: pod.clone(),
+                        refused,
+                        deregister_ms: sample.phases.deregister,
+                    });
+                }
             }
             self.last_observation_ms = self
                 .last_observation_ms
@@ -763,6 +780,20 @@ mod tests {
         assert_eq!(
             (refused.total, refused.measured, refused.shutdowns),
             (13, 7, 2)
+        );
+        // One Event, for the shutdown that was not cut short.
+        let notices: Vec<_> = record
+            .take_notices()
+            .into_iter()
+            .filter(|n| matches!(n, Notice::Refused { .. }))
+            .collect();
+        assert_eq!(
+            notices,
+            [Notice::Refused {
+                pod: "web-harmed".into(),
+                refused: 4,
+                deregister_ms: Some(2_000)
+            }]
         );
         assert_eq!(refused.p99, Some(4), "the eviction's 9 is not a sample");
         assert_eq!(
