@@ -13,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::{CustomResourceExt, Duration as KubeDuration};
 use kube::{CustomResource, KubeSchema};
+use lameduck_proto::{BadDrainAction, DrainActions};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -287,7 +288,6 @@ impl GracePeriodSpec {
 /// How the sidecar ends the deregister phase: defined with the sidecar's settings, as the
 /// operator, the sidecar and the chart must agree on its values.
 pub use lameduck_proto::DrainMode;
-use lameduck_proto::{BadDrainAction, DrainActions};
 
 /// How the sidecar lets traffic drain away before the application is told to stop.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

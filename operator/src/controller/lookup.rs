@@ -217,4 +217,30 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn the_drain_action_default_is_read_or_its_error_kept() {
+        let mut with_action = policy("deployment-web", "Deployment", "web");
+        with_action.spec.drain.action = Some("web=signal:SIGQUIT; api=none".into());
+        let settings = policy_settings(&with_action, None);
+        let actions = settings.drain_actions.expect("read");
+        assert_eq!(
+            actions.for_container("web"),
+            Some(&lameduck_proto::DrainAction::Signal("SIGQUIT".into()))
+        );
+        assert_eq!(settings.drain_action_error, None);
+
+        with_action.spec.drain.action = Some("exec:".into());
+        let settings = policy_settings(&with_action, None);
+        assert_eq!(settings.drain_actions, None, "ignored");
+        assert!(
+            settings
+                .drain_action_error
+                .is_some_and(|e| e.contains("exec needs a command"))
+        );
+        assert_eq!(
+            policy_settings(&policy("p", "Deployment", "web"), None).drain_actions,
+            None
+        );
+    }
 }
