@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{MapIndex, validate_injected_pod};
 use k8s_openapi::api::core::v1::Pod;
-use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter, InvalidReview};
+use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter, InvalidReview, Problem};
 use lameduck_operator::webhook::patch::InjectionConfig;
 use lameduck_operator::webhook::policy::{
     DrainMode, DrainSettings, HttpDrain, NoPolicies, PolicyLookup, PolicySettings, UpdateMode,
@@ -340,11 +340,16 @@ fn namespace_label() {
 #[test]
 fn existing_prestop_is_left_alone_and_reported() {
     let body = std::fs::read(fixtures().join("existing_prestop.json")).expect("fixture");
-    let notice = admitter(Arc::new(NoPolicies))
+    let notices = admitter(Arc::new(NoPolicies))
         .review(&body)
         .expect("review")
-        .notice;
-    assert_eq!(notice.map(|n| n.containers), Some(vec!["web".to_owned()]));
+        .notices;
+    assert_eq!(
+        notices.into_iter().map(|n| n.problem).collect::<Vec<_>>(),
+        [Problem::PreStopHookExists {
+            containers: vec!["web".to_owned()]
+        }]
+    );
     let pod = run(
         "existing_prestop",
         AdmissionOutcome::Injected,
@@ -596,17 +601,25 @@ fn a_bad_drain_action_warns_and_injects_the_safe_default() {
         ),
     ] {
         let body = std::fs::read(fixtures().join(format!("{case}.json"))).expect("fixture");
-        let response = admitter(policies.clone())
-            .review(&body)
-            .expect("review")
-            .review
-            .response
-            .expect("response");
+        let reviewed = admitter(policies.clone()).review(&body).expect("review");
+        let response = reviewed.review.response.expect("response");
         let warnings = response.warnings.unwrap_or_default();
         assert!(
             warnings.len() == 1 && warnings[0].starts_with(warning),
             "{case}: {warnings:?}"
         );
+        // The annotation's problem also becomes an Event on the workload (whose pods a
+        // controller creates: nobody reads its warnings); the policy's has its condition.
+        let problems: Vec<_> = reviewed.notices.into_iter().map(|n| n.problem).collect();
+        match case {
+            "drain_annotation_bad" => assert_eq!(
+                problems,
+                [Problem::DrainAnnotation {
+                    warnings: vec![warnings[0]["lameduck: ".len()..].to_owned()]
+                }]
+            ),
+            _ => assert_eq!(problems, []),
+        }
         let pod = run(case, AdmissionOutcome::Injected, policies).expect("patched");
         for name in ["web", "worker"] {
             assert!(has_prestop(&pod, name), "{case}: {name} still hooked");
