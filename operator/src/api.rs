@@ -335,8 +335,13 @@ pub struct DrainSpec {
     /// - `none`: nothing, SIGTERM follows.
     ///
     /// After signal, exec and http the hook waits until the container's listeners are
-    /// closed and its connections gone. A value that cannot be read is ignored (no
-    /// action) and reported in the condition DrainActionInvalid.
+    /// closed and its connections gone. A value that does not start like one of these
+    /// is refused; one that still cannot be read (an unknown signal, port 0, …) is ignored
+    /// (no action) and reported in the condition DrainActionInvalid.
+    // The rule checks only how the value starts, and never refuses what the parser reads
+    // (`lameduck_proto::DrainActions`): the whole grammar (JSON arrays, per-container
+    // entries) copied into CEL would drift from it; the operator checks the rest.
+    #[x_kube(validation = Rule::new(r"self.matches('^\\s*($|(?i:none)\\s*$|(?i:signal|exec|http)\\s*:|[a-z0-9]([-a-z0-9]*[a-z0-9])?\\s*=)')").message("drain.action must be signal:<NAME>, exec:<command>, http:<port><path> or none, or <container>=<action> entries separated by ;"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub action: Option<String>,
@@ -723,6 +728,8 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -885,6 +892,100 @@ mod tests {
                 .unwrap()
                 .contains("minSeconds")
         );
+    }
+
+    /// The CEL rule of `drain.action` as the API server reads it: the CEL string literal
+    /// unescaped, RE2's ASCII `\s`.
+    fn drain_action_rule() -> regex::Regex {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let action = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["drain"]["properties"]["action"];
+        assert_eq!(action["maxLength"], 4096, "bounds the rule's cost");
+        let rule = action["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        let literal = rule
+            .strip_prefix("self.matches('")
+            .and_then(|r| r.strip_suffix("')"))
+            .unwrap_or_else(|| panic!("not a single matches(): {rule}"));
+        let pattern = literal
+            .replace("\\\\", "\\")
+            .replace("\\s", "[\\t\\n\\f\\r ]");
+        regex::Regex::new(&pattern).unwrap()
+    }
+
+    #[test]
+    fn the_drain_action_rule_refuses_only_what_cannot_be_an_action() {
+        let rule = drain_action_rule();
+        for valid in [
+            "",
+            "  ",
+            "none",
+            " NONE ",
+            "signal:SIGQUIT",
+            "Signal : quit",
+            "exec:nginx -s quit",
+            r#"exec:["/bin/sh","-c","kill -QUIT 1"]"#,
+            "exec:env A=1 stop",
+            "http:8080/drain",
+            "web=signal:SIGQUIT; api=http:8081/drain\nproxy=none",
+            " web = none",
+        ] {
+            assert!(rule.is_match(valid), "{valid:?} refused");
+            assert!(
+                valid.trim().is_empty() || valid.parse::<DrainActions>().is_ok(),
+                "{valid:?} is not an action"
+            );
+        }
+        // What the CEL rule lets through, the parser may still refuse: the condition says.
+        for let_through in ["signal:SIGSTOP", "http:0/drain", "web=sleep 5"] {
+            assert!(rule.is_match(let_through), "{let_through:?}");
+            assert!(let_through.parse::<DrainActions>().is_err());
+        }
+        for refused in [
+            "SIGQUIT",
+            "sleep 5",
+            "kill -QUIT 1",
+            "teleport:now",
+            "-web=none",
+            "Web=none",
+        ] {
+            assert!(!rule.is_match(refused), "{refused:?} accepted");
+            assert!(refused.parse::<DrainActions>().is_err(), "{refused:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the parser reads, the API server accepts.
+        #[test]
+        fn the_drain_action_rule_accepts_every_action(
+            actions in prop::collection::vec(
+                (
+                    prop::option::of("[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?"),
+                    prop_oneof![
+                        prop::sample::select(lameduck_proto::action::SIGNALS.iter().map(|(n, _)| format!("signal:{n}")).collect::<Vec<_>>()),
+                        "[a-z/]{1,8}( -?[a-z0-9=]{1,6}){0,3}".prop_map(|c| format!("exec:{c}")),
+                        (1u16.., "(/[a-z]{0,6}){0,2}").prop_map(|(p, path)| format!("http:{p}{path}")),
+                        Just("none".to_owned()),
+                    ],
+                    "[ \t]{0,2}",
+                ),
+                1..4,
+            )
+        ) {
+            let rule = drain_action_rule();
+            let value = match actions.iter().all(|(name, _, _)| name.is_some()) {
+                true => actions
+                    .iter()
+                    .map(|(name, action, space)| format!("{space}{}{space}={action}", name.as_deref().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                false => format!("{}{}", actions[0].2, actions[0].1),
+            };
+            if value.parse::<DrainActions>().is_ok() {
+                prop_assert!(rule.is_match(&value), "{value:?} refused");
+            }
+        }
     }
 
     fn walk(schema: &serde_json::Value, path: &str, undocumented: &mut Vec<String>) {

@@ -86,6 +86,10 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             json!({"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ""}}),
             "targetRef.name must not be empty",
         ),
+        (
+            json!({"targetRef": target(), "drain": {"action": "kill -QUIT 1"}}),
+            "drain.action must be signal:<NAME>, exec:<command>, http:<port><path> or none",
+        ),
     ];
     for (i, (spec, message)) in rejected.into_iter().enumerate() {
         let object: kube::core::DynamicObject =
@@ -99,6 +103,28 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             ),
             Err(error) => panic!("{spec}: {error}"),
         }
+    }
+
+    // A drain action that starts like one passes; the operator reads the rest (the
+    // condition DrainActionInvalid).
+    for (i, action) in ["web=signal:SIGQUIT; api=none", "signal:SIGSTOP", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let object: kube::core::DynamicObject = serde_json::from_value(policy(
+            &format!("action-{i}"),
+            json!({"targetRef": target(), "drain": {"action": action}}),
+        ))
+        .unwrap();
+        dynamic
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("{action:?} refused: {e}"));
+        // Gone again: the table below reads the namespace's only policy.
+        dynamic
+            .delete(&format!("action-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
     }
 
     // Defaults are applied by the API server.

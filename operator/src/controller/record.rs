@@ -543,9 +543,10 @@ fn conditions(
         ),
         _ => (CONDITION_GRACE_PERIOD_EXCEEDED, false, "WithinMax", format!("within gracePeriod.maxSeconds ({}s)", settings.max_seconds)),
     });
-    // No CEL rule checks spec.drain.action: its grammar (per-container entries, JSON
-    // arrays) is the parser's, which a copy in CEL would drift from. It is checked here and
-    // ignored while it cannot be read; the webhook warns on every pod it admits.
+    // The CRD's CEL rule checks only how spec.drain.action starts: the grammar
+    // (per-container entries, JSON arrays) is the parser's, which a copy in CEL would drift
+    // from. The rest is checked here; the action is ignored while it cannot be read, and
+    // the webhook warns on every pod it admits.
     if let Some(action) = policy.spec.drain.action.as_deref() {
         wanted.push(match policy.spec.drain.drain_actions() {
             Err(error) => (
