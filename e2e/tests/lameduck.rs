@@ -80,6 +80,7 @@ async fn t1_annotated_deployment_is_injected_and_gets_a_policy() {
             "RECOMMENDED",
             "KILLED",
             "TIMEOUTS",
+            "REFUSED",
             "AGE",
         ] {
             ensure!(

@@ -35,6 +35,7 @@ fn samples() -> Vec<Sample> {
                     cleanup: Some(duration_ms / 2),
                     exit: Some(100),
                 },
+                refused: None,
             }
         })
         .collect()

@@ -13,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::{CustomResourceExt, Duration as KubeDuration};
 use kube::{CustomResource, KubeSchema};
+use lameduck_proto::{BadDrainAction, DrainActions};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,8 @@ pub const CONDITION_LOW_CONFIDENCE: &str = "LowConfidence";
 pub const CONDITION_PODS_NOT_INJECTED: &str = "PodsNotInjected";
 /// Condition type: shutdowns need more than `gracePeriod.maxSeconds`.
 pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
+/// Condition type: `spec.drain.action` cannot be read and is ignored.
+pub const CONDITION_DRAIN_ACTION_INVALID: &str = "DrainActionInvalid";
 
 /// Describes how lameduck shuts down the pods of one workload and what it learned from
 /// observing them. Created by the operator for every injected workload (named
@@ -94,6 +97,12 @@ pub const CONDITION_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
         type_ = "integer",
         json_path = ".status.timeouts",
         description = "Shutdowns whose application did not acknowledge before the sidecar's deadline."
+    ),
+    printcolumn(
+        name = "Refused",
+        type_ = "integer",
+        json_path = ".status.refused.total",
+        description = "Connections the pods refused after their listeners closed: clients still sent to a pod that had let go."
     ),
     printcolumn(
         name = "Restarts",
@@ -312,6 +321,30 @@ pub struct DrainSpec {
     /// The application's drain endpoint for mode `HTTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpDrainSpec>,
+    /// The default drain action of the workload's containers, for a container that takes
+    /// no part in the protocol (no SDK connected): what its preStop hook does once the
+    /// deregister phase is over, before SIGTERM. The pod template's `lameduck.dev/drain`
+    /// annotation wins for the containers it names. One action for every container, or
+    /// one per container (`web=signal:SIGQUIT;api=none`, a container not named gets
+    /// none):
+    /// - `signal:SIGQUIT`: the signal to the container's PID 1 (SIGHUP, SIGINT, SIGQUIT,
+    ///   SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH), e.g. nginx's graceful stop;
+    /// - `exec:nginx -s quit`, or `exec:["/bin/sh","-c","kill -QUIT 1"]`: a command run in
+    ///   the container;
+    /// - `http:8080/drain`: `POST http://127.0.0.1:8080/drain`;
+    /// - `none`: nothing, SIGTERM follows.
+    ///
+    /// After signal, exec and http the hook waits until the container's listeners are
+    /// closed and its connections gone. A value that does not start like one of these
+    /// is refused; one that still cannot be read (an unknown signal, port 0, …) is ignored
+    /// (no action) and reported in the condition DrainActionInvalid.
+    // The rule checks only how the value starts, and never refuses what the parser reads
+    // (`lameduck_proto::DrainActions`): the whole grammar (JSON arrays, per-container
+    // entries) copied into CEL would drift from it; the operator checks the rest.
+    #[x_kube(validation = Rule::new(r"self.matches('^\\s*($|(?i:none)\\s*$|(?i:signal|exec|http)\\s*:|[a-z0-9]([-a-z0-9]*[a-z0-9])?\\s*=)')").message("drain.action must be signal:<NAME>, exec:<command>, http:<port><path> or none, or <container>=<action> entries separated by ;"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub action: Option<String>,
 }
 
 impl Default for DrainSpec {
@@ -324,6 +357,7 @@ impl Default for DrainSpec {
             quiet_period_millis: d::quiet_period_millis(),
             max_delay_seconds: d::max_delay_seconds(),
             http: None,
+            action: None,
         }
     }
 }
@@ -361,6 +395,14 @@ mod drain_defaults {
 }
 
 impl DrainSpec {
+    /// `action`, read: `Ok(None)` when unset (or blank), the reason when it cannot be read.
+    pub fn drain_actions(&self) -> Result<Option<DrainActions>, BadDrainAction> {
+        match self.action.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(value) => value.parse().map(Some),
+        }
+    }
+
     /// The limits of the learned deregister delay.
     pub fn deregister_settings(&self) -> DeregisterSettings {
         DeregisterSettings {
@@ -387,7 +429,8 @@ pub struct HttpDrainSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ShutdownPolicyStatus {
-    /// RecommendationProvided, LowConfidence, PodsNotInjected, GracePeriodExceeded.
+    /// RecommendationProvided, LowConfidence, PodsNotInjected, GracePeriodExceeded,
+    /// DrainActionInvalid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation the status was last computed from.
@@ -424,6 +467,10 @@ pub struct ShutdownPolicyStatus {
     /// Observed shutdowns by cause: why each pod went.
     #[serde(default, skip_serializing_if = "ShutdownCauses::is_empty")]
     pub causes: ShutdownCauses,
+    /// Connections refused after the pods' listeners closed (clients still sent to a pod
+    /// that had let go), from the sidecar's reports. Absent until a report measured them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedConnections>,
     /// Container-level shutdowns reported by the sidecar: a container stopped by a failed
     /// liveness or startup probe and restarted, the pod not deleted. Counted apart; they
     /// are not samples of the pod's shutdown.
@@ -442,6 +489,26 @@ pub struct ShutdownPolicyStatus {
     /// loses nothing it recorded. Internal; do not edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram: Option<HistoryState>,
+}
+
+/// Connections refused after the listeners closed, as the sidecars measured them from the
+/// kernel's view of the pod (the reset segments the pod sent between the closing of its
+/// listeners and the report).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedConnections {
+    /// Connections refused in every observed shutdown, whatever its cause.
+    pub total: u64,
+    /// Shutdowns whose report measured them (the others' sidecars had no kernel view).
+    pub measured: u64,
+    /// Shutdowns that refused at least one connection.
+    pub shutdowns: u64,
+    /// 99th percentile of the connections refused per shutdown, recent shutdowns weighing
+    /// more; shutdowns cut short by a shorter grace period than the pod's own are left
+    /// out, as from every percentile. A refusal raises the deregister delay
+    /// (`recommendation.deregisterDelayMillis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<u64>,
 }
 
 /// Observed shutdowns by cause. A cause that never occurred is left out.
@@ -563,7 +630,10 @@ pub struct RecommendationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncapped: Option<u32>,
     /// The deregister delay learned from how long traffic kept arriving after deletion,
-    /// in milliseconds: new pods' sidecars wait at least this long.
+    /// in milliseconds: new pods' sidecars wait at least this long. A shutdown that
+    /// refused connections raises it at once, for one half-life, to
+    /// max(its deregister phase × killBumpRatio, the phase + 1 s), within
+    /// drain.minDelaySeconds and drain.maxDelaySeconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_delay_millis: Option<u64>,
     /// The time new pods' sidecars leave for drain and cleanup before the deadline, in
@@ -658,6 +728,8 @@ fn quote_yaml11_booleans(yaml: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -798,6 +870,7 @@ mod tests {
                 "RECOMMENDED",
                 "KILLED",
                 "TIMEOUTS",
+                "REFUSED",
                 "RESTARTS",
                 "AGE"
             ]
@@ -819,6 +892,100 @@ mod tests {
                 .unwrap()
                 .contains("minSeconds")
         );
+    }
+
+    /// The CEL rule of `drain.action` as the API server reads it: the CEL string literal
+    /// unescaped, RE2's ASCII `\s`.
+    fn drain_action_rule() -> regex::Regex {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let action = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["drain"]["properties"]["action"];
+        assert_eq!(action["maxLength"], 4096, "bounds the rule's cost");
+        let rule = action["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        let literal = rule
+            .strip_prefix("self.matches('")
+            .and_then(|r| r.strip_suffix("')"))
+            .unwrap_or_else(|| panic!("not a single matches(): {rule}"));
+        let pattern = literal
+            .replace("\\\\", "\\")
+            .replace("\\s", "[\\t\\n\\f\\r ]");
+        regex::Regex::new(&pattern).unwrap()
+    }
+
+    #[test]
+    fn the_drain_action_rule_refuses_only_what_cannot_be_an_action() {
+        let rule = drain_action_rule();
+        for valid in [
+            "",
+            "  ",
+            "none",
+            " NONE ",
+            "signal:SIGQUIT",
+            "Signal : quit",
+            "exec:nginx -s quit",
+            r#"exec:["/bin/sh","-c","kill -QUIT 1"]"#,
+            "exec:env A=1 stop",
+            "http:8080/drain",
+            "web=signal:SIGQUIT; api=http:8081/drain\nproxy=none",
+            " web = none",
+        ] {
+            assert!(rule.is_match(valid), "{valid:?} refused");
+            assert!(
+                valid.trim().is_empty() || valid.parse::<DrainActions>().is_ok(),
+                "{valid:?} is not an action"
+            );
+        }
+        // What the CEL rule lets through, the parser may still refuse: the condition says.
+        for let_through in ["signal:SIGSTOP", "http:0/drain", "web=sleep 5"] {
+            assert!(rule.is_match(let_through), "{let_through:?}");
+            assert!(let_through.parse::<DrainActions>().is_err());
+        }
+        for refused in [
+            "SIGQUIT",
+            "sleep 5",
+            "kill -QUIT 1",
+            "teleport:now",
+            "-web=none",
+            "Web=none",
+        ] {
+            assert!(!rule.is_match(refused), "{refused:?} accepted");
+            assert!(refused.parse::<DrainActions>().is_err(), "{refused:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the parser reads, the API server accepts.
+        #[test]
+        fn the_drain_action_rule_accepts_every_action(
+            actions in prop::collection::vec(
+                (
+                    prop::option::of("[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?"),
+                    prop_oneof![
+                        prop::sample::select(lameduck_proto::action::SIGNALS.iter().map(|(n, _)| format!("signal:{n}")).collect::<Vec<_>>()),
+                        "[a-z/]{1,8}( -?[a-z0-9=]{1,6}){0,3}".prop_map(|c| format!("exec:{c}")),
+                        (1u16.., "(/[a-z]{0,6}){0,2}").prop_map(|(p, path)| format!("http:{p}{path}")),
+                        Just("none".to_owned()),
+                    ],
+                    "[ \t]{0,2}",
+                ),
+                1..4,
+            )
+        ) {
+            let rule = drain_action_rule();
+            let value = match actions.iter().all(|(name, _, _)| name.is_some()) {
+                true => actions
+                    .iter()
+                    .map(|(name, action, space)| format!("{space}{}{space}={action}", name.as_deref().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                false => format!("{}{}", actions[0].2, actions[0].1),
+            };
+            if value.parse::<DrainActions>().is_ok() {
+                prop_assert!(rule.is_match(&value), "{value:?} refused");
+            }
+        }
     }
 
     fn walk(schema: &serde_json::Value, path: &str, undocumented: &mut Vec<String>) {

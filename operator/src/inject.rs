@@ -147,6 +147,7 @@ pub fn inject_object(
         policy_name: &policy_name,
         drain: &config.default_drain,
         grace_override: None,
+        drain_actions: None,
     };
     let result = match build_patch(&pod, &plan) {
         PatchOutcome::Injected(injection) => {
@@ -168,6 +169,9 @@ pub fn inject_object(
                     "; left alone, they have a preStop hook: {}",
                     injection.skipped.join(",")
                 ));
+            }
+            for warning in &injection.warnings {
+                result.push_str(&format!("; warning: {warning}"));
             }
             result
         }

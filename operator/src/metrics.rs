@@ -25,7 +25,8 @@ pub struct Metrics {
     pub admissions: Family<OutcomeLabels, Counter>,
     /// Time spent answering an admission request (decode → encode), by outcome.
     pub admission_duration: Family<OutcomeLabels, Histogram>,
-    /// Events about skipped containers dropped because the queue was full.
+    /// Events on workloads about admitted pods (containers left alone, an unreadable drain
+    /// annotation) dropped because the queue was full.
     pub events_dropped: Counter,
     /// Expiry (unix seconds) of the serving certificate in use.
     pub serving_cert_expiry: Gauge,
@@ -53,7 +54,7 @@ impl Default for Metrics {
         );
         registry.register(
             "webhook_events_dropped",
-            "Events about skipped containers dropped because the queue was full",
+            "Events on workloads about admitted pods (containers left alone, an unreadable drain annotation) dropped because the queue was full",
             events_dropped.clone(),
         );
         registry.register(

@@ -16,6 +16,11 @@
 //! kubelet termination or a garbage collection, else whether the deletion shortened the
 //! grace period.
 //!
+//! The report's `refused` (version 3) counts the connections the pod refused after its
+//! listeners closed: clients still sent to it after it let go. It is kept with the
+//! observation; like a kill, it teaches the recommender only when the pod had its own
+//! grace period and the shutdown was not cut short.
+//!
 //! The report's `restarts` are shutdowns of single containers that were restarted (a
 //! failed liveness or startup probe), not of the pod: they are counted apart and never
 //! mixed into the pod's own shutdown.
@@ -165,6 +170,8 @@ pub struct Observation {
     pub container_restarts: Vec<(String, Outcome)>,
     /// Container restarts the report left out to fit its byte budget.
     pub container_restarts_omitted: u64,
+    /// Connections refused after the listeners closed, when the report measured them.
+    pub refused: Option<u64>,
     /// Why parts of the observation are missing (no report, unreadable report, …).
     pub warnings: Vec<String>,
 }
@@ -224,6 +231,7 @@ impl Observation {
             timed_out: self.timed_out(),
             deregister_lag_ms: self.deregister_lag_ms,
             phases: self.phases,
+            refused: self.refused,
         })
     }
 }
@@ -376,7 +384,9 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     let mut sequence_ms = None;
     let mut container_restarts = Vec::new();
     let mut container_restarts_omitted = 0;
+    let mut refused = None;
     if let Some(report) = &report {
+        refused = report.refused;
         phases.deregister = report.phases_ms.deregister;
         phases.drain = report.phases_ms.drain;
         phases.cleanup = report.phases_ms.cleanup;
@@ -418,6 +428,7 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         deregister_lag_ms,
         container_restarts,
         container_restarts_omitted,
+        refused,
         warnings,
     })
 }
@@ -616,6 +627,53 @@ mod tests {
         // The pod's own shutdown is exactly what it is without them.
         assert_eq!(observation.sample(), plain.sample());
         assert_eq!(observation.outcome, Some(Outcome::Acked));
+    }
+
+    /// Rewrites the sidecar's report of a fixture pod.
+    fn with_report(mut pod: Pod, edit: impl FnOnce(&mut serde_json::Value)) -> Pod {
+        let sidecar = &mut pod
+            .status
+            .as_mut()
+            .unwrap()
+            .init_container_statuses
+            .as_mut()
+            .unwrap()[0];
+        let terminated = sidecar.state.as_mut().unwrap().terminated.as_mut().unwrap();
+        let mut report: serde_json::Value =
+            serde_json::from_str(terminated.message.as_deref().unwrap()).unwrap();
+        edit(&mut report);
+        terminated.message = Some(report.to_string());
+        pod
+    }
+
+    #[test]
+    fn refused_connections_are_read_from_a_version_3_report() {
+        assert_eq!(observe(&fixture("acked")).unwrap().refused, None);
+        let pod = with_report(fixture("acked"), |report| {
+            report["v"] = serde_json::json!(3);
+            report["refused"] = serde_json::json!(7);
+            report["connections"] =
+                serde_json::json!([{"port": 8080, "at_drain": 3, "at_release": 0}]);
+        });
+        let observation = observe(&pod).unwrap();
+        assert_eq!(observation.refused, Some(7));
+        assert_eq!(observation.sample().unwrap().refused, Some(7));
+        // Measured and none refused is not the same as not measured.
+        let pod = with_report(fixture("acked"), |report| {
+            report["v"] = serde_json::json!(3);
+            report["refused"] = serde_json::json!(0);
+        });
+        assert_eq!(observe(&pod).unwrap().refused, Some(0));
+        // Cut short by a shorter grace period: kept with the observation, not a sample.
+        let mut pod = with_report(fixture("killed"), |report| {
+            report["v"] = serde_json::json!(3);
+            report["refused"] = serde_json::json!(4);
+        });
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(30);
+        let observation = observe(&pod).unwrap();
+        assert_eq!(observation.refused, Some(4));
+        assert!(observation.cut_short());
+        assert_eq!(observation.sample(), None);
     }
 
     #[test]

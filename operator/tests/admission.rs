@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use common::{MapIndex, validate_injected_pod};
 use k8s_openapi::api::core::v1::Pod;
-use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter, InvalidReview};
+use lameduck_operator::webhook::admission::{AdmissionOutcome, Admitter, InvalidReview, Problem};
 use lameduck_operator::webhook::patch::InjectionConfig;
 use lameduck_operator::webhook::policy::{
     DrainMode, DrainSettings, HttpDrain, NoPolicies, PolicyLookup, PolicySettings, UpdateMode,
     WorkloadRef,
 };
-use lameduck_proto::names;
+use lameduck_proto::{DrainActions, names};
 use serde_json::{Value, json};
 
 fn fixtures() -> PathBuf {
@@ -68,6 +68,42 @@ impl PolicyLookup for OnePolicy {
                 }),
                 budget_millis: Some(2_400),
             }),
+            drain_actions: None,
+            drain_action_error: None,
+        })
+    }
+}
+
+/// Policies with a drain action: Pod/edge's default is `signal:SIGTERM`; Pod/broken's
+/// `spec.drain.action` cannot be read.
+struct ActionPolicies;
+
+impl PolicyLookup for ActionPolicies {
+    fn lookup(
+        &self,
+        _namespace: &str,
+        workload: &WorkloadRef,
+        _workload_uid: Option<&str>,
+    ) -> Option<PolicySettings> {
+        let policy_name = workload.policy_name();
+        let (drain_actions, drain_action_error) = match policy_name.as_str() {
+            "pod-edge" => (Some("signal:SIGTERM".parse().expect("an action")), None),
+            "pod-broken" => (
+                None,
+                "signal:SIGSTOP"
+                    .parse::<DrainActions>()
+                    .err()
+                    .map(|e| e.to_string()),
+            ),
+            _ => return None,
+        };
+        Some(PolicySettings {
+            policy_name,
+            update_mode: UpdateMode::Off,
+            recommended_grace_seconds: None,
+            drain: None,
+            drain_actions,
+            drain_action_error,
         })
     }
 }
@@ -304,11 +340,16 @@ fn namespace_label() {
 #[test]
 fn existing_prestop_is_left_alone_and_reported() {
     let body = std::fs::read(fixtures().join("existing_prestop.json")).expect("fixture");
-    let notice = admitter(Arc::new(NoPolicies))
+    let notices = admitter(Arc::new(NoPolicies))
         .review(&body)
         .expect("review")
-        .notice;
-    assert_eq!(notice.map(|n| n.containers), Some(vec!["web".to_owned()]));
+        .notices;
+    assert_eq!(
+        notices.into_iter().map(|n| n.problem).collect::<Vec<_>>(),
+        [Problem::PreStopHookExists {
+            containers: vec!["web".to_owned()]
+        }]
+    );
     let pod = run(
         "existing_prestop",
         AdmissionOutcome::Injected,
@@ -454,6 +495,139 @@ fn malformed_reviews_are_rejected() {
         );
         if case == "malformed_no_request" {
             assert!(matches!(err, InvalidReview::NoRequest));
+        }
+    }
+}
+
+/// The sidecar is told the hooked containers' TCP ports and every probe into the pod:
+/// named ports resolved, periods in ms; exec probes and unresolvable names left out.
+#[test]
+fn ports_and_probes_reach_the_sidecar() {
+    let pod = run(
+        "ports_probes",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
+    let sidecar = container(&pod, names::SIDECAR_CONTAINER_NAME);
+    assert_eq!(
+        env(sidecar, names::ENV_PORTS),
+        Some("web=8080,9102;api=9000")
+    );
+    // readiness httpGet "http" every 1 s, liveness tcpSocket (default 10 s), grpc every
+    // 5 s; the startup exec probe and the liveness probe on the undeclared "admin" are out.
+    assert_eq!(
+        env(sidecar, names::ENV_PROBES),
+        Some("8080/1000,8080/10000,9000/5000")
+    );
+    let read = lameduck_proto::SidecarEnv::from_env(|name| env(sidecar, name).map(str::to_owned))
+        .expect("the sidecar reads it");
+    assert_eq!(read.ports.len(), 2);
+    assert_eq!(read.probes.len(), 3);
+    // Without ports or probes, nothing is written.
+    let plain = run(
+        "single_container",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
+    let sidecar = container(&plain, names::SIDECAR_CONTAINER_NAME);
+    assert_eq!(env(sidecar, names::ENV_PORTS), Some("web=8080"));
+    assert_eq!(env(sidecar, names::ENV_PROBES), None);
+}
+
+#[test]
+fn the_drain_annotation_sets_one_action_for_every_container() {
+    let pod = run(
+        "drain_annotation_all",
+        AdmissionOutcome::Injected,
+        Arc::new(NoPolicies),
+    )
+    .expect("patched");
+    for name in ["web", "worker"] {
+        assert_eq!(
+            env(container(&pod, name), names::ENV_DRAIN_ACTION),
+            Some("signal:SIGQUIT"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_drain_annotation_per_container_wins_over_the_policys_default() {
+    let body =
+        std::fs::read(fixtures().join("drain_annotation_per_container.json")).expect("fixture");
+    let reviewed = admitter(Arc::new(ActionPolicies))
+        .review(&body)
+        .expect("review");
+    let warnings = reviewed.review.response.expect("response").warnings;
+    assert_eq!(
+        warnings,
+        Some(vec![
+            "lameduck: lameduck.dev/drain names unknown containers: ghost".to_owned()
+        ])
+    );
+    let pod = run(
+        "drain_annotation_per_container",
+        AdmissionOutcome::Injected,
+        Arc::new(ActionPolicies),
+    )
+    .expect("patched");
+    assert_eq!(
+        env(container(&pod, "web"), names::ENV_DRAIN_ACTION),
+        Some("exec:nginx -s quit")
+    );
+    assert_eq!(
+        env(container(&pod, "worker"), names::ENV_DRAIN_ACTION),
+        Some("signal:SIGTERM"),
+        "the policy's spec.drain.action"
+    );
+}
+
+/// A drain action that cannot be read never blocks the pod: it is injected without any
+/// drain action, and the answer says why.
+#[test]
+fn a_bad_drain_action_warns_and_injects_the_safe_default() {
+    for (case, policies, warning) in [
+        (
+            "drain_annotation_bad",
+            Arc::new(NoPolicies) as Arc<dyn PolicyLookup>,
+            "lameduck: lameduck.dev/drain ignored, no container gets a drain action: drain action \"signal:SIGKILL\": unknown signal",
+        ),
+        (
+            "drain_policy_bad_action",
+            Arc::new(ActionPolicies),
+            "lameduck: ShutdownPolicy pod-broken: spec.drain.action ignored: drain action \"signal:SIGSTOP\": unknown signal",
+        ),
+    ] {
+        let body = std::fs::read(fixtures().join(format!("{case}.json"))).expect("fixture");
+        let reviewed = admitter(policies.clone()).review(&body).expect("review");
+        let response = reviewed.review.response.expect("response");
+        let warnings = response.warnings.unwrap_or_default();
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with(warning),
+            "{case}: {warnings:?}"
+        );
+        // The annotation's problem also becomes an Event on the workload (whose pods a
+        // controller creates: nobody reads its warnings); the policy's has its condition.
+        let problems: Vec<_> = reviewed.notices.into_iter().map(|n| n.problem).collect();
+        match case {
+            "drain_annotation_bad" => assert_eq!(
+                problems,
+                [Problem::DrainAnnotation {
+                    warnings: vec![warnings[0]["lameduck: ".len()..].to_owned()]
+                }]
+            ),
+            _ => assert_eq!(problems, []),
+        }
+        let pod = run(case, AdmissionOutcome::Injected, policies).expect("patched");
+        for name in ["web", "worker"] {
+            assert!(has_prestop(&pod, name), "{case}: {name} still hooked");
+            assert_eq!(
+                env(container(&pod, name), names::ENV_DRAIN_ACTION),
+                None,
+                "{case}: {name}"
+            );
         }
     }
 }

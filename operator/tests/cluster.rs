@@ -86,6 +86,10 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             json!({"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ""}}),
             "targetRef.name must not be empty",
         ),
+        (
+            json!({"targetRef": target(), "drain": {"action": "kill -QUIT 1"}}),
+            "drain.action must be signal:<NAME>, exec:<command>, http:<port><path> or none",
+        ),
     ];
     for (i, (spec, message)) in rejected.into_iter().enumerate() {
         let object: kube::core::DynamicObject =
@@ -99,6 +103,28 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             ),
             Err(error) => panic!("{spec}: {error}"),
         }
+    }
+
+    // A drain action that starts like one passes; the operator reads the rest (the
+    // condition DrainActionInvalid).
+    for (i, action) in ["web=signal:SIGQUIT; api=none", "signal:SIGSTOP", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let object: kube::core::DynamicObject = serde_json::from_value(policy(
+            &format!("action-{i}"),
+            json!({"targetRef": target(), "drain": {"action": action}}),
+        ))
+        .unwrap();
+        dynamic
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("{action:?} refused: {e}"));
+        // Gone again: the table below reads the namespace's only policy.
+        dynamic
+            .delete(&format!("action-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
     }
 
     // Defaults are applied by the API server.
@@ -146,6 +172,8 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
                     cleanup: Some(i as u64 * 31),
                     exit: Some(0),
                 },
+                // The refusal histogram and a recent refusal go through the schema too.
+                refused: Some(if i == 37 { 5 } else { 0 }),
             },
             &settings,
         );
@@ -155,6 +183,12 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
         killed: 1,
         timeouts: 2,
         container_restart_shutdowns: 3,
+        refused: Some(lameduck_operator::api::RefusedConnections {
+            total: 5,
+            measured: 40,
+            shutdowns: 1,
+            p99: history.refused_quantile(0.99),
+        }),
         histogram: Some(history.to_state()),
         ..Default::default()
     };
@@ -202,6 +236,7 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
             "Recommended",
             "Killed",
             "Timeouts",
+            "Refused",
             "Restarts",
             "Age"
         ]
@@ -213,11 +248,12 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
         .iter()
         .map(|c| c["priority"].as_i64().unwrap_or(0))
         .collect();
-    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!(priorities, [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!(table["rows"][0]["cells"][3], 40);
     assert_eq!(table["rows"][0]["cells"][6], 1);
     assert_eq!(table["rows"][0]["cells"][7], 2);
-    assert_eq!(table["rows"][0]["cells"][8], 3);
+    assert_eq!(table["rows"][0]["cells"][8], 5);
+    assert_eq!(table["rows"][0]["cells"][9], 3);
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces
@@ -252,6 +288,7 @@ fn observation(created_ms: i64, i: i64) -> lameduck_operator::observe::Observati
         deregister_lag_ms: Some(500),
         container_restarts: vec![],
         container_restarts_omitted: 0,
+        refused: Some(0),
         warnings: vec![],
     }
 }

@@ -28,7 +28,7 @@ fn workloads_manifest() {
         [
             "Deployment/web: injected (web); left alone, they have a preStop hook: envoy",
             "StatefulSet/db: injected (postgres)",
-            "DaemonSet/agent: injected (agent)",
+            "DaemonSet/agent: injected (agent); warning: lameduck.dev/drain ignored, no container gets a drain action: drain action \"signal:SIGKILL\": unknown signal: expected one of SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH",
             "Pod/debug: injected (shell)",
             "ReplicaSet/legacy: injected (legacy)",
             "Job/migrate: injected (migrate)",

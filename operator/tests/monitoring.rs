@@ -51,6 +51,10 @@ fn exported() -> BTreeSet<String> {
     let by_cause = CauseLabels::new(&key, Cause::Deletion);
     controller.observations.get_or_create(&by_cause).inc();
     controller.cut_short.get_or_create(&by_cause).inc();
+    controller
+        .refused_connections
+        .get_or_create(&by_cause)
+        .inc();
     for family in [
         &controller.kills,
         &controller.timeouts,

@@ -95,6 +95,9 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
     let learned = recommendation.and_then(|r| r.deregister_delay_millis);
     let min_delay_millis =
         (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
+    // An unreadable action is ignored (no action), as a bad annotation is: the pod is
+    // never blocked; the status condition and the admission warning say why.
+    let drain_actions = spec.drain.drain_actions();
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
         update_mode: spec.update_mode,
@@ -113,6 +116,8 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
             }),
             budget_millis: recommendation.and_then(|r| r.drain_budget_millis),
         }),
+        drain_actions: drain_actions.as_ref().ok().cloned().flatten(),
+        drain_action_error: drain_actions.err().map(|e| e.to_string()),
     }
 }
 
@@ -209,6 +214,32 @@ mod tests {
                 },
                 None
             ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_drain_action_default_is_read_or_its_error_kept() {
+        let mut with_action = policy("deployment-web", "Deployment", "web");
+        with_action.spec.drain.action = Some("web=signal:SIGQUIT; api=none".into());
+        let settings = policy_settings(&with_action, None);
+        let actions = settings.drain_actions.expect("read");
+        assert_eq!(
+            actions.for_container("web"),
+            Some(&lameduck_proto::DrainAction::Signal("SIGQUIT".into()))
+        );
+        assert_eq!(settings.drain_action_error, None);
+
+        with_action.spec.drain.action = Some("exec:".into());
+        let settings = policy_settings(&with_action, None);
+        assert_eq!(settings.drain_actions, None, "ignored");
+        assert!(
+            settings
+                .drain_action_error
+                .is_some_and(|e| e.contains("exec needs a command"))
+        );
+        assert_eq!(
+            policy_settings(&policy("p", "Deployment", "web"), None).drain_actions,
             None
         );
     }

@@ -84,6 +84,9 @@ pub struct ControllerMetrics {
     /// Shutdowns whose application did not acknowledge before the sidecar's deadline
     /// (within the pod's own grace period), per policy.
     pub timeouts: Family<PolicyLabels, Counter>,
+    /// Connections refused after the listeners closed, per policy and cause (a series
+    /// appears with the first shutdown that measured them, 0 included).
+    pub refused_connections: Family<CauseLabels, Counter>,
     /// Container-level shutdowns followed by a restart of the container, per policy and
     /// outcome.
     pub container_restart_shutdowns: Family<RestartLabels, Counter>,
@@ -114,6 +117,7 @@ impl Default for ControllerMetrics {
             cut_short: Family::default(),
             kills: Family::default(),
             timeouts: Family::default(),
+            refused_connections: Family::default(),
             container_restart_shutdowns: Family::default(),
             unobserved: Family::default(),
             recommendation: Family::default(),
@@ -155,6 +159,11 @@ impl ControllerMetrics {
             "timeouts",
             "Shutdowns whose application did not acknowledge before the sidecar's deadline, per ShutdownPolicy",
             metrics.timeouts.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections the pods refused after their listeners closed (clients still sent to a pod that had let go), per ShutdownPolicy and cause",
+            metrics.refused_connections.clone(),
         );
         registry.register(
             "container_restart_shutdowns",
@@ -226,6 +235,7 @@ impl ControllerMetrics {
             };
             self.observations.remove(&labels);
             self.cut_short.remove(&labels);
+            self.refused_connections.remove(&labels);
         }
         self.kills.remove(&labels);
         self.timeouts.remove(&labels);

@@ -203,6 +203,12 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                 if observation.app_timed_out() {
                     ctx.metrics.timeouts.get_or_create(&labels).inc();
                 }
+                if let Some(refused) = observation.refused {
+                    ctx.metrics
+                        .refused_connections
+                        .get_or_create(&by_cause)
+                        .inc_by(refused);
+                }
                 ctx.metrics.count_container_restarts(&key, &observation);
                 if !observation.own_grace_period() {
                     tracing::info!(
@@ -217,6 +223,7 @@ pub async fn observe_pods(ctx: Arc<Context>) {
                     cause = observation.cause.as_str(),
                     duration_ms = observation.duration_ms, sequence_ms = observation.sequence_ms,
                     killed = observation.killed(), outcome = observation.outcome.map(|o| o.as_str()),
+                    refused = observation.refused,
                     container_restarts = observation.container_restart_shutdowns(), "observed shutdown"
                 );
                 ctx.book()

@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{
-    CONDITION_GRACE_PERIOD_EXCEEDED, CONDITION_LOW_CONFIDENCE, CONDITION_PODS_NOT_INJECTED,
-    CONDITION_RECOMMENDATION_PROVIDED, DurationQuantiles, PhaseQuantile, PhaseQuantiles, PodCounts,
-    RecommendationStatus, ShutdownCauses, ShutdownPolicy, ShutdownPolicyStatus,
+    CONDITION_DRAIN_ACTION_INVALID, CONDITION_GRACE_PERIOD_EXCEEDED, CONDITION_LOW_CONFIDENCE,
+    CONDITION_PODS_NOT_INJECTED, CONDITION_RECOMMENDATION_PROVIDED, DurationQuantiles,
+    PhaseQuantile, PhaseQuantiles, PodCounts, RecommendationStatus, RefusedConnections,
+    ShutdownCauses, ShutdownPolicy, ShutdownPolicyStatus,
 };
 use crate::observe::Observation;
 use crate::recommend::{History, Recommendation};
@@ -49,6 +50,16 @@ pub enum Notice {
         grace_seconds: u32,
         /// The sidecar's deadline, milliseconds after T0 (when the report gives it).
         deadline_ms: Option<u64>,
+    },
+    /// A pod refused connections after its listeners closed (in a shutdown that was not
+    /// cut short): the deregister delay rises.
+    Refused {
+        /// The pod's name.
+        pod: String,
+        /// Connections refused.
+        refused: u64,
+        /// Its deregister phase, in milliseconds (when the report gives it).
+        deregister_ms: Option<u64>,
     },
     /// The policy's target is another object than the one its history described: the
     /// history starts over.
@@ -104,6 +115,8 @@ pub struct PolicyRecord {
     timeouts: u64,
     cut_short: u64,
     causes: ShutdownCauses,
+    /// `status.refused` without its percentile (the history's).
+    refused: Option<RefusedConnections>,
     container_restart_shutdowns: u64,
     unobserved: u64,
     last_observation_ms: Option<i64>,
@@ -264,12 +277,25 @@ impl PolicyRecord {
             // nothing about what the application needs: it is not a sample.
             if let Some(sample) = observation.sample() {
                 self.history.record(&sample, &settings);
+                if let Some(refused) = sample.refused.filter(|n| *n > 0) {
+                    self.notices.push(Notice::Refused {
+                        pod: pod.clone(),
+                        refused,
+                        deregister_ms: sample.phases.deregister,
+                    });
+                }
             }
             self.last_observation_ms = self
                 .last_observation_ms
                 .max(Some(observation.finished_unix_ms));
             self.container_restart_shutdowns += observation.container_restart_shutdowns();
             *self.causes.count_mut(observation.cause) += 1;
+            if let Some(refused) = observation.refused {
+                let counts = self.refused.get_or_insert_with(RefusedConnections::default);
+                counts.total = counts.total.saturating_add(refused);
+                counts.measured += 1;
+                counts.shutdowns += u64::from(refused > 0);
+            }
             if observation.cut_short() {
                 self.cut_short += 1;
             }
@@ -357,6 +383,10 @@ impl PolicyRecord {
             timeouts: self.timeouts,
             cut_short: self.cut_short,
             causes: self.causes,
+            refused: self.refused.map(|counts| RefusedConnections {
+                p99: self.history.refused_quantile(0.99),
+                ..counts
+            }),
             container_restart_shutdowns: self.container_restart_shutdowns,
             unobserved: self.unobserved,
             recommendation: Some(RecommendationStatus {
@@ -396,6 +426,7 @@ impl PolicyRecord {
         self.timeouts = 0;
         self.cut_short = 0;
         self.causes = ShutdownCauses::default();
+        self.refused = None;
         self.container_restart_shutdowns = 0;
         self.unobserved = 0;
         self.last_observation_ms = None;
@@ -415,6 +446,7 @@ impl PolicyRecord {
         self.timeouts = status.timeouts;
         self.cut_short = status.cut_short;
         self.causes = status.causes;
+        self.refused = status.refused;
         self.container_restart_shutdowns = status.container_restart_shutdowns;
         self.unobserved = status.unobserved;
         self.last_observation_ms = status
@@ -511,6 +543,26 @@ fn conditions(
         ),
         _ => (CONDITION_GRACE_PERIOD_EXCEEDED, false, "WithinMax", format!("within gracePeriod.maxSeconds ({}s)", settings.max_seconds)),
     });
+    // The CRD's CEL rule checks only how spec.drain.action starts: the grammar
+    // (per-container entries, JSON arrays) is the parser's, which a copy in CEL would drift
+    // from. The rest is checked here; the action is ignored while it cannot be read, and
+    // the webhook warns on every pod it admits.
+    if let Some(action) = policy.spec.drain.action.as_deref() {
+        wanted.push(match policy.spec.drain.drain_actions() {
+            Err(error) => (
+                CONDITION_DRAIN_ACTION_INVALID,
+                true,
+                "CannotBeRead",
+                format!("spec.drain.action is ignored, new pods get no drain action: {error}"),
+            ),
+            Ok(_) => (
+                CONDITION_DRAIN_ACTION_INVALID,
+                false,
+                "Valid",
+                format!("new pods' containers get the drain action {:?} unless their lameduck.dev/drain annotation names another", action.trim()),
+            ),
+        });
+    }
     wanted
         .into_iter()
         .map(|(type_, ok, reason, message)| {
@@ -573,6 +625,7 @@ mod tests {
             deregister_lag_ms: Some(1500),
             container_restarts: vec![],
             container_restarts_omitted: 0,
+            refused: None,
             warnings: vec![],
         }
     }
@@ -677,6 +730,116 @@ mod tests {
         assert_eq!(
             json["causes"],
             serde_json::json!({"deletion": 5, "eviction": 1, "shortenedDeletion": 1})
+        );
+    }
+
+    #[test]
+    fn refused_connections_are_counted_and_raise_the_deregister_delay() {
+        use crate::observe::Cause;
+        let mut policy = policy();
+        let mut record = PolicyRecord::default();
+        // Five clean shutdowns measured by the kernel view: a lag of 1.5 s, learned as
+        // 1.5 s × 1.2 ≈ 1.9 s.
+        for i in 0..5 {
+            let mut clean = observation(NOW + i * 1000, 8_000, false);
+            clean.refused = Some(0);
+            record.push(format!("web-{i}"), clean);
+        }
+        // One not measured (an older sidecar): counted nowhere in `refused`.
+        record.push("web-old".into(), observation(NOW + 5_000, 8_000, false));
+        let now = Timestamp::from_millisecond(NOW + 10_000).unwrap();
+        let (before, _) = record.status(&policy, now);
+        let refused = before.refused.unwrap();
+        assert_eq!(
+            (refused.total, refused.measured, refused.shutdowns),
+            (0, 5, 0)
+        );
+        assert_eq!(refused.p99, Some(0));
+        let learned = before
+            .recommendation
+            .unwrap()
+            .deregister_delay_millis
+            .unwrap();
+        assert!((1_800..=1_900).contains(&learned), "{learned}");
+
+        // A shutdown whose 2 s deregister phase let 4 connections through: the delay rises
+        // to max(2 s × 1.5, 2 s + 1 s) = 3 s at once.
+        let mut harmed = observation(NOW + 20_000, 8_000, false);
+        harmed.refused = Some(4);
+        record.push("web-harmed".into(), harmed);
+        // An eviction with 5 s instead of 30, killed, that refused 9: counted, but cut short:
+        // neither in the percentile nor a reason to raise the delay.
+        let mut evicted = observation(NOW + 21_000, 5_000, true);
+        evicted.cause = Cause::Eviction;
+        evicted.grace_seconds = 5;
+        evicted.refused = Some(9);
+        evicted.phases.deregister = Some(20_000);
+        record.push("web-evicted".into(), evicted);
+        let later = Timestamp::from_millisecond(NOW + 30_000).unwrap();
+        let (status, _) = record.status(&policy, later);
+        let refused = status.refused.unwrap();
+        assert_eq!(
+            (refused.total, refused.measured, refused.shutdowns),
+            (13, 7, 2)
+        );
+        // One Event, for the shutdown that was not cut short.
+        let notices: Vec<_> = record
+            .take_notices()
+            .into_iter()
+            .filter(|n| matches!(n, Notice::Refused { .. }))
+            .collect();
+        assert_eq!(
+            notices,
+            [Notice::Refused {
+                pod: "web-harmed".into(),
+                refused: 4,
+                deregister_ms: Some(2_000)
+            }]
+        );
+        assert_eq!(refused.p99, Some(4), "the eviction's 9 is not a sample");
+        assert_eq!(
+            status.recommendation.unwrap().deregister_delay_millis,
+            Some(3_000)
+        );
+        // Through JSON into a fresh record (a restart): the counts and the raise stay.
+        policy.status =
+            Some(serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap());
+        let (again, _) = PolicyRecord::default().status(&policy, later);
+        assert_eq!(again, status);
+        // A half-life later the floor is gone; the learned lag is back.
+        let next_day = Timestamp::from_millisecond(NOW + 20_000 + 24 * 3_600_000 + 1).unwrap();
+        let (decayed, _) = PolicyRecord::default().status(&policy, next_day);
+        assert_eq!(
+            decayed.recommendation.unwrap().deregister_delay_millis,
+            Some(learned)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_drain_action_is_reported_in_a_condition() {
+        let condition = |policy: &ShutdownPolicy| {
+            let (status, _) =
+                PolicyRecord::default().status(policy, Timestamp::from_millisecond(NOW).unwrap());
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == CONDITION_DRAIN_ACTION_INVALID)
+        };
+        let mut policy = policy();
+        assert_eq!(condition(&policy), None, "no action, no condition");
+        policy.spec.drain.action = Some("web=signal:SIGQUIT;api=none".into());
+        let valid = condition(&policy).unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", "Valid")
+        );
+        policy.spec.drain.action = Some("signal:SIGSTOP".into());
+        let invalid = condition(&policy).unwrap();
+        assert_eq!(invalid.status, "True");
+        assert!(
+            invalid.message.contains("unknown signal"),
+            "{}",
+            invalid.message
         );
     }
 

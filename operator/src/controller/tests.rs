@@ -298,6 +298,7 @@ fn observation(i: i64) -> Observation {
         deregister_lag_ms: Some(1_200),
         container_restarts: vec![],
         container_restarts_omitted: 0,
+        refused: None,
         warnings: vec![],
     }
 }

@@ -18,13 +18,15 @@ use crate::api::{
 
 /// Top-level status fields that are omitted when empty; a merge patch must null them so
 /// that a value that went away is removed.
-const OPTIONAL_STATUS_FIELDS: [&str; 9] = [
+const OPTIONAL_STATUS_FIELDS: [&str; 11] = [
     "conditions",
     "observedGeneration",
     "targetUID",
     "lastObservationTime",
     "durations",
     "phases",
+    "causes",
+    "refused",
     "recommendation",
     "pods",
     "histogram",
@@ -174,6 +176,23 @@ async fn publish(
             action: "ObserveShutdown".into(),
             secondary: None,
         },
+        Notice::Refused {
+            pod,
+            refused,
+            deregister_ms,
+        } => Event {
+            type_: EventType::Warning,
+            reason: "ConnectionsRefused".into(),
+            note: Some(refused_note(
+                &pod,
+                refused,
+                deregister_ms,
+                u64::from(policy.spec.drain.max_delay_seconds) * 1000,
+                status.recommendation.as_ref(),
+            )),
+            action: "ObserveShutdown".into(),
+            secondary: None,
+        },
         Notice::HistoryReset {
             previous_uid,
             uid,
@@ -259,6 +278,36 @@ fn killed_note(
     }
 }
 
+/// The note of a `ConnectionsRefused` Event: clients were still sent to the pod after its
+/// listeners closed. It says what new pods' sidecars wait now, or that the policy's
+/// `drain.maxDelaySeconds` stops the raise.
+fn refused_note(
+    pod: &str,
+    refused: u64,
+    deregister_ms: Option<u64>,
+    max_delay_ms: u64,
+    recommendation: Option<&RecommendationStatus>,
+) -> String {
+    let seconds = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let phase = deregister_ms.map_or(String::new(), |ms| {
+        format!(" (its deregister phase lasted {})", seconds(ms))
+    });
+    let head = format!(
+        "pod {pod} refused {refused} connection(s) after its listeners closed{phase}: clients were still sent to it after it let go"
+    );
+    match recommendation.and_then(|r| r.deregister_delay_millis) {
+        Some(delay) if delay >= max_delay_ms => format!(
+            "{head}; the policy's drain.maxDelaySeconds ({}) is reached: raise it",
+            seconds(max_delay_ms)
+        ),
+        Some(delay) => format!(
+            "{head}; new pods' sidecars deregister for at least {}",
+            seconds(delay)
+        ),
+        None => head,
+    }
+}
+
 /// The note of a `ShutdownTimedOut` Event: the application did not acknowledge before the
 /// sidecar's deadline, so its preStop hook was released early (SIGTERM came while it was
 /// still draining or cleaning up). Like a kill, it says what new pods get, or that the
@@ -329,6 +378,30 @@ mod tests {
         let note = killed_note("web-1", 30, 600, Some(&below));
         assert!(note.contains("new pods get at least 45s"), "{note}");
         assert!(!note.contains("maxSeconds"), "{note}");
+    }
+
+    #[test]
+    fn a_refusal_note_says_what_new_pods_wait_or_that_the_maximum_stops_it() {
+        let raised = RecommendationStatus {
+            deregister_delay_millis: Some(3_150),
+            ..Default::default()
+        };
+        let note = refused_note("web-1", 6, Some(2_100), 15_000, Some(&raised));
+        assert!(note.contains("pod web-1 refused 6 connection(s)"), "{note}");
+        assert!(note.contains("lasted 2.1s"), "{note}");
+        assert!(
+            note.contains("at least 3.1s") || note.contains("at least 3.2s"),
+            "{note}"
+        );
+        let at_max = RecommendationStatus {
+            deregister_delay_millis: Some(15_000),
+            ..Default::default()
+        };
+        let note = refused_note("web-1", 1, None, 15_000, Some(&at_max));
+        assert!(
+            note.contains("drain.maxDelaySeconds (15.0s) is reached"),
+            "{note}"
+        );
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub struct HistogramState {
     pub buckets: Vec<BucketWeight>,
 }
 
+impl HistogramState {
+    /// Whether no bucket holds a weight.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 /// An exponential-bucket histogram of durations whose weights decay with a half-life.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecayingHistogram {

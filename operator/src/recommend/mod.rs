@@ -26,16 +26,21 @@
 //!   kill or timeout and the upper bound is below it by at least `max(2 s, 20 %)`;
 //! - the deregister lag (T0 → last accepted connection) is learned the same way and becomes
 //!   the `minDelay` of new pods' sidecars; the drain and cleanup phases give the time the
-//!   sidecar must leave them (the drain budget).
+//!   sidecar must leave them (the drain budget);
+//! - connections refused after the listeners closed raise the deregister delay at once, for
+//!   one half-life, above the deregister phase that let them through ([`refused`]); their
+//!   per-shutdown counts are kept in a histogram of their own.
 //!
 //! The state round-trips exactly through [`HistoryState`] (serde), which the controller
 //! keeps in the ShutdownPolicy status.
 
 pub mod histogram;
+pub mod refused;
 
 use serde::{Deserialize, Serialize};
 
 pub use histogram::{BucketWeight, DecayingHistogram, HistogramState};
+pub use refused::RecentRefusal;
 
 /// Milliseconds in a second.
 const SECOND_MS: f64 = 1000.0;
@@ -155,6 +160,8 @@ pub struct Sample {
     pub deregister_lag_ms: Option<u64>,
     /// Phase durations from the termination report.
     pub phases: PhaseDurations,
+    /// Connections refused after the listeners closed, when the report measured them.
+    pub refused: Option<u64>,
 }
 
 impl Sample {
@@ -253,6 +260,13 @@ pub struct HistoryState {
     /// Timeouts within the last half-life.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_timeouts: Vec<RecentTimeout>,
+    /// Connections refused per shutdown, of the shutdowns that measured them (a count n is
+    /// recorded as (n + 1) × 100 ms).
+    #[serde(default, skip_serializing_if = "HistogramState::is_empty")]
+    pub refused: HistogramState,
+    /// Shutdowns that refused connections within the last half-life.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_refusals: Vec<RecentRefusal>,
 }
 
 /// Quantiles of a duration distribution, in seconds.
@@ -291,6 +305,8 @@ pub struct Recommendation {
     pub deregister_delay_ms: Option<u64>,
     /// The time new pods' sidecars must leave for drain and cleanup, in milliseconds.
     pub drain_budget_ms: Option<u64>,
+    /// The floor recent refusals set under the deregister delay, in milliseconds.
+    pub refused_floor_ms: Option<u64>,
 }
 
 impl Recommendation {
@@ -312,6 +328,8 @@ pub struct History {
     phases: [DecayingHistogram; 4],
     recent_kills: Vec<RecentKill>,
     recent_timeouts: Vec<RecentTimeout>,
+    refused: DecayingHistogram,
+    recent_refusals: Vec<RecentRefusal>,
 }
 
 /// Index of the exit phase in [`History::phases`].
@@ -401,6 +419,27 @@ impl History {
                 |kill| u64::from(kill.grace_period_seconds),
                 half_life,
             );
+        }
+        if let Some(refused) = sample.refused {
+            self.refused
+                .add(refused::count_to_ms(refused), at, half_life);
+            if refused > 0 {
+                remember(
+                    &mut self.recent_refusals,
+                    RecentRefusal {
+                        at_unix_ms: at,
+                        deregister_millis: sample
+                            .phases
+                            .deregister
+                            .or(sample.deregister_lag_ms)
+                            .unwrap_or(0),
+                        refused,
+                    },
+                    |refusal| refusal.at_unix_ms,
+                    |refusal| refusal.deregister_millis,
+                    half_life,
+                );
+            }
         }
         if sample.timed_out {
             remember(
@@ -523,28 +562,62 @@ impl History {
             upper_bound_seconds: upper,
             low_confidence,
             floor_seconds: floor,
-            deregister_delay_ms: self.deregister_delay_ms(settings, deregister),
+            deregister_delay_ms: self.deregister_delay_ms(settings, deregister, now_unix_ms),
             drain_budget_ms: self.drain_budget_ms(settings),
+            refused_floor_ms: self.refused_floor_ms(settings, now_unix_ms),
         }
     }
 
-    /// The learned deregister delay: the `percentile` of the deregister lags × (1 + margin),
-    /// within the drain limits; `None` before `minSamples` lags were reported.
+    /// The learned deregister delay: the `percentile` of the deregister lags × (1 + margin)
+    /// once `minSamples` lags were reported, raised to the floor of the refusals of the
+    /// last half-life ([`History::refused_floor_ms`]), within the drain limits; `None`
+    /// when neither says anything.
     pub fn deregister_delay_ms(
         &self,
         settings: &GracePeriodSettings,
         limits: &DeregisterSettings,
+        now_unix_ms: i64,
     ) -> Option<u64> {
-        if self.deregister_lag_samples < u64::from(settings.min_samples.max(1)) {
-            return None;
-        }
-        let quantile = self.deregister_lag.quantile_ms(settings.percentile)?;
-        let delay = (quantile * (1.0 + settings.margin_fraction.max(0.0))).ceil() as u64;
+        let learned = if self.deregister_lag_samples < u64::from(settings.min_samples.max(1)) {
+            None
+        } else {
+            self.deregister_lag
+                .quantile_ms(settings.percentile)
+                .map(|quantile| {
+                    (quantile * (1.0 + settings.margin_fraction.max(0.0))).ceil() as u64
+                })
+        };
+        let floor = self.refused_floor_ms(settings, now_unix_ms);
+        let delay = match (learned, floor) {
+            (Some(learned), Some(floor)) => learned.max(floor),
+            (learned, floor) => learned.or(floor)?,
+        };
         Some(
             delay
                 .min(limits.max_delay_ms)
                 .max(limits.min_delay_ms.min(limits.max_delay_ms)),
         )
+    }
+
+    /// The floor the shutdowns that refused connections within the last half-life set
+    /// under the deregister delay ([`RecentRefusal::floor_ms`]), before the drain limits.
+    pub fn refused_floor_ms(
+        &self,
+        settings: &GracePeriodSettings,
+        now_unix_ms: i64,
+    ) -> Option<u64> {
+        let horizon = now_unix_ms.saturating_sub(settings.half_life_ms.max(1));
+        self.recent_refusals
+            .iter()
+            .filter(|refusal| refusal.at_unix_ms > horizon)
+            .map(|refusal| refusal.floor_ms(settings.kill_bump_ratio))
+            .max()
+    }
+
+    /// The `q` quantile of the connections refused per shutdown, over the shutdowns that
+    /// measured them (recent ones weighing more); `None` when none did.
+    pub fn refused_quantile(&self, q: f64) -> Option<u64> {
+        refused::count_quantile(&self.refused, q)
     }
 
     /// The time the sidecar must leave for drain and cleanup:
@@ -605,6 +678,8 @@ impl History {
             },
             recent_kills: self.recent_kills.clone(),
             recent_timeouts: self.recent_timeouts.clone(),
+            refused: self.refused.to_state(),
+            recent_refusals: self.recent_refusals.clone(),
         }
     }
 
@@ -617,6 +692,9 @@ impl History {
         let mut recent_timeouts = state.recent_timeouts.clone();
         recent_timeouts.sort_by_key(|timeout| timeout.at_unix_ms);
         recent_timeouts.truncate(MAX_RECENT_CENSORED);
+        let mut recent_refusals = state.recent_refusals.clone();
+        recent_refusals.sort_by_key(|refusal| refusal.at_unix_ms);
+        recent_refusals.truncate(MAX_RECENT_CENSORED);
         Self {
             samples: state.samples,
             samples_since_censored: state.samples_since_kill_or_timeout.min(state.samples),
@@ -633,6 +711,8 @@ impl History {
             .map(DecayingHistogram::from_state),
             recent_kills,
             recent_timeouts,
+            refused: DecayingHistogram::from_state(&state.refused),
+            recent_refusals,
         }
     }
 }

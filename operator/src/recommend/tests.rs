@@ -20,6 +20,7 @@ fn reported(at_unix_ms: i64, sequence_ms: u64) -> Sample {
             exit: Some(100),
             ..PhaseDurations::default()
         },
+        refused: None,
     }
 }
 
@@ -297,28 +298,28 @@ fn deregister_delay_is_learned_within_limits() {
     };
     let mut samples: Vec<_> = (0..50).map(|i| reported(i, 8_000)).collect();
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         None
     );
     for (i, s) in samples.iter_mut().enumerate() {
         s.deregister_lag_ms = Some(2_000 + i as u64 * 10); // 2.0 … 2.49 s
     }
     let delay = history(&samples, &settings)
-        .deregister_delay_ms(&settings, &limits)
+        .deregister_delay_ms(&settings, &limits, 0)
         .unwrap();
     assert!((2_940..=3_100).contains(&delay), "{delay}"); // ≈ 2.5 s × 1.2
     for s in &mut samples {
         s.deregister_lag_ms = Some(100);
     }
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         Some(1_000)
     );
     for s in &mut samples {
         s.deregister_lag_ms = Some(60_000);
     }
     assert_eq!(
-        history(&samples, &settings).deregister_delay_ms(&settings, &limits),
+        history(&samples, &settings).deregister_delay_ms(&settings, &limits, 0),
         Some(15_000)
     );
 }
@@ -480,6 +481,9 @@ fn sample_strategy() -> impl Strategy<Value = Sample> {
                     cleanup: Some(duration / 2),
                     exit: sequence.and(exit),
                 },
+                // Measured by some, with refusals now and then (no new random input: the
+                // lag's digits are as good).
+                refused: lag.map(|lag| lag % 3),
             },
         )
 }
@@ -796,4 +800,98 @@ fn the_documented_example_holds() {
     // A pod with G = 5 s that timed out at its 3 s deadline: a floor of 7 s.
     let h = history(&[timed_out(0, 5)], &settings);
     assert_eq!(h.floor(&settings, 0), Some(7));
+}
+
+/// A shutdown that refused connections after a deregister phase of D raises the deregister
+/// delay at once to `max(D × killBumpRatio, D + 1 s)`, for one half-life, within the drain
+/// limits; repeated refusals keep raising it up to `maxDelay`.
+#[test]
+fn refused_connections_raise_the_deregister_delay_at_once() {
+    let settings = GracePeriodSettings::default();
+    let limits = DeregisterSettings {
+        min_delay_ms: 1_000,
+        max_delay_ms: 15_000,
+    };
+    let shutdown = |at: i64, deregister: u64, refused: Option<u64>| Sample {
+        deregister_lag_ms: Some(1_500),
+        phases: PhaseDurations {
+            deregister: Some(deregister),
+            ..PhaseDurations::default()
+        },
+        refused,
+        ..reported(at, 4_000)
+    };
+    // Two clean shutdowns: too few lags to learn anything (minSamples 5).
+    let mut h = history(
+        &[shutdown(0, 2_100, Some(0)), shutdown(SECOND, 2_100, None)],
+        &settings,
+    );
+    assert_eq!(h.deregister_delay_ms(&settings, &limits, 2 * SECOND), None);
+    // One refused 6 connections after 2.1 s: max(3.15 s, 3.1 s), before minSamples.
+    h.record(&shutdown(2 * SECOND, 2_100, Some(6)), &settings);
+    assert_eq!(
+        h.deregister_delay_ms(&settings, &limits, 3 * SECOND),
+        Some(3_150)
+    );
+    assert_eq!(h.refused_floor_ms(&settings, 3 * SECOND), Some(3_150));
+    // The next pods waited 3.15 s and still refused: 4.725 s, then capped at maxDelay.
+    h.record(&shutdown(HOUR, 3_150, Some(2)), &settings);
+    assert_eq!(
+        h.deregister_delay_ms(&settings, &limits, HOUR + 1),
+        Some(4_725)
+    );
+    h.record(&shutdown(2 * HOUR, 12_000, Some(1)), &settings);
+    assert_eq!(
+        h.deregister_delay_ms(&settings, &limits, 2 * HOUR + 1),
+        Some(15_000)
+    );
+    // A half-life after the last refusal the floor is gone: the learned lag (enough
+    // samples now) is the delay again, 1.5 s × 1.2 at its bucket's edge.
+    for i in 0..5 {
+        h.record(&shutdown(3 * HOUR + i, 2_000, Some(0)), &settings);
+    }
+    let later = 2 * HOUR + DAY + 1;
+    assert_eq!(h.refused_floor_ms(&settings, later), None);
+    let learned = h.deregister_delay_ms(&settings, &limits, later).unwrap();
+    assert!((1_800..=1_900).contains(&learned), "{learned}");
+    // Per-shutdown counts: the shutdowns that measured them (9 of 10), recent weigh more.
+    assert_eq!(h.refused_quantile(0.5), Some(0));
+    assert!(h.refused_quantile(1.0) >= Some(6));
+}
+
+/// Refusals survive the status round trip, and a refusal never lowers the delay.
+#[test]
+fn refusals_round_trip_and_never_lower_the_delay() {
+    let settings = GracePeriodSettings::default();
+    let limits = DeregisterSettings::default();
+    let mut h = History::new();
+    for i in 0..8 {
+        h.record(
+            &Sample {
+                deregister_lag_ms: Some(4_000),
+                refused: Some(0),
+                ..reported(i * SECOND, 6_000)
+            },
+            &settings,
+        );
+    }
+    let before = h.deregister_delay_ms(&settings, &limits, 10 * SECOND);
+    // A refusal after a short phase (its floor is below the learned delay).
+    h.record(
+        &Sample {
+            deregister_lag_ms: Some(4_000),
+            phases: PhaseDurations {
+                deregister: Some(500),
+                ..PhaseDurations::default()
+            },
+            refused: Some(3),
+            ..reported(10 * SECOND, 6_000)
+        },
+        &settings,
+    );
+    let after = h.deregister_delay_ms(&settings, &limits, 11 * SECOND);
+    assert!(after >= before, "{before:?} → {after:?}");
+    let restored = History::from_state(&h.to_state());
+    assert_eq!(restored, h);
+    assert_eq!(restored.to_state().recent_refusals.len(), 1);
 }

@@ -57,10 +57,11 @@ pub enum InvalidReview {
     NoRequest,
 }
 
-/// Containers left alone because they already had a preStop hook: the server turns this
-/// into an Event, off the admission path.
+/// Something about an admitted pod worth a Warning Event on its workload: the server sends
+/// it off the admission path. The admission warnings reach whoever created the pod, which
+/// for a workload's pods is its controller, not a person.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SkippedNotice {
+pub struct WorkloadNotice {
     /// The pod's namespace.
     pub namespace: String,
     /// The pod's name, or its generateName prefix.
@@ -69,8 +70,24 @@ pub struct SkippedNotice {
     pub workload: WorkloadRef,
     /// The workload's UID, when the cache knows it.
     pub workload_uid: Option<String>,
-    /// The skipped containers.
-    pub containers: Vec<String>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// What a [`WorkloadNotice`] is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Selected containers left alone because they already had a preStop hook.
+    PreStopHookExists {
+        /// The skipped containers.
+        containers: Vec<String>,
+    },
+    /// The pod's `lameduck.dev/drain` annotation cannot be read (the pod got no drain
+    /// action) or names containers it cannot act on.
+    DrainAnnotation {
+        /// What the admission answer warned, without the `lameduck: ` prefix.
+        warnings: Vec<String>,
+    },
 }
 
 /// The answer to one AdmissionReview.
@@ -80,8 +97,8 @@ pub struct Reviewed {
     pub review: AdmissionReview<DynamicObject>,
     /// How it ended.
     pub outcome: AdmissionOutcome,
-    /// Something worth an Event.
-    pub notice: Option<SkippedNotice>,
+    /// What is worth an Event on the workload.
+    pub notices: Vec<WorkloadNotice>,
 }
 
 /// The admission logic with its read-only inputs.
@@ -107,22 +124,22 @@ impl Admitter {
             && is_pod_create(&request)
             && let Some(pod) = request.object.as_ref()
         {
-            let (response, outcome, notice) = self.admit_pod(&request, pod);
+            let (response, outcome, notices) = self.admit_pod(&request, pod);
             return Ok(Reviewed {
                 review: response.into_review(),
                 outcome,
-                notice,
+                notices,
             });
         }
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(body).map_err(InvalidReview::Json)?;
         let request: AdmissionRequest<DynamicObject> =
             review.try_into().map_err(|_| InvalidReview::NoRequest)?;
-        let (response, outcome, notice) = self.admit(&request);
+        let (response, outcome, notices) = self.admit(&request);
         Ok(Reviewed {
             review: response.into_review(),
             outcome,
-            notice,
+            notices,
         })
     }
 
@@ -130,12 +147,12 @@ impl Admitter {
     pub fn admit(
         &self,
         request: &AdmissionRequest<DynamicObject>,
-    ) -> (AdmissionResponse, AdmissionOutcome, Option<SkippedNotice>) {
+    ) -> (AdmissionResponse, AdmissionOutcome, Vec<WorkloadNotice>) {
         if !is_pod_create(request) {
             return (
                 AdmissionResponse::from(request),
                 AdmissionOutcome::Ignored,
-                None,
+                Vec::new(),
             );
         }
         let pod = match request.object.as_ref().map(pod_from_dynamic) {
@@ -145,7 +162,7 @@ impl Admitter {
                 return (
                     AdmissionResponse::from(request),
                     AdmissionOutcome::Error,
-                    None,
+                    Vec::new(),
                 );
             }
             None => {
@@ -153,7 +170,7 @@ impl Admitter {
                 return (
                     AdmissionResponse::from(request),
                     AdmissionOutcome::Error,
-                    None,
+                    Vec::new(),
                 );
             }
         };
@@ -165,14 +182,14 @@ impl Admitter {
         &self,
         request: &AdmissionRequest<T>,
         pod: &Pod,
-    ) -> (AdmissionResponse, AdmissionOutcome, Option<SkippedNotice>) {
+    ) -> (AdmissionResponse, AdmissionOutcome, Vec<WorkloadNotice>) {
         let response = AdmissionResponse::from(request);
         // The API server always sends a name or a generateName; without either the
         // object may lack `metadata` entirely, where the patch's `add /metadata/labels`
         // would not apply. Such a pod cannot be created anyway: leave it alone.
         let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
         if !named(&pod.metadata.name) && !named(&pod.metadata.generate_name) {
-            return (response, AdmissionOutcome::NotApplicable, None);
+            return (response, AdmissionOutcome::NotApplicable, Vec::new());
         }
         let namespace = request
             .namespace
@@ -186,8 +203,8 @@ impl Admitter {
                 workload_uid,
                 ..
             } => (workload, workload_uid),
-            Decision::OptedOut => return (response, AdmissionOutcome::OptedOut, None),
-            Decision::NotOptedIn => return (response, AdmissionOutcome::NotOptedIn, None),
+            Decision::OptedOut => return (response, AdmissionOutcome::OptedOut, Vec::new()),
+            Decision::NotOptedIn => return (response, AdmissionOutcome::NotOptedIn, Vec::new()),
         };
         let policy = self
             .policies
@@ -204,21 +221,28 @@ impl Admitter {
                 .and_then(|p| p.drain.as_ref())
                 .unwrap_or(&self.config.default_drain),
             grace_override: policy.as_ref().and_then(|p| p.grace_override()),
+            drain_actions: policy.as_ref().and_then(|p| p.drain_actions.as_ref()),
         };
         let injection = match build_patch(pod, &plan) {
             PatchOutcome::Injected(injection) => injection,
             PatchOutcome::AlreadyInjected => {
-                return (response, AdmissionOutcome::AlreadyInjected, None);
+                return (response, AdmissionOutcome::AlreadyInjected, Vec::new());
             }
             PatchOutcome::NotApplicable(reason) => {
                 tracing::info!(%namespace, %workload, %reason, "opted-in pod not injected");
                 let response =
                     with_warnings(response, vec![format!("lameduck: not injected: {reason}")]);
-                return (response, AdmissionOutcome::NotApplicable, None);
+                return (response, AdmissionOutcome::NotApplicable, Vec::new());
             }
         };
 
         let mut warnings = Vec::new();
+        if let Some(error) = policy.as_ref().and_then(|p| p.drain_action_error.as_ref()) {
+            warnings.push(format!(
+                "lameduck: ShutdownPolicy {policy_name}: spec.drain.action ignored: {error}"
+            ));
+        }
+        warnings.extend(injection.warnings.iter().map(|w| format!("lameduck: {w}")));
         if !injection.unknown.is_empty() {
             warnings.push(format!(
                 "lameduck: {} names unknown containers: {}",
@@ -226,28 +250,40 @@ impl Admitter {
                 injection.unknown.join(",")
             ));
         }
-        let notice = (!injection.skipped.is_empty()).then(|| {
+        let mut problems = Vec::new();
+        if !injection.skipped.is_empty() {
             warnings.push(format!(
                 "lameduck: containers with their own preStop hook left alone: {}",
                 injection.skipped.join(",")
             ));
-            SkippedNotice {
+            problems.push(Problem::PreStopHookExists {
+                containers: injection.skipped.clone(),
+            });
+        }
+        if !injection.warnings.is_empty() {
+            problems.push(Problem::DrainAnnotation {
+                warnings: injection.warnings.clone(),
+            });
+        }
+        let notices = problems
+            .into_iter()
+            .map(|problem| WorkloadNotice {
                 namespace: namespace.to_owned(),
                 pod: workload_pod_name(pod),
                 workload: workload.clone(),
-                workload_uid,
-                containers: injection.skipped.clone(),
-            }
-        });
+                workload_uid: workload_uid.clone(),
+                problem,
+            })
+            .collect();
         match response.clone().with_patch(injection.patch) {
             Ok(patched) => (
                 with_warnings(patched, warnings),
                 AdmissionOutcome::Injected,
-                notice,
+                notices,
             ),
             Err(error) => {
                 tracing::warn!(%namespace, %workload, %error, "patch does not serialize; admitted without injection");
-                (response, AdmissionOutcome::Error, None)
+                (response, AdmissionOutcome::Error, Vec::new())
             }
         }
     }

@@ -11,10 +11,14 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use lameduck_proto::{AppEnv, SidecarEnv, names};
+use lameduck_proto::{
+    AppEnv, ContainerPorts, DrainAction, DrainActions, ProbePort, SidecarEnv, names,
+};
 use serde_json::{Value, json};
 
+use super::drain_action;
 use super::policy::DrainSettings;
+use super::traffic;
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 // The sidecar assumes the same when it is not told; 30 always fits an i64.
@@ -57,6 +61,9 @@ pub struct InjectionPlan<'a> {
     pub drain: &'a DrainSettings,
     /// Grace period imposed by the policy (`Initial` mode with a recommendation).
     pub grace_override: Option<i64>,
+    /// The policy's default drain actions (`spec.drain.action`), for containers the
+    /// `lameduck.dev/drain` annotation does not name.
+    pub drain_actions: Option<&'a DrainActions>,
 }
 
 /// The result of planning an injection for one pod.
@@ -83,6 +90,9 @@ pub struct Injection {
     pub unknown: Vec<String>,
     /// The grace period the pod ends up with.
     pub grace_seconds: i64,
+    /// Something about the pod's annotations worth a warning in the admission answer
+    /// (a drain action that cannot be read, a name that matches no container).
+    pub warnings: Vec<String>,
 }
 
 /// Plans the injection of the preStop sidecar into `pod`. Pure.
@@ -180,6 +190,15 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
     if !skipped.is_empty() {
         new_annotations.insert(names::ANNOTATION_SKIPPED_CONTAINERS, skipped.join(","));
     }
+    let all_names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let actions = drain_action::resolve(
+        annotations
+            .and_then(|a| a.get(names::ANNOTATION_DRAIN))
+            .map(String::as_str),
+        plan.drain_actions,
+        &containers,
+        &all_names,
+    );
     add_map_entries(
         &mut ops,
         "labels",
@@ -209,7 +228,22 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
     // `kubectl debug` ephemeral container.
     let report_max_bytes =
         lameduck_proto::report_budget(spec.containers.len() + init_containers.len() + 1 + 1);
-    let sidecar = to_value(&sidecar_container(plan, grace_seconds, report_max_bytes));
+    // The sidecar serves the hooked containers: their ports are the ones whose traffic
+    // it watches; every probe into the pod is a connection it must not count as traffic.
+    let traffic = PodTraffic {
+        ports: traffic::served_ports(
+            spec.containers
+                .iter()
+                .filter(|c| containers.contains(&c.name)),
+        ),
+        probes: traffic::probe_ports(spec),
+    };
+    let sidecar = to_value(&sidecar_container(
+        plan,
+        grace_seconds,
+        report_max_bytes,
+        traffic,
+    ));
     if init_containers.is_empty() {
         ops.push(add(&["spec", "initContainers"], json!([sidecar])));
     } else {
@@ -225,6 +259,7 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
             container,
             grace_seconds,
             plan.drain.delay_millis,
+            actions.per_container.get(&container.name),
         );
     }
     if plan.grace_override.is_some() {
@@ -240,6 +275,7 @@ pub fn build_patch(pod: &Pod, plan: &InjectionPlan<'_>) -> PatchOutcome {
         skipped,
         unknown,
         grace_seconds,
+        warnings: actions.warnings,
     })
 }
 
@@ -270,13 +306,15 @@ fn select_containers(containers: &[Container], list: Option<&String>) -> (Vec<us
 /// Mount, env and preStop hook for one selected app container. The env tells an SDK the
 /// grace period the kubelet enforces and the wait of a preStop hook that cannot reach the
 /// sidecar (the same fixed delay), so that it plans its own deadline when the sidecar is
-/// out of reach; values the container already sets are kept.
+/// out of reach, and the hook the container's drain action; values the container already
+/// sets are kept.
 fn patch_app_container(
     ops: &mut Vec<PatchOperation>,
     index: usize,
     container: &Container,
     grace_seconds: i64,
     fallback_delay_millis: u64,
+    drain_action: Option<&DrainAction>,
 ) {
     let i = index.to_string();
     let base = ["spec", "containers", i.as_str()];
@@ -295,7 +333,7 @@ fn patch_app_container(
         container: container.name.clone(),
         grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
         fallback_delay_millis,
-        drain_action: None,
+        drain_action: drain_action.cloned(),
     };
     let env: Vec<Value> = app_env
         .to_env()
@@ -361,20 +399,30 @@ fn add_map_entries(
     }
 }
 
-/// The injected native sidecar, for a pod whose grace period is `grace_seconds` and whose
-/// containers leave it `report_max_bytes` of termination message.
+/// What the sidecar is told about the pod's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodTraffic {
+    /// The TCP ports each hooked container declares.
+    pub ports: Vec<ContainerPorts>,
+    /// The kubelet's probes that connect to the pod.
+    pub probes: Vec<ProbePort>,
+}
+
+/// The injected native sidecar, for a pod whose grace period is `grace_seconds`, whose
+/// containers leave it `report_max_bytes` of termination message and serve `traffic`.
 pub fn sidecar_container(
     plan: &InjectionPlan<'_>,
     grace_seconds: i64,
     report_max_bytes: usize,
+    traffic: PodTraffic,
 ) -> Container {
     let config = plan.config;
     let contract = SidecarEnv {
         grace_seconds: u64::try_from(grace_seconds).unwrap_or(0),
         drain: plan.drain.clone(),
         report_max_bytes,
-        ports: Vec::new(),
-        probes: Vec::new(),
+        ports: traffic.ports,
+        probes: traffic.probes,
     };
     let env = SidecarEnv::FIELD_REFS
         .iter()
@@ -500,6 +548,7 @@ mod tests {
             policy_name: "deployment-web",
             drain,
             grace_override,
+            drain_actions: None,
         }
     }
 
@@ -638,6 +687,51 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// The sidecar watches the ports of the containers it serves (not of one left alone
+    /// with its own hook), and knows every probe into the pod, that one's included.
+    #[test]
+    fn the_sidecar_reads_back_the_served_ports_and_every_probe() {
+        use lameduck_proto::{ContainerPorts, ProbePort};
+
+        let config = InjectionConfig::default();
+        let drain = DrainSettings::default();
+        let pod = pod(json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"containers": [
+                {"name": "web", "image": "web",
+                 "ports": [{"containerPort": 8080, "name": "http"}],
+                 "readinessProbe": {"httpGet": {"port": "http"}, "periodSeconds": 1}},
+                {"name": "envoy", "image": "envoy",
+                 "ports": [{"containerPort": 15001}],
+                 "livenessProbe": {"tcpSocket": {"port": 15001}},
+                 "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}}
+            ]}
+        }));
+        let pod = patched(&pod, &plan(&config, &drain, None));
+        let sidecar = sidecar(&pod);
+        let read = SidecarEnv::from_env(|name| env(sidecar, name)).unwrap();
+        assert_eq!(
+            read.ports,
+            [ContainerPorts {
+                container: "web".into(),
+                ports: vec![8080]
+            }]
+        );
+        assert_eq!(
+            read.probes,
+            [
+                ProbePort {
+                    port: 8080,
+                    period_millis: 1_000
+                },
+                ProbePort {
+                    port: 15001,
+                    period_millis: 10_000
+                }
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use lameduck_proto::names;
+use lameduck_proto::{DrainActions, names};
 
 /// `spec.updateMode` of a ShutdownPolicy.
 pub use crate::api::UpdateMode;
@@ -53,6 +53,11 @@ pub struct PolicySettings {
     /// `spec.drain` merged with the learned minimum delay; `None` keeps the operator's
     /// defaults.
     pub drain: Option<DrainSettings>,
+    /// `spec.drain.action`, read: the default drain action of the workload's containers
+    /// (the `lameduck.dev/drain` annotation wins).
+    pub drain_actions: Option<DrainActions>,
+    /// Why `spec.drain.action` is ignored, when it cannot be read.
+    pub drain_action_error: Option<String>,
 }
 
 impl PolicySettings {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admitter, SkippedNotice};
+use super::admission::{Admitter, Problem, WorkloadNotice};
 use crate::metrics::Metrics;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -39,7 +39,7 @@ pub struct WebhookState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Queue of Events to send; full → dropped and counted.
-    pub events: Option<mpsc::Sender<SkippedNotice>>,
+    pub events: Option<mpsc::Sender<WorkloadNotice>>,
     /// Whether the replica should be sent admissions (`/readyz`).
     pub ready: Arc<dyn Readiness>,
 }
@@ -103,10 +103,12 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
             state
                 .metrics
                 .observe_admission(reviewed.outcome.as_str(), start.elapsed());
-            if let (Some(notice), Some(events)) = (reviewed.notice, state.events.as_ref())
-                && events.try_send(notice).is_err()
-            {
-                state.metrics.events_dropped.inc();
+            if let Some(events) = state.events.as_ref() {
+                for notice in reviewed.notices {
+                    if events.try_send(notice).is_err() {
+                        state.metrics.events_dropped.inc();
+                    }
+                }
             }
             response
         }
@@ -202,6 +204,34 @@ pub async fn serve_plain(listener: TcpListener, router: Router, token: Cancellat
     }
 }
 
+/// The Event's reason and note for a notice, and what tells it apart from another notice
+/// of the same workload (for the rate limit).
+fn event_text(notice: &WorkloadNotice) -> (&'static str, String, String) {
+    match &notice.problem {
+        Problem::PreStopHookExists { containers } => {
+            let containers = containers.join(",");
+            (
+                "PreStopHookExists",
+                format!(
+                    "pod {}: containers {containers} already have a preStop hook; lameduck left them \
+                     alone, so their shutdown is not coordinated (remove the hook or narrow \
+                     lameduck.dev/containers)",
+                    notice.pod
+                ),
+                format!("prestop:{containers}"),
+            )
+        }
+        Problem::DrainAnnotation { warnings } => {
+            let warnings = warnings.join("; ");
+            (
+                "DrainAnnotationInvalid",
+                format!("pod {}: {warnings}", notice.pod),
+                format!("drain:{warnings}"),
+            )
+        }
+    }
+}
+
 /// Binds a TCP listener (a clear error naming the address).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -209,12 +239,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
 }
 
-/// Sends Events for skipped containers, best effort: at most one per workload and container
-/// set every ten minutes (a ReplicaSet creates many identical pods).
+/// Sends Warning Events about admitted pods to their workloads, best effort: at most one
+/// per workload and problem every ten minutes (a ReplicaSet creates many identical pods).
 pub async fn publish_events(
     client: kube::Client,
     instance: Option<String>,
-    mut notices: mpsc::Receiver<SkippedNotice>,
+    mut notices: mpsc::Receiver<WorkloadNotice>,
 ) {
     let reporter = Reporter {
         controller: "lameduck-webhook".into(),
@@ -223,12 +253,8 @@ pub async fn publish_events(
     let recorder = Recorder::new(client, reporter);
     let mut recent: HashMap<(String, String, String), Instant> = HashMap::new();
     while let Some(notice) = notices.recv().await {
-        let containers = notice.containers.join(",");
-        let key = (
-            notice.namespace.clone(),
-            notice.workload.to_string(),
-            containers.clone(),
-        );
+        let (reason, note, what) = event_text(&notice);
+        let key = (notice.namespace.clone(), notice.workload.to_string(), what);
         recent.retain(|_, at| at.elapsed() < Duration::from_secs(600));
         if recent.contains_key(&key) {
             continue;
@@ -249,18 +275,57 @@ pub async fn publish_events(
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: "PreStopHookExists".into(),
-            note: Some(format!(
-                "pod {}: containers {containers} already have a preStop hook; lameduck left them \
-                 alone, so their shutdown is not coordinated (remove the hook or narrow \
-                 lameduck.dev/containers)",
-                notice.pod
-            )),
+            reason: reason.into(),
+            note: Some(note),
             action: "Inject".into(),
             secondary: None,
         };
         if let Err(error) = recorder.publish(&event, &reference).await {
             tracing::debug!(%error, workload = %notice.workload, "could not publish Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::policy::WorkloadRef;
+
+    fn notice(problem: Problem) -> WorkloadNotice {
+        WorkloadNotice {
+            namespace: "shop".into(),
+            pod: "web-7d4b9c6f5-".into(),
+            workload: WorkloadRef {
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+            workload_uid: None,
+            problem,
+        }
+    }
+
+    /// Each problem has its own reason and rate-limit key, so a hook left alone does not
+    /// silence an unreadable drain annotation of the same workload.
+    #[test]
+    fn each_problem_is_its_own_event() {
+        let hook = event_text(&notice(Problem::PreStopHookExists {
+            containers: vec!["envoy".into()],
+        }));
+        let drain = event_text(&notice(Problem::DrainAnnotation {
+            warnings: vec![
+                "lameduck.dev/drain ignored, no container gets a drain action: …".into(),
+            ],
+        }));
+        assert_eq!(hook.0, "PreStopHookExists");
+        assert!(
+            hook.1
+                .contains("containers envoy already have a preStop hook")
+        );
+        assert_eq!(drain.0, "DrainAnnotationInvalid");
+        assert_eq!(
+            drain.1,
+            "pod web-7d4b9c6f5-: lameduck.dev/drain ignored, no container gets a drain action: …"
+        );
+        assert_ne!(hook.2, drain.2);
     }
 }
