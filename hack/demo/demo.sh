@@ -5,9 +5,11 @@
 # under the same constant load, and print one side-by-side table (also written as
 # Markdown, JSON and a PNG plot under out/demo/).
 #
-#   go-naive   the usual Go service: signal.Notify → os.Exit, no lameduck
-#   go-web     the same service with the Go SDK, Deployment annotated lameduck.dev/inject
-#   rust-web   the Rust example with the Rust SDK, annotated
+#   go-naive            the usual Go service: signal.Notify → os.Exit, no lameduck
+#   go-naive-lameduck   the same image, unmodified, with the annotation only (no SDK: the
+#                       sidecar's kernel view of its connections, then SIGTERM)
+#   go-web              the same service with the Go SDK, Deployment annotated
+#   rust-web            the Rust example with the Rust SDK, annotated
 #
 # Any cluster: with REGISTRY and KUBECONFIG both set, the demo publishes to REGISTRY
 # (skopeo and helm credentials as for make publish) and runs on the cluster of KUBECONFIG
@@ -37,7 +39,7 @@ RATE=${DEMO_RATE:-50}
 CLEANUP_MILLIS=${DEMO_CLEANUP_MILLIS:-2000}
 GRACE=${DEMO_GRACE:-30}
 REPLICAS=3
-VARIANTS=(go-naive go-web rust-web)
+VARIANTS=(go-naive go-naive-lameduck go-web rust-web)
 MAKE=${MAKE:-make}
 STARTED=$SECONDS
 PHASES=9
@@ -47,7 +49,7 @@ EXTERNAL=0
 # image_of VARIANT (or loadgen): the reference make publish-examples recorded, by digest.
 image_of() {
 	case $1 in
-	go-naive) published_image EXAMPLE_GO_NAIVE ;;
+	go-naive | go-naive-lameduck) published_image EXAMPLE_GO_NAIVE ;;
 	go-web) published_image EXAMPLE_GO_WEB ;;
 	rust-web) published_image EXAMPLE_RUST_WEB ;;
 	loadgen) published_image LOADGEN ;;
@@ -286,7 +288,7 @@ kubectl get pods -n "$NS" -o json >"$OUT/pods.after.json"
 phase "results"
 cleanup_bg
 python3 hack/demo/report.py --out "$OUT" --rate "$RATE" --cleanup-millis "$CLEANUP_MILLIS" \
-	--grace "$GRACE" --variants "${VARIANTS[@]}"
+	--grace "$GRACE" --annotation-only go-naive-lameduck --variants "${VARIANTS[@]}"
 
 cat <<EOF
 

@@ -134,6 +134,8 @@ def main():
     ap.add_argument("--cleanup-millis", type=int, required=True)
     ap.add_argument("--grace", type=int, required=True)
     ap.add_argument("--variants", nargs="+", required=True)
+    ap.add_argument("--annotation-only", nargs="*", default=[],
+                    help="injected variants without an SDK (the annotation only)")
     a = ap.parse_args()
     o = lambda name: os.path.join(a.out, name)  # noqa: E731
 
@@ -166,6 +168,9 @@ def main():
         killed_watch = sum(1 for s in sd if s["killed"])
         result[v] = {
             "injected": sdp is not None,
+            "sdk": sdp is not None and v not in a.annotation_only,
+            "refused_by_client": int((g.get("failures_by_kind") or {}).get("refused", 0)),
+            "refused_by_lameduck": ((st.get("refused") or {}).get("total") if sdp else None),
             "requests": int(r["requests"]),
             "ok": ok,
             "failed": int(r["requests"]) - ok,
@@ -198,10 +203,15 @@ def main():
 
     vs = a.variants
     rows = [
-        ("lameduck", lambda x: "injected + SDK" if x["injected"] else "no"),
+        ("lameduck", lambda x: ("injected + SDK" if x["sdk"] else "annotation only, no SDK")
+         if x["injected"] else "no"),
         ("requests sent", lambda x: fmt(x["requests"])),
         ("requests failed", lambda x: fmt(x["failed"]) + ("" if not x["failed"] else " (" + ", ".join(
             f"{k}: {n}" for k, n in sorted(x["failures_by_kind"].items())) + ")")),
+        # The load generator's `connection refused` errors; for injected variants, lameduck's
+        # own count of resets sent after the listeners closed (the policy's refused.total).
+        ("connections refused (client / lameduck's count)",
+         lambda x: f"{x['refused_by_client']} / {fmt(x['refused_by_lameduck'])}"),
         ("records acknowledged", lambda x: fmt(x["records_acknowledged"])),
         ("records lost", lambda x: fmt(x["records_lost"])),
         ("pods SIGKILLed (exit 137 / policy `killed`)",
@@ -264,7 +274,8 @@ def plot(result, vs, path, a):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
-    colors = {"go-naive": "#c0392b", "go-web": "#2471a3", "rust-web": "#d35400"}
+    colors = {"go-naive": "#c0392b", "go-naive-lameduck": "#7d3c98", "go-web": "#2471a3",
+              "rust-web": "#d35400"}
     for i, v in enumerate(vs):
         x = result[v]
         durs = x["per_pod_shutdown_s"]
