@@ -327,11 +327,19 @@ mod tests {
                 budget_millis: Some(4_200),
             },
             report_max_bytes: 2_457,
-            ports: Vec::new(),
-            probes: Vec::new(),
+            ports: vec![lameduck_proto::ContainerPorts {
+                container: "web".into(),
+                ports: vec![8080, 8443],
+            }],
+            probes: vec![lameduck_proto::ProbePort {
+                port: 8080,
+                period_millis: 10_000,
+            }],
         };
+        let mut env = written.to_env();
+        env.push((names::ENV_HOST_IP, "10.0.0.7".to_owned()));
         let settings = serve_args(&[])
-            .into_settings(lookup(written.to_env()))
+            .into_settings(lookup(env))
             .expect("settings");
         let ms = std::time::Duration::from_millis;
         assert_eq!(settings.grace, std::time::Duration::from_secs(41));
@@ -349,6 +357,11 @@ mod tests {
         assert_eq!(settings.http_drain_path, "/admin/drain");
         assert_eq!(settings.drain_budget, Some(ms(4_200)));
         assert_eq!(settings.report_max_bytes, 2_457);
+        assert_eq!(settings.ports, written.ports);
+        assert_eq!(settings.probes, written.probes);
+        assert_eq!(settings.host_ip, Some([10, 0, 0, 7].into()));
+        assert_eq!(settings.ports_of("web"), vec![8080, 8443]);
+        assert!(settings.ports_of("api").is_empty());
 
         let flagged = serve_args(&["--delay-millis", "100", "--drain-mode", "delay"])
             .into_settings(lookup(written.to_env()))
@@ -356,6 +369,13 @@ mod tests {
         assert_eq!(flagged.delay, ms(100));
         assert_eq!(flagged.drain_mode, DrainMode::Delay);
         assert_eq!(flagged.max_delay, ms(20_000));
+    }
+
+    #[test]
+    fn a_node_address_that_is_not_one_is_ignored() {
+        let env = vec![(names::ENV_HOST_IP, "not-an-ip".to_owned())];
+        let settings = serve_args(&[]).into_settings(lookup(env)).expect("settings");
+        assert_eq!(settings.host_ip, None);
     }
 
     #[test]

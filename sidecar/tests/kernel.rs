@@ -228,3 +228,79 @@ fn an_exec_drain_waits_until_the_listener_is_closed_and_nothing_refused_is_zero(
 fn an_http_drain_waits_until_the_listener_is_closed() {
     drain_waits_for_the_listener("http:8080/drain", 3);
 }
+
+#[test]
+fn a_server_that_never_closes_is_let_go_at_the_release_deadline() {
+    // G = 4 s: the hook is released by T0 + 2 s whatever the server does, so that the
+    // kubelet's SIGTERM still comes 2 s before its SIGKILL.
+    let net = Net::new();
+    let launch = net.pod_launch(&[("LAMEDUCK_PORTS", "web=8080"), ("HOST_IP", NODE_IP)]);
+    let sidecar = Sidecar::start_with(
+        4,
+        &["--quiet-period-millis", "300", "--min-delay-millis", "200"],
+        launch,
+    );
+    let server = Server::start(&net, sidecar.dir.path(), PORT, Duration::from_secs(60));
+    let mut hook = exec_prestop_in(
+        &server.container_launch(&[("LAMEDUCK_DRAIN_ACTION", "signal:SIGQUIT")]),
+        sidecar.dir.path(),
+        "web",
+        5000,
+        &[],
+    );
+    let held = hook
+        .wait(Instant::now() + Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the hook never returned:\n{}", hook.log()));
+    assert!(
+        held >= 1900 * MS && held < 2500 * MS,
+        "held {held:?}, not the release deadline (T0 + 2 s)\n{}",
+        hook.log()
+    );
+    assert!(server.closed_at().is_none(), "{}", server.output());
+    assert!(
+        server.output().contains("draining"),
+        "the signal did not reach the server: {}",
+        server.output()
+    );
+}
+
+#[test]
+fn a_sidecar_lost_mid_deregister_still_drains_the_server_after_the_planned_end() {
+    // The hook holds the container until the phase's planned end (maxDelay 3 s), then
+    // runs the drain action itself and waits for the listener.
+    let net = Net::new();
+    let mut sidecar = sidecar_in(
+        &net,
+        &[
+            "--quiet-period-millis",
+            "300",
+            "--min-delay-millis",
+            "1000",
+            "--max-delay-millis",
+            "3000",
+        ],
+    );
+    let server = Server::start(&net, sidecar.dir.path(), PORT, Duration::from_millis(500));
+    let mut hook = exec_prestop_in(
+        &server.container_launch(&[("LAMEDUCK_DRAIN_ACTION", "signal:SIGQUIT")]),
+        sidecar.dir.path(),
+        "web",
+        5000,
+        &[],
+    );
+    thread::sleep(Duration::from_millis(400));
+    sidecar.kill();
+    let held = hook
+        .wait(Instant::now() + Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the hook never returned:\n{}", hook.log()));
+    let returned = SystemTime::now();
+    let closed = server
+        .closed_at()
+        .unwrap_or_else(|| panic!("listener still open after {held:?}:\n{}", hook.log()));
+    assert!(closed <= returned);
+    assert!(
+        held >= 3500 * MS && held < 6000 * MS,
+        "held {held:?}: the planned end (3 s) and the drain (0.5 s)\n{}",
+        hook.log()
+    );
+}
