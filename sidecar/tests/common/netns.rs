@@ -174,7 +174,7 @@ impl Drop for Net {
 /// The plain server (`tests/netns/server.py`), PID 1 of its own PID namespace in the pod's
 /// network namespace.
 pub struct Server {
-    /// `unshare`, which waits for the server.
+    /// `unshare`, which waits for the server and takes it down with it.
     pub child: Child,
     /// The server's pid as this process sees it.
     pub pid: u32,
@@ -192,7 +192,7 @@ impl Server {
         let log = dir.join("server.log");
         let child = Command::new("ip")
             .args(["netns", "exec", &net.pod])
-            .args(["unshare", "--pid", "--fork", "--mount-proc"])
+            .args(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
             .arg("python3")
             .arg("-u")
             .arg(&script)
