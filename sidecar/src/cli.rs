@@ -374,7 +374,9 @@ mod tests {
     #[test]
     fn a_node_address_that_is_not_one_is_ignored() {
         let env = vec![(names::ENV_HOST_IP, "not-an-ip".to_owned())];
-        let settings = serve_args(&[]).into_settings(lookup(env)).expect("settings");
+        let settings = serve_args(&[])
+            .into_settings(lookup(env))
+            .expect("settings");
         assert_eq!(settings.host_ip, None);
     }
 

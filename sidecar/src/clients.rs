@@ -145,7 +145,10 @@ struct Plan {
 impl Plan {
     fn accepted(&mut self, release_by_unix_ms: u64, deregister_end_unix_ms: Option<u64>) {
         let release_by = instant_of_unix_ms(release_by_unix_ms);
-        self.release_by = Some(self.release_by.map_or(release_by, |first| first.min(release_by)));
+        self.release_by = Some(
+            self.release_by
+                .map_or(release_by, |first| first.min(release_by)),
+        );
         let give_up = release_by + RELEASE_SLACK;
         // A sidecar that lost its state would announce a later deadline than the kubelet's.
         self.give_up = Some(self.give_up.map_or(give_up, |first| first.min(give_up)));

@@ -27,7 +27,10 @@ pub fn parse(value: Option<&str>, container: &str) -> DrainAction {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => DrainAction::None,
         Some(value) => value.parse().unwrap_or_else(|error| {
-            warn!(container, "{error}; no drain action, SIGTERM follows the hook");
+            warn!(
+                container,
+                "{error}; no drain action, SIGTERM follows the hook"
+            );
             DrainAction::None
         }),
     }
@@ -62,7 +65,11 @@ pub async fn run(action: &DrainAction, container: &str, until: Instant) -> Drain
             .map(|s| kernel::listening_ports(&s))
             .unwrap_or_default();
         if !ports.is_empty() {
-            info!(container, ?ports, "listeners not attributable to the container's processes; waiting for every listener of the pod");
+            info!(
+                container,
+                ?ports,
+                "listeners not attributable to the container's processes; waiting for every listener of the pod"
+            );
         }
     }
     let started = Instant::now();
@@ -88,7 +95,10 @@ pub async fn run(action: &DrainAction, container: &str, until: Instant) -> Drain
                     true
                 }
                 Err(_) => {
-                    warn!(container, "drain call: no answer before the release deadline");
+                    warn!(
+                        container,
+                        "drain call: no answer before the release deadline"
+                    );
                     false
                 }
             }
@@ -213,7 +223,10 @@ mod tests {
     #[tokio::test]
     async fn none_returns_at_once_and_a_failing_command_does_not_wait() {
         let until = Instant::now() + Duration::from_secs(30);
-        assert_eq!(run(&DrainAction::None, "web", until).await, Drained::Nothing);
+        assert_eq!(
+            run(&DrainAction::None, "web", until).await,
+            Drained::Nothing
+        );
         let started = Instant::now();
         let missing = DrainAction::Exec(vec!["/nonexistent/drain".into()]);
         assert_eq!(run(&missing, "web", until).await, Drained::Failed);

@@ -154,7 +154,9 @@ async fn serve(settings: Settings) -> Result<(), String> {
             "kernel traffic view ready"
         );
     } else {
-        warn!("the kernel's TCP tables cannot be read: containers without an SDK get the fixed delay and nothing is counted");
+        warn!(
+            "the kernel's TCP tables cannot be read: containers without an SDK get the fixed delay and nothing is counted"
+        );
     }
     state.set_kernel_available(kernel_available);
     let pending = state.pending();
@@ -164,7 +166,11 @@ async fn serve(settings: Settings) -> Result<(), String> {
         state_file,
         written: Mutex::new(String::new()),
     });
-    tokio::spawn(crate::kernel::poller::run(shared.clone(), view, proc_net.clone()));
+    tokio::spawn(crate::kernel::poller::run(
+        shared.clone(),
+        view,
+        proc_net.clone(),
+    ));
     for container in pending {
         info!(%container, "resuming the shutdown of a container after a sidecar restart");
         tokio::spawn(resume(shared.clone(), container));

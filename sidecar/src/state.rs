@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lameduck_proto::{
-    AppReport, ERROR_MAX_CHARS, Outcome, PhasesMs, PortConnections, REPORT_VERSION,
-    RestartReport, TerminationReport, truncate_chars,
+    AppReport, ERROR_MAX_CHARS, Outcome, PhasesMs, PortConnections, REPORT_VERSION, RestartReport,
+    TerminationReport, truncate_chars,
 };
 use serde::{Deserialize, Serialize};
 
@@ -773,10 +773,8 @@ impl State {
                     self.kernel.established.insert(port, 0);
                 }
             }
-            let established = established_on(
-                &self.kernel.established,
-                &self.settings.ports_of(container),
-            );
+            let established =
+                established_on(&self.kernel.established, &self.settings.ports_of(container));
             let before_last = self.kernel.before_last;
             let Some(s) = self.shutdowns.get_mut(container) else {
                 continue;

@@ -107,7 +107,9 @@ fn the_deregister_phase_ends_a_quiet_period_after_the_clients_stop_and_probes_do
     let lag = deregister_end(&report)
         .duration_since(last_connect)
         .unwrap_or_else(|_| panic!("the phase ended before the last client: {report:?}\n{log}"));
-    println!("phase end {lag:?} after the last client connection; hook held {held:?}; {probed} probes");
+    println!(
+        "phase end {lag:?} after the last client connection; hook held {held:?}; {probed} probes"
+    );
     assert!(
         lag >= QUIET - 5 * MS && lag <= QUIET + 100 * MS,
         "the phase ended {lag:?} after the last client, not within the quiet period + 100 ms: {report:?}\n{log}"
@@ -140,7 +142,11 @@ fn drain_waits_for_the_listener(action: &str, attempts: u32) {
     let stop_probes = Arc::new(AtomicBool::new(false));
     let probes = start_probes(&net, PORT, Duration::from_secs(1), stop_probes.clone());
     let served = net
-        .in_client(|| (0..5).filter(|_| matches!(get(pod_addr()), Ok(200))).count())
+        .in_client(|| {
+            (0..5)
+                .filter(|_| matches!(get(pod_addr()), Ok(200)))
+                .count()
+        })
         .join()
         .unwrap();
     assert_eq!(served, 5, "{}", server.output());

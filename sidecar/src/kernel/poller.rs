@@ -60,7 +60,9 @@ pub async fn run(shared: Arc<Shared>, mut view: TrafficView, proc_net: PathBuf) 
                 }
                 Err(error) => {
                     if !blind {
-                        warn!("cannot read the socket table ({error}): traffic is unknown, the deregister phases run to their planned end");
+                        warn!(
+                            "cannot read the socket table ({error}): traffic is unknown, the deregister phases run to their planned end"
+                        );
                         blind = true;
                     }
                     view.reset();

@@ -162,7 +162,10 @@ fn table<'a>(text: &'a str, prefix: &str) -> Option<Vec<(&'a str, u64)>> {
 
 /// The inode of a `/proc/<pid>/fd/<n>` link target `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

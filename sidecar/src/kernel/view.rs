@@ -135,14 +135,11 @@ impl TrafficView {
             containers: BTreeMap::new(),
         };
         for container in self.owners.values() {
-            observation
-                .containers
-                .entry(container.clone())
-                .or_default();
+            observation.containers.entry(container.clone()).or_default();
         }
-        let elapsed = self
-            .last
-            .map_or(Duration::ZERO, |(then, _)| at.saturating_duration_since(then));
+        let elapsed = self.last.map_or(Duration::ZERO, |(then, _)| {
+            at.saturating_duration_since(then)
+        });
         for tokens in self.probes.values_mut() {
             tokens.tokens = if observation.baseline {
                 tokens.cap

@@ -112,8 +112,24 @@ impl Net {
             vec!["-n", client, "link", "set", "lo", "up"],
             vec!["-n", pod, "addr", "add", "10.213.0.1/24", "dev", "veth-pod"],
             vec!["-n", pod, "addr", "add", "10.213.0.4/24", "dev", "veth-pod"],
-            vec!["-n", client, "addr", "add", "10.213.0.2/24", "dev", "veth-cli"],
-            vec!["-n", client, "addr", "add", "10.213.0.3/24", "dev", "veth-cli"],
+            vec![
+                "-n",
+                client,
+                "addr",
+                "add",
+                "10.213.0.2/24",
+                "dev",
+                "veth-cli",
+            ],
+            vec![
+                "-n",
+                client,
+                "addr",
+                "add",
+                "10.213.0.3/24",
+                "dev",
+                "veth-cli",
+            ],
             vec!["-n", pod, "link", "set", "veth-pod", "up"],
             vec!["-n", client, "link", "set", "veth-cli", "up"],
             // What goes to the pod's second address leaves from the node's address.
@@ -207,10 +223,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         // `unshare --fork` waits for its one child: the server, PID 1 inside.
         let pid = loop {
-            let children = std::fs::read_to_string(format!(
-                "/proc/{unshare}/task/{unshare}/children"
-            ))
-            .unwrap_or_default();
+            let children =
+                std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+                    .unwrap_or_default();
             if let Some(pid) = children.split_whitespace().next() {
                 break pid.parse().expect("a pid");
             }
@@ -279,7 +294,10 @@ impl Drop for Server {
 pub fn get(addr: SocketAddr) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     response
