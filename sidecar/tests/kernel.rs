@@ -310,3 +310,49 @@ fn a_sidecar_lost_mid_deregister_still_drains_the_server_after_the_planned_end()
         hook.log()
     );
 }
+
+#[test]
+fn node_traffic_beyond_the_probes_rate_keeps_the_phase_open() {
+    // What kube-proxy SNATs arrives from the node's address too: one connection a second
+    // from the node where the pod declares one probe every 10 s is traffic, and holds the
+    // phase to maxDelay (5 s) instead of ending it after the 2.5 s quiet period.
+    let net = Net::new();
+    let launch = net.pod_launch(&[
+        ("LAMEDUCK_PORTS", "web=8080"),
+        ("LAMEDUCK_PROBES", "8080/10000"),
+        ("HOST_IP", NODE_IP),
+    ]);
+    let mut sidecar = Sidecar::start_with(
+        30,
+        &[
+            "--quiet-period-millis",
+            "2500",
+            "--min-delay-millis",
+            "200",
+            "--max-delay-millis",
+            "5000",
+        ],
+        launch,
+    );
+    let server = Server::start(&net, sidecar.dir.path(), PORT, Duration::ZERO);
+    let stop = Arc::new(AtomicBool::new(false));
+    let node = start_probes(&net, PORT, Duration::from_secs(1), stop.clone());
+    thread::sleep(Duration::from_millis(300));
+    let mut hook = exec_prestop_in(&Launch::default(), sidecar.dir.path(), "web", 5000, &[]);
+    let held = hook
+        .wait(Instant::now() + Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the hook was not released:\n{}", sidecar.log()));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, _) = node.join().unwrap();
+    let (report, log) = sidecar.stop();
+    println!("held {held:?} with {sent} node connections; {report:?}");
+    assert!(
+        report
+            .phases_ms
+            .deregister
+            .is_some_and(|ms| (4990..=5050).contains(&ms)),
+        "not held to maxDelay: {report:?}\n{log}"
+    );
+    assert!(held >= 4900 * MS && held < 5500 * MS, "{held:?}");
+    drop(server);
+}

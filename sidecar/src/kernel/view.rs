@@ -18,9 +18,10 @@
 //! the phase while traffic still flows. So the view lets through, per probed port, no more
 //! connections from the node than the probes' periods explain: a token bucket per port
 //! filled at `Σ 1/period` of its probes, holding at most one probe's worth per probe plus
-//! one (probes drift and may fall two in one window). A node connection with a token is a
-//! probe; without one it is traffic. Connections from any other address are always
-//! traffic. Without `HOST_IP` the tokens are spent by connections from any address.
+//! one (probes drift and may fall two in one window), one per probe at the first sample.
+//! A node connection with a token is a probe; without one it is traffic. Connections from
+//! any other address are always traffic. Without `HOST_IP` the tokens are spent by
+//! connections from any address.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -141,8 +142,10 @@ impl TrafficView {
             at.saturating_duration_since(then)
         });
         for tokens in self.probes.values_mut() {
+            // At the baseline each probe may be due at once; after that they come at their
+            // rate.
             tokens.tokens = if observation.baseline {
-                tokens.cap
+                tokens.cap - 1.0
             } else {
                 (tokens.tokens + tokens.rate * elapsed.as_secs_f64()).min(tokens.cap)
             };
