@@ -105,7 +105,8 @@ struct Shutdown {
 struct KernelRecord {
     /// Whether one of its declared ports was seen listening since T0.
     was_listening: bool,
-    /// Established connections per port when the drain started.
+    /// Established connections per port when the drain started (from the first table
+    /// read after it: under load the table is not read while the phase lasts).
     at_drain: Option<BTreeMap<u16, u32>>,
     /// Established connections per port when the hook was released, or later, while the
     /// listeners stayed open: the connections still open when the server stopped.
@@ -589,10 +590,6 @@ impl State {
             Some(s) if s.drain_started.is_none() => {
                 s.deregister_end = Some(now);
                 s.drain_started = Some(now);
-                if self.kernel.available {
-                    let ports = self.settings.ports_of(container);
-                    s.kernel.at_drain = Some(established_on(&self.kernel.established, &ports));
-                }
                 true
             }
             _ => false,
@@ -752,6 +749,17 @@ impl State {
                 .any(|s| s.released.is_none() || s.kernel.let_go.is_none())
     }
 
+    /// Whether the next sample must read the socket table whatever the counters say: a
+    /// container whose drain started is waited for to close its listeners, or has not
+    /// had its connections at drain counted yet.
+    pub fn kernel_needs_table(&self) -> bool {
+        self.shutdowns.iter().any(|(container, s)| {
+            s.drain_started.is_some()
+                && !self.settings.ports_of(container).is_empty()
+                && (s.kernel.let_go.is_none() || s.kernel.at_drain.is_none())
+        })
+    }
+
     /// Takes one sample of the kernel view at `now`: new connections keep the deregister
     /// phases open (like an SDK's `activity`), listeners that close mark when their
     /// container let go. Returns whether anything a waiter cares about changed.
@@ -765,12 +773,10 @@ impl State {
         self.kernel.last = counters;
         let mut changed = false;
         for (container, traffic) in &observation.containers {
-            for (&port, &n) in &traffic.established {
-                self.kernel.established.insert(port, n);
-            }
-            for port in self.settings.ports_of(container) {
-                if !traffic.established.contains_key(&port) {
-                    self.kernel.established.insert(port, 0);
+            if observation.table {
+                for port in self.settings.ports_of(container) {
+                    let n = traffic.established.get(&port).copied().unwrap_or(0);
+                    self.kernel.established.insert(port, n);
                 }
             }
             let established =
@@ -782,6 +788,12 @@ impl State {
             if traffic.new_connections > 0 && s.drain_started.is_none() {
                 s.accepts.record(now);
                 changed = true;
+            }
+            if !observation.table {
+                continue;
+            }
+            if s.drain_started.is_some() && s.kernel.at_drain.is_none() {
+                s.kernel.at_drain = Some(established.clone());
             }
             if s.kernel.let_go.is_some() {
                 continue;

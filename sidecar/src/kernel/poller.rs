@@ -4,7 +4,8 @@
 //! until a preStop hook starts a shutdown. Then it samples every [`INTERVAL`] until every
 //! container that shut down has let go of its connections (its listeners closed, or its
 //! drain ended). A sample that changes nothing a waiter cares about is applied without
-//! waking anyone or rewriting the state file.
+//! waking anyone or rewriting the state file. Under load the counters alone often settle a
+//! sample (`TrafficView::observe_counters`) and the socket table is not read.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,12 @@ pub async fn run(shared: Arc<Shared>, mut view: TrafficView, proc_net: PathBuf) 
             }
             let now = Instant::now();
             let counters = read_counters(&proc_net);
+            if !shared.read(State::kernel_needs_table)
+                && let Some(observation) = view.observe_counters(now, counters)
+            {
+                shared.update_if(|s| s.kernel_sample(&observation, counters, now));
+                continue;
+            }
             let sockets = if view.has_ports() {
                 read_sockets(&proc_net)
             } else {
