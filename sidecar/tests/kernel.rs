@@ -356,3 +356,35 @@ fn node_traffic_beyond_the_probes_rate_keeps_the_phase_open() {
     assert!(held >= 4900 * MS && held < 5500 * MS, "{held:?}");
     drop(server);
 }
+
+#[test]
+fn without_a_sidecar_the_hook_drains_the_server_after_the_fallback_delay() {
+    // The sidecar never ran (or cannot be reached): the hook waits its fallback delay,
+    // then runs the action and waits for the listener, bounded by G − 2 s from its start.
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&net, dir.path(), PORT, Duration::from_millis(500));
+    let mut hook = exec_prestop_in(
+        &server.container_launch(&[
+            ("LAMEDUCK_DRAIN_ACTION", "signal:SIGQUIT"),
+            ("LAMEDUCK_GRACE_SECONDS", "10"),
+        ]),
+        dir.path(),
+        "web",
+        700,
+        &[],
+    );
+    let held = hook
+        .wait(Instant::now() + Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the hook never returned:\n{}", hook.log()));
+    let returned = SystemTime::now();
+    let closed = server
+        .closed_at()
+        .unwrap_or_else(|| panic!("listener still open after {held:?}:\n{}", hook.log()));
+    assert!(closed <= returned);
+    assert!(
+        held >= 1200 * MS && held < 4000 * MS,
+        "held {held:?}: the fallback delay (0.7 s) and the drain (0.5 s)\n{}",
+        hook.log()
+    );
+}
