@@ -271,9 +271,10 @@ impl TrafficView {
             let opened = now.passive_opens.saturating_sub(before.passive_opens);
             let mut unseen = opened.saturating_sub(new_anywhere);
             // Opened and gone between two samples; probes that come and go (tcpSocket)
-            // take their tokens first.
+            // take their tokens first. Right after a busy sample (no tuples compared) they
+            // are all traffic: the last connection of a load must never pass for a probe.
             for tokens in self.probes.values_mut() {
-                while unseen > 0 && tokens.tokens >= 1.0 {
+                while compare_tuples && unseen > 0 && tokens.tokens >= 1.0 {
                     tokens.tokens -= 1.0;
                     unseen -= 1;
                 }
@@ -528,6 +529,11 @@ mod tests {
         let o = v.observe(t0 + 200 * MS, &sockets, counters(100));
         assert!(o.table);
         assert_eq!(o.containers["web"].new_connections, 0);
+        // After a busy sample, one more open is traffic even with a probe token left.
+        v.observe_counters(t0 + 300 * MS, counters(200))
+            .expect("busy");
+        let o = v.observe(t0 + 400 * MS, &sockets, counters(201));
+        assert_eq!(o.containers["web"].new_connections, 1);
         // Two containers with ports: the counters cannot say whose traffic it is.
         let mut two = view(&[]);
         two.observe(t0, &[], counters(0));
