@@ -19,8 +19,9 @@ use crate::serve::Shared;
 use crate::state::State;
 
 /// How often the view is sampled during a shutdown: the detection latency of the last
-/// connection is at most this (plus the time one sample takes).
-pub const INTERVAL: Duration = Duration::from_millis(100);
+/// connection is at most this plus the time one sample takes, which keeps the phase's end
+/// within the quiet period + 100 ms of the last connection.
+pub const INTERVAL: Duration = Duration::from_millis(90);
 
 /// Runs until the sidecar stops.
 pub async fn run(shared: Arc<Shared>, mut view: TrafficView, proc_net: PathBuf) {
@@ -51,6 +52,7 @@ pub async fn run(shared: Arc<Shared>, mut view: TrafficView, proc_net: PathBuf) 
             if !shared.read(State::kernel_needs_table)
                 && let Some(observation) = view.observe_counters(now, counters)
             {
+                debug!(?observation, "kernel sample (counters only)");
                 shared.update_if(|s| s.kernel_sample(&observation, counters, now));
                 continue;
             }
@@ -63,6 +65,7 @@ pub async fn run(shared: Arc<Shared>, mut view: TrafficView, proc_net: PathBuf) 
                 Ok(sockets) => {
                     blind = false;
                     let observation = view.observe(now, &sockets, counters);
+                    debug!(sockets = sockets.len(), ?observation, "kernel sample");
                     shared.update_if(|s| s.kernel_sample(&observation, counters, now));
                 }
                 Err(error) => {
