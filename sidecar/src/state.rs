@@ -808,6 +808,16 @@ impl State {
                 changed = true;
             }
         }
+        // A listener never seen closing (the container restarted between two samples, or
+        // a restored shutdown): once the kubelet's SIGKILL is surely past, the window
+        // starts here and the sampling stops.
+        let reserve = self.settings.exit_reserve;
+        for s in self.shutdowns.values_mut() {
+            if s.kernel.let_go.is_none() && s.released.is_some() && now >= s.deadline + reserve {
+                s.kernel.let_go = Some((now, self.kernel.before_last));
+                changed = true;
+            }
+        }
         changed
     }
 

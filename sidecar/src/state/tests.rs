@@ -634,3 +634,18 @@ fn a_container_never_seen_listening_lets_go_at_its_release() {
     }));
     assert_eq!(report.refused, Some(1));
 }
+
+#[test]
+fn a_listener_never_seen_closing_stops_the_sampling_after_the_grace_period() {
+    let mut state = kernel_state();
+    let t0 = begin(&mut state, "web");
+    sample(&mut state, t0 + 100 * MS, 0, true, 0, 0);
+    assert!(state.start_drain("web", t0 + S));
+    state.mark_released("web", t0 + S);
+    // The container restarted between two samples: its port never looked closed.
+    sample(&mut state, t0 + 10 * S, 0, true, 0, 0);
+    assert!(state.kernel_wanted());
+    // Deadline T0 + 28 s, and the 2 s reserve: the kubelet killed the old process by then.
+    sample(&mut state, t0 + 30 * S, 0, true, 0, 0);
+    assert!(!state.kernel_wanted(), "sampling forever at idle");
+}
