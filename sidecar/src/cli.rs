@@ -77,11 +77,15 @@ impl Command {
                 }
             },
             Command::Prestop(args) => {
+                let action =
+                    crate::drain_action::parse(args.drain_action.as_deref(), &args.container);
                 crate::clients::prestop(
                     &args.dir,
                     &args.container,
                     args.grace_seconds,
                     args.fallback_delay(),
+                    action,
+                    std::time::Duration::from_secs(args.pod_grace_seconds),
                 )
                 .await
             }
@@ -148,6 +152,9 @@ pub struct ServeArgs {
     /// the pod's containers, at most 4096) [default: LAMEDUCK_REPORT_MAX_BYTES, else 4096].
     #[arg(long)]
     pub report_max_bytes: Option<usize>,
+    /// The node's address, the source of the kubelet's probes [default: HOST_IP].
+    #[arg(long)]
+    pub host_ip: Option<std::net::IpAddr>,
     /// Do not copy the binary to DIR/bin (for running several sidecars from one binary).
     #[arg(long, env = "LAMEDUCK_NO_INSTALL")]
     pub no_install: bool,
@@ -161,9 +168,23 @@ impl ServeArgs {
             grace_seconds,
             drain,
             report_max_bytes,
-            ports: _,
-            probes: _,
-        } = SidecarEnv::from_env(lookup).map_err(|error| error.to_string())?;
+            ports,
+            probes,
+        } = SidecarEnv::from_env(&lookup).map_err(|error| error.to_string())?;
+        // A field-ref variable, not part of the operator's settings: a value that is not an
+        // address (an older kubelet leaves it empty) only means probes are told apart by
+        // their rate alone.
+        let host_ip = self.host_ip.or_else(|| {
+            lookup(names::ENV_HOST_IP).and_then(|value| match value.trim().parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    if !value.trim().is_empty() {
+                        tracing::warn!(value, "{} is not an address; ignored", names::ENV_HOST_IP);
+                    }
+                    None
+                }
+            })
+        });
         let ms = std::time::Duration::from_millis;
         let drain_mode = self.drain_mode.unwrap_or(drain.mode);
         let (env_port, env_path) = match drain.http {
@@ -201,6 +222,9 @@ impl ServeArgs {
                 .map(ms),
             report_max_bytes: self.report_max_bytes.unwrap_or(report_max_bytes),
             install: !self.no_install,
+            ports,
+            probes,
+            host_ip,
         })
     }
 }
@@ -221,6 +245,15 @@ pub struct PrestopArgs {
     /// How long to wait when the sidecar cannot be reached (milliseconds, at most 60000).
     #[arg(long, env = names::ENV_FALLBACK_DELAY_MILLIS, default_value_t = timing::DEFAULT_FALLBACK_DELAY_MILLIS)]
     pub fallback_delay_millis: u64,
+    /// What to do to the container once the sidecar lets it go, when no SDK of it took
+    /// part: signal:<NAME>, exec:<command>, http:<port><path> or none. A value that does not
+    /// parse is logged and means none.
+    #[arg(long, env = names::ENV_DRAIN_ACTION)]
+    pub drain_action: Option<String>,
+    /// The pod's grace period (seconds): bounds the drain action when the sidecar cannot
+    /// be reached.
+    #[arg(long, env = names::ENV_GRACE_SECONDS, default_value_t = lameduck_proto::env::DEFAULT_GRACE_SECONDS)]
+    pub pod_grace_seconds: u64,
 }
 
 impl PrestopArgs {
@@ -294,11 +327,19 @@ mod tests {
                 budget_millis: Some(4_200),
             },
             report_max_bytes: 2_457,
-            ports: Vec::new(),
-            probes: Vec::new(),
+            ports: vec![lameduck_proto::ContainerPorts {
+                container: "web".into(),
+                ports: vec![8080, 8443],
+            }],
+            probes: vec![lameduck_proto::ProbePort {
+                port: 8080,
+                period_millis: 10_000,
+            }],
         };
+        let mut env = written.to_env();
+        env.push((names::ENV_HOST_IP, "10.0.0.7".to_owned()));
         let settings = serve_args(&[])
-            .into_settings(lookup(written.to_env()))
+            .into_settings(lookup(env))
             .expect("settings");
         let ms = std::time::Duration::from_millis;
         assert_eq!(settings.grace, std::time::Duration::from_secs(41));
@@ -316,6 +357,11 @@ mod tests {
         assert_eq!(settings.http_drain_path, "/admin/drain");
         assert_eq!(settings.drain_budget, Some(ms(4_200)));
         assert_eq!(settings.report_max_bytes, 2_457);
+        assert_eq!(settings.ports, written.ports);
+        assert_eq!(settings.probes, written.probes);
+        assert_eq!(settings.host_ip, Some([10, 0, 0, 7].into()));
+        assert_eq!(settings.ports_of("web"), vec![8080, 8443]);
+        assert!(settings.ports_of("api").is_empty());
 
         let flagged = serve_args(&["--delay-millis", "100", "--drain-mode", "delay"])
             .into_settings(lookup(written.to_env()))
@@ -323,6 +369,15 @@ mod tests {
         assert_eq!(flagged.delay, ms(100));
         assert_eq!(flagged.drain_mode, DrainMode::Delay);
         assert_eq!(flagged.max_delay, ms(20_000));
+    }
+
+    #[test]
+    fn a_node_address_that_is_not_one_is_ignored() {
+        let env = vec![(names::ENV_HOST_IP, "not-an-ip".to_owned())];
+        let settings = serve_args(&[])
+            .into_settings(lookup(env))
+            .expect("settings");
+        assert_eq!(settings.host_ip, None);
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lameduck_proto::{ControlReply, ControlRequest, decode_line, encode_line, names};
+use lameduck_proto::{
+    ControlReply, ControlRequest, DrainAction, Outcome, decode_line, encode_line, names, timing,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -32,36 +34,88 @@ const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
 /// until then, reconnecting meanwhile in case the kubelet restarts the sidecar (which
 /// resumes the shutdown from its state file). It never waits past the first deadline the
 /// sidecar announced.
+///
+/// When the container took no part in the protocol (the sidecar answers `no-app`), or the
+/// sidecar was lost, the hook then runs the container's drain action and waits for its
+/// listeners to close, never past the release deadline (`drain_action`).
 pub async fn prestop(
     dir: &Path,
     container: &str,
     grace_seconds: Option<u64>,
     fallback: Duration,
+    action: DrainAction,
+    pod_grace: Duration,
 ) -> ExitCode {
+    let started = Instant::now();
     let socket = run_dir(dir).join(names::CONTROL_SOCKET);
-    let mut stream = match connect(&socket).await {
-        Ok(stream) => stream,
-        Err(reason) => return fall_back(&reason, fallback).await,
-    };
     let mut plan = Plan::default();
+    let drain = match hold(&socket, container, grace_seconds, fallback, &mut plan).await {
+        Let::Go => false,
+        Let::Drain => true,
+        Let::FellBack => {
+            // No deadline from the sidecar: the one it would have set, from the hook's start.
+            let grace = grace_seconds
+                .map(Duration::from_secs)
+                .map_or(pod_grace, |g| g.min(pod_grace));
+            let reserve = Duration::from_millis(timing::exit_reserve_millis(
+                u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            ));
+            plan.release_by = Some(started + grace.saturating_sub(reserve));
+            true
+        }
+    };
+    if drain && let Some(until) = plan.release_by {
+        crate::drain_action::run(&action, container, until).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// What the hook does once the sidecar let the container go.
+enum Let {
+    /// Nothing more: an application of the container drained through the protocol, or
+    /// the deadline passed.
+    Go,
+    /// Run the drain action: no application took part, or the sidecar was lost.
+    Drain,
+    /// The sidecar was never reached: the fallback delay was waited; run the drain action.
+    FellBack,
+}
+
+/// Holds the container until the sidecar releases it (or is lost for good).
+async fn hold(
+    socket: &Path,
+    container: &str,
+    grace_seconds: Option<u64>,
+    fallback: Duration,
+    plan: &mut Plan,
+) -> Let {
+    let mut stream = match connect(socket).await {
+        Ok(stream) => stream,
+        Err(reason) => {
+            fall_back(&reason, fallback).await;
+            return Let::FellBack;
+        }
+    };
     loop {
-        let reason = match wait_for_release(stream, container, grace_seconds, &mut plan).await {
-            Ended::Released => return ExitCode::SUCCESS,
+        let reason = match wait_for_release(stream, container, grace_seconds, plan).await {
+            Ended::Released(Some(Outcome::NoApp)) => return Let::Drain,
+            Ended::Released(_) => return Let::Go,
             Ended::Lost(reason) => reason,
         };
         if plan.give_up.is_none() {
             // Gone before it said anything: as unreachable as a sidecar that never answered.
-            return fall_back(&reason, fallback).await;
+            fall_back(&reason, fallback).await;
+            return Let::FellBack;
         }
         let Some(hold) = plan.hold_until().filter(|h| *h > Instant::now()) else {
             warn!(container, "{reason}; letting the container stop");
-            return ExitCode::SUCCESS;
+            return Let::Drain;
         };
         warn!(
             container,
             "{reason}; holding the container until the deregister phase's planned end, reconnecting meanwhile"
         );
-        match reconnect(&socket, hold).await {
+        match reconnect(socket, hold).await {
             Some(again) => {
                 info!(container, "reached the sidecar again");
                 stream = again;
@@ -71,7 +125,7 @@ pub async fn prestop(
                     container,
                     "the deregister phase's planned end passed without the sidecar; letting the container stop"
                 );
-                return ExitCode::SUCCESS;
+                return Let::Drain;
             }
         }
     }
@@ -82,13 +136,20 @@ pub async fn prestop(
 struct Plan {
     /// The first release deadline (plus slack): the hook never waits past it.
     give_up: Option<Instant>,
+    /// The first release deadline itself: a drain action never waits past it.
+    release_by: Option<Instant>,
     /// The planned end of the deregister phase.
     deregister_end: Option<Instant>,
 }
 
 impl Plan {
     fn accepted(&mut self, release_by_unix_ms: u64, deregister_end_unix_ms: Option<u64>) {
-        let give_up = instant_of_unix_ms(release_by_unix_ms) + RELEASE_SLACK;
+        let release_by = instant_of_unix_ms(release_by_unix_ms);
+        self.release_by = Some(
+            self.release_by
+                .map_or(release_by, |first| first.min(release_by)),
+        );
+        let give_up = release_by + RELEASE_SLACK;
         // A sidecar that lost its state would announce a later deadline than the kubelet's.
         self.give_up = Some(self.give_up.map_or(give_up, |first| first.min(give_up)));
         if let Some(end) = deregister_end_unix_ms {
@@ -107,8 +168,8 @@ impl Plan {
 
 /// How one connection to the sidecar ended.
 enum Ended {
-    /// The container may stop: released, or the deadline passed.
-    Released,
+    /// The container may stop: released (with the outcome), or the deadline passed.
+    Released(Option<Outcome>),
     /// The sidecar went away (or never answered the request).
     Lost(String),
 }
@@ -165,7 +226,7 @@ async fn wait_for_release(
             line = lines.next_line() => line,
             _ = sleep_until(give_up) => {
                 warn!(container, "no release from the sidecar in time; letting the container stop");
-                return Ended::Released;
+                return Ended::Released(None);
             }
         };
         match line.map(|l| l.map(|l| decode_line::<ControlReply>(&l))) {
@@ -175,7 +236,7 @@ async fn wait_for_release(
             }))) => plan.accepted(release_by_unix_ms, deregister_end_unix_ms),
             Ok(Some(Ok(ControlReply::Release { outcome }))) => {
                 info!(container, %outcome, "released by the sidecar");
-                return Ended::Released;
+                return Ended::Released(Some(outcome));
             }
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => {
@@ -183,7 +244,7 @@ async fn wait_for_release(
                     container,
                     "unreadable reply from the sidecar ({e}); letting the container stop"
                 );
-                return Ended::Released;
+                return Ended::Released(None);
             }
             Ok(None) => return Ended::Lost("the sidecar went away".into()),
             Err(e) => return Ended::Lost(format!("the sidecar connection failed: {e}")),
@@ -191,10 +252,9 @@ async fn wait_for_release(
     }
 }
 
-async fn fall_back(reason: &str, fallback: Duration) -> ExitCode {
+async fn fall_back(reason: &str, fallback: Duration) {
     warn!("{reason}; waiting the fallback delay of {fallback:?}");
     sleep(fallback).await;
-    ExitCode::SUCCESS
 }
 
 /// Converts a wall-clock deadline into a monotonic instant (now if it already passed).

@@ -8,8 +8,10 @@
 mod cli;
 mod clients;
 mod deregister;
+mod drain_action;
 mod http_drain;
 mod install;
+mod kernel;
 mod lines;
 mod persist;
 mod serve;

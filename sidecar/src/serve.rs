@@ -40,10 +40,10 @@ pub async fn run(settings: Settings) -> ExitCode {
 }
 
 /// State shared by every task, with change notification.
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     /// Bumped after every change, so waiters re-check their condition.
-    changed: watch::Sender<u64>,
+    pub(crate) changed: watch::Sender<u64>,
     /// Where the state is kept for a restarted sidecar, and what was last written there.
     state_file: PathBuf,
     written: Mutex<String>,
@@ -56,11 +56,19 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.lock())
     }
 
-    fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+    /// Applies `f`; persists and wakes the waiters only when it says something changed.
+    pub(crate) fn update_if(&self, f: impl FnOnce(&mut State) -> bool) {
+        let changed = f(&mut self.lock());
+        if changed {
+            self.update(|_| ());
+        }
+    }
+
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let (result, persisted) = {
             let mut state = self.lock();
             let result = f(&mut state);
@@ -129,6 +137,28 @@ async fn serve(settings: Settings) -> Result<(), String> {
             State::new(settings)
         }
     };
+    let mut state = state;
+    let proc_net = PathBuf::from(crate::kernel::PROC_NET);
+    let view = crate::kernel::TrafficView::new(
+        &state.settings().ports,
+        &state.settings().probes,
+        state.settings().host_ip,
+    );
+    let kernel_available = crate::kernel::read_counters(&proc_net).is_some()
+        && (!view.has_ports() || crate::kernel::read_sockets(&proc_net).is_ok());
+    if kernel_available {
+        info!(
+            ports = %lameduck_proto::traffic::ports_to_env(&state.settings().ports),
+            probes = %lameduck_proto::traffic::probes_to_env(&state.settings().probes),
+            host_ip = ?state.settings().host_ip,
+            "kernel traffic view ready"
+        );
+    } else {
+        warn!(
+            "the kernel's TCP tables cannot be read: containers without an SDK get the fixed delay and nothing is counted"
+        );
+    }
+    state.set_kernel_available(kernel_available);
     let pending = state.pending();
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -136,6 +166,11 @@ async fn serve(settings: Settings) -> Result<(), String> {
         state_file,
         written: Mutex::new(String::new()),
     });
+    tokio::spawn(crate::kernel::poller::run(
+        shared.clone(),
+        view,
+        proc_net.clone(),
+    ));
     for container in pending {
         info!(%container, "resuming the shutdown of a container after a sidecar restart");
         tokio::spawn(resume(shared.clone(), container));
@@ -154,7 +189,8 @@ async fn serve(settings: Settings) -> Result<(), String> {
             _ = sigint.recv() => break,
         }
     }
-    let report = shared.read(State::report);
+    let counters = crate::kernel::read_counters(&proc_net);
+    let report = shared.read(|s| s.report_with(counters));
     let json = report.to_bounded_json(report_max_bytes);
     info!(report = %json, "stopping; writing the termination report");
     if let Err(e) = std::fs::write(&termination_log, &json) {

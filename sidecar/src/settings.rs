@@ -1,9 +1,10 @@
 //! The sidecar's settings and the timing rules derived from them.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lameduck_proto::names;
+use lameduck_proto::{ContainerPorts, ProbePort, names};
 
 /// How the deregister phase ends: one definition for the operator, the sidecar and the
 /// ShutdownPolicy spec.
@@ -40,6 +41,12 @@ pub struct Settings {
     pub report_max_bytes: usize,
     /// Copy the binary to `bin/` at start.
     pub install: bool,
+    /// The TCP ports each container declares: the kernel view watches them.
+    pub ports: Vec<ContainerPorts>,
+    /// The kubelet's probes that connect to the pod: not traffic.
+    pub probes: Vec<ProbePort>,
+    /// The node's address, the probes' source (downward API `status.hostIP`).
+    pub host_ip: Option<IpAddr>,
 }
 
 impl Settings {
@@ -66,6 +73,15 @@ impl Settings {
     /// Path of the control socket.
     pub fn control_socket(&self) -> PathBuf {
         run_dir(&self.dir).join(names::CONTROL_SOCKET)
+    }
+
+    /// The ports `container` declares.
+    pub fn ports_of(&self, container: &str) -> Vec<u16> {
+        self.ports
+            .iter()
+            .filter(|c| c.container == container)
+            .flat_map(|c| c.ports.iter().copied())
+            .collect()
     }
 
     /// Path of the file that keeps the shutdowns in progress across a sidecar restart.
@@ -97,6 +113,9 @@ pub(crate) fn test_settings() -> Settings {
         drain_budget: None,
         report_max_bytes: lameduck_proto::REPORT_MAX_BYTES,
         install: false,
+        ports: Vec::new(),
+        probes: Vec::new(),
+        host_ip: None,
     }
 }
 

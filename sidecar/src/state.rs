@@ -16,12 +16,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lameduck_proto::{
-    AppReport, ERROR_MAX_CHARS, Outcome, PhasesMs, REPORT_VERSION, RestartReport,
+    AppReport, ERROR_MAX_CHARS, Outcome, PhasesMs, PortConnections, REPORT_VERSION, RestartReport,
     TerminationReport, truncate_chars,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::deregister::{self, Accepts, Rule};
+use crate::kernel::{Observation, TcpCounters};
 use crate::settings::{DrainMode, Settings};
 
 /// Identifies one application connection.
@@ -95,6 +96,38 @@ struct Shutdown {
     /// When a restarted sidecar resumed this shutdown (or a process rejoined it): traffic
     /// is observed again from then on.
     resumed_at: Option<Instant>,
+    /// What the kernel view saw of the container's ports.
+    kernel: KernelRecord,
+}
+
+/// One container's shutdown as the kernel view saw it.
+#[derive(Debug, Default)]
+struct KernelRecord {
+    /// Whether one of its declared ports was seen listening since T0.
+    was_listening: bool,
+    /// Established connections per port when the drain started (from the first table
+    /// read after it: under load the table is not read while the phase lasts).
+    at_drain: Option<BTreeMap<u16, u32>>,
+    /// Established connections per port when the hook was released, or later, while the
+    /// listeners stayed open: the connections still open when the server stopped.
+    at_release: Option<BTreeMap<u16, u32>>,
+    /// When the container stopped taking connections (its listeners closed; without a
+    /// listener seen, its drain ended or its hook was released), with the counters then.
+    let_go: Option<(Instant, Option<TcpCounters>)>,
+}
+
+/// What the kernel view shows right now; the I/O shell keeps it current while it polls.
+#[derive(Debug, Default)]
+struct KernelNow {
+    /// Whether the view works in this pod (the tables and counters could be read).
+    available: bool,
+    /// Established connections per served port, at the last sample.
+    established: BTreeMap<u16, u32>,
+    /// The counters at the sample before the last: what a listener that is seen closed
+    /// at the last sample is measured from (resets at the close itself count).
+    before_last: Option<TcpCounters>,
+    /// The counters at the last sample.
+    last: Option<TcpCounters>,
 }
 
 impl Shutdown {
@@ -177,6 +210,7 @@ pub struct State {
     restarts: VecDeque<RestartReport>,
     restarts_omitted: usize,
     next_shutdown: u64,
+    kernel: KernelNow,
 }
 
 impl State {
@@ -190,6 +224,7 @@ impl State {
             restarts: VecDeque::new(),
             restarts_omitted: 0,
             next_shutdown: 0,
+            kernel: KernelNow::default(),
         }
     }
 
@@ -334,7 +369,7 @@ impl State {
             .apps
             .values()
             .any(|a| a.container == container && a.connected && a.finished.is_none());
-        let rule = rule(s, connected);
+        let rule = rule(s, connected || self.kernel_sees(container));
         let deadline = now + s.release_budget_within(grace.unwrap_or(s.grace));
         let drain_by = deregister::latest_drain_start(now, deadline, s.drain_budget);
         self.next_shutdown += 1;
@@ -354,6 +389,7 @@ impl State {
                 released: None,
                 hooks: 1,
                 resumed_at: None,
+                kernel: KernelRecord::default(),
             },
         );
         // Activity before T0 is no baseline for growth after it.
@@ -412,9 +448,14 @@ impl State {
 
     /// Records `drained`.
     pub fn drained(&mut self, id: AppId, now: Instant) {
-        if let Some(app) = self.apps.get_mut(&id) {
-            app.drained_at.get_or_insert(now);
-        }
+        let Some(app) = self.apps.get_mut(&id) else {
+            return;
+        };
+        app.drained_at.get_or_insert(now);
+        let container = app.container.clone();
+        // An SDK stops accepting before it says `drained`: the end of its container's
+        // drain, when no listener of it is in view.
+        self.let_go_unless_listening(&container, now);
     }
 
     /// Records `done`; the sidecar closes the connection after it.
@@ -654,14 +695,156 @@ impl State {
 
     /// Records that `container`'s hook was released at `now`.
     pub fn mark_released(&mut self, container: &str, now: Instant) {
+        let ports = self.settings.ports_of(container);
         if let Some(s) = self.shutdowns.get_mut(container) {
             s.released = Some(s.released.map_or(now, |last| last.max(now)));
+            if self.kernel.available && s.kernel.at_release.is_none() {
+                s.kernel.at_release = Some(established_on(&self.kernel.established, &ports));
+            }
+        }
+        self.let_go_unless_listening(container, now);
+    }
+
+    /// Marks that `container` stopped taking connections now, unless one of its listeners
+    /// is in view: then the kernel view says when they close.
+    fn let_go_unless_listening(&mut self, container: &str, now: Instant) {
+        let counters = self.kernel.last;
+        if let Some(s) = self.shutdowns.get_mut(container)
+            && !s.kernel.was_listening
+            && s.kernel.let_go.is_none()
+        {
+            s.kernel.let_go = Some((now, counters));
+        }
+    }
+
+    /// Whether the kernel view decides `container`'s deregister phase: it declares ports
+    /// and the view works.
+    fn kernel_sees(&self, container: &str) -> bool {
+        self.kernel.available && !self.settings.ports_of(container).is_empty()
+    }
+
+    /// Says whether the kernel view works in this pod (checked when the sidecar starts).
+    pub fn set_kernel_available(&mut self, available: bool) {
+        self.kernel.available = available;
+        // A restored shutdown of a container without an SDK is adaptive again.
+        let containers: Vec<String> = self.shutdowns.keys().cloned().collect();
+        for container in containers {
+            let adaptive = self.kernel_sees(&container);
+            if let Some(s) = self.shutdowns.get_mut(&container)
+                && adaptive
+                && s.drain_started.is_none()
+            {
+                s.rule = rule(&self.settings, true);
+            }
+        }
+    }
+
+    /// Whether the kernel view should be sampled: some container's shutdown is in
+    /// progress, or has not yet let go of its connections.
+    pub fn kernel_wanted(&self) -> bool {
+        self.kernel.available
+            && self
+                .shutdowns
+                .values()
+                .any(|s| s.released.is_none() || s.kernel.let_go.is_none())
+    }
+
+    /// Whether the next sample must read the socket table whatever the counters say: a
+    /// container whose drain started is waited for to close its listeners, or has not
+    /// had its connections at drain counted yet.
+    pub fn kernel_needs_table(&self) -> bool {
+        self.shutdowns.iter().any(|(container, s)| {
+            s.drain_started.is_some()
+                && !self.settings.ports_of(container).is_empty()
+                && (s.kernel.let_go.is_none() || s.kernel.at_drain.is_none())
+        })
+    }
+
+    /// Takes one sample of the kernel view at `now`: new connections keep the deregister
+    /// phases open (like an SDK's `activity`), listeners that close mark when their
+    /// container let go. Returns whether anything a waiter cares about changed.
+    pub fn kernel_sample(
+        &mut self,
+        observation: &Observation,
+        counters: Option<TcpCounters>,
+        now: Instant,
+    ) -> bool {
+        self.kernel.before_last = self.kernel.last.or(counters);
+        self.kernel.last = counters;
+        let mut changed = false;
+        for (container, traffic) in &observation.containers {
+            if observation.table {
+                for port in self.settings.ports_of(container) {
+                    let n = traffic.established.get(&port).copied().unwrap_or(0);
+                    self.kernel.established.insert(port, n);
+                }
+            }
+            let established =
+                established_on(&self.kernel.established, &self.settings.ports_of(container));
+            let before_last = self.kernel.before_last;
+            let Some(s) = self.shutdowns.get_mut(container) else {
+                continue;
+            };
+            if traffic.new_connections > 0 && s.drain_started.is_none() {
+                s.accepts.record(now);
+                changed = true;
+            }
+            if !observation.table {
+                continue;
+            }
+            if s.drain_started.is_some() && s.kernel.at_drain.is_none() {
+                s.kernel.at_drain = Some(established.clone());
+            }
+            if s.kernel.let_go.is_some() {
+                continue;
+            }
+            if traffic.listening {
+                s.kernel.was_listening = true;
+                if s.released.is_some() {
+                    s.kernel.at_release = Some(established);
+                }
+            } else if s.kernel.was_listening {
+                s.kernel.let_go = Some((now, before_last));
+                changed = true;
+            }
+        }
+        // A listener never seen closing (the container restarted between two samples, or
+        // a restored shutdown): once the kubelet's SIGKILL is surely past, the window
+        // starts here and the sampling stops.
+        let reserve = self.settings.exit_reserve;
+        for s in self.shutdowns.values_mut() {
+            if s.kernel.let_go.is_none() && s.released.is_some() && now >= s.deadline + reserve {
+                s.kernel.let_go = Some((now, self.kernel.before_last));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The kernel view could not be read: traffic is unknown, so every phase it decides
+    /// is held open as if traffic arrived (to its planned end at most).
+    pub fn kernel_blind(&mut self, now: Instant) {
+        let containers: Vec<String> = self.shutdowns.keys().cloned().collect();
+        for container in containers {
+            let sees = self.kernel_sees(&container);
+            if let Some(s) = self.shutdowns.get_mut(&container)
+                && sees
+                && s.drain_started.is_none()
+            {
+                s.accepts.record(now);
+            }
         }
     }
 
     /// The termination report as it stands: the pod's own shutdown (every container
     /// shutdown not followed by a restart), and the restart records.
+    #[cfg(test)]
     pub fn report(&self) -> TerminationReport {
+        self.report_with(None)
+    }
+
+    /// [`State::report`] with the TCP counters read now, from which `refused` is measured.
+    pub fn report_with(&self, counters_now: Option<TcpCounters>) -> TerminationReport {
         let grace_seconds = self.settings.grace.as_secs();
         let restarts: Vec<RestartReport> = self.restarts.iter().cloned().collect();
         let shutdowns: Vec<&Shutdown> = self.shutdowns.values().collect();
@@ -716,9 +899,46 @@ impl State {
             apps_omitted: 0,
             restarts,
             restarts_omitted: self.restarts_omitted,
-            refused: None,
-            connections: Vec::new(),
+            refused: self.refused(&shutdowns, counters_now),
+            connections: self.connections(),
         }
+    }
+
+    /// Resets the pod sent after its first container let go, until now, less those its
+    /// applications caused by aborting their own connections (docs/protocol.md §7).
+    fn refused(&self, shutdowns: &[&Shutdown], now: Option<TcpCounters>) -> Option<u64> {
+        let now = now?;
+        let (_, from) = shutdowns
+            .iter()
+            .filter_map(|s| s.kernel.let_go)
+            .filter(|(_, counters)| counters.is_some())
+            .min_by_key(|(at, _)| *at)?;
+        Some(now.resets_since(&from?))
+    }
+
+    /// Per declared port of each container that shut down, its connections at drain and
+    /// at release.
+    fn connections(&self) -> Vec<PortConnections> {
+        let mut out = Vec::new();
+        for (container, s) in &self.shutdowns {
+            if s.kernel.at_drain.is_none() && s.kernel.at_release.is_none() {
+                continue;
+            }
+            for port in self.settings.ports_of(container) {
+                let on = |map: &Option<BTreeMap<u16, u32>>| {
+                    map.as_ref()
+                        .and_then(|m| m.get(&port).copied())
+                        .unwrap_or(0)
+                };
+                out.push(PortConnections {
+                    container: Some(container.clone()),
+                    port,
+                    at_drain: on(&s.kernel.at_drain),
+                    at_release: on(&s.kernel.at_release),
+                });
+            }
+        }
+        out
     }
 
     /// An application's outcome in the report: still running means it timed out when its
@@ -801,6 +1021,7 @@ impl State {
                 released: p.released.map(at),
                 hooks: 0,
                 resumed_at: Some(now),
+                kernel: KernelRecord::default(),
             };
             state.shutdowns.insert(p.container, shutdown);
         }
@@ -835,7 +1056,16 @@ impl State {
     }
 }
 
-/// The deregister rule for a container with or without a connected application.
+/// Established connections on `ports`, from the view's per-port counts.
+fn established_on(established: &BTreeMap<u16, u32>, ports: &[u16]) -> BTreeMap<u16, u32> {
+    ports
+        .iter()
+        .map(|p| (*p, established.get(p).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// The deregister rule for a container whose traffic is seen (an application connected,
+/// or the kernel view of its ports) or not.
 fn rule(s: &Settings, connected: bool) -> Rule {
     match s.drain_mode {
         DrainMode::Auto if connected => Rule::Adaptive {

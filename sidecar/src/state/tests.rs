@@ -492,3 +492,160 @@ fn a_probes_shorter_grace_period_bounds_that_containers_shutdown() {
         "never longer than the pod's grace period"
     );
 }
+
+/// Settings of a pod whose container `web` declares port 8080 (no SDK), with the kernel
+/// view working.
+fn kernel_state() -> State {
+    let mut settings = test_settings();
+    settings.ports = vec![lameduck_proto::ContainerPorts {
+        container: "web".into(),
+        ports: vec![8080],
+    }];
+    let mut state = State::new(settings);
+    state.set_kernel_available(true);
+    state
+}
+
+/// One sample in which `web` saw `new` connections and was (not) listening, with
+/// `established` connections on 8080 and `out_rsts` resets sent so far.
+fn sample(
+    state: &mut State,
+    at: Instant,
+    new: u64,
+    listening: bool,
+    established: u32,
+    out_rsts: u64,
+) -> bool {
+    let mut traffic = crate::kernel::view::ContainerTraffic {
+        new_connections: new,
+        listening,
+        ..Default::default()
+    };
+    traffic.established.insert(8080, established);
+    let observation = Observation {
+        containers: [("web".to_owned(), traffic)].into(),
+        baseline: false,
+        table: true,
+    };
+    let counters = TcpCounters {
+        out_rsts,
+        app_aborts: Some(0),
+        ..TcpCounters::default()
+    };
+    state.kernel_sample(&observation, Some(counters), at)
+}
+
+#[test]
+fn a_container_without_an_sdk_ends_its_phase_when_the_kernel_sees_no_new_connection() {
+    let mut state = kernel_state();
+    assert!(!state.kernel_wanted(), "nothing to sample at idle");
+    let t0 = begin(&mut state, "web");
+    assert!(state.kernel_wanted());
+    // Adaptive, not the fixed 5 s delay: the planned end is maxDelay.
+    assert_eq!(state.planned_end("web"), Some(t0 + 14 * S));
+    assert_eq!(state.deregister_end("web"), Some(t0 + S));
+    assert!(sample(&mut state, t0 + 800 * MS, 2, true, 3, 0));
+    assert_eq!(state.deregister_end("web"), Some(t0 + 1800 * MS));
+    assert!(!sample(&mut state, t0 + 900 * MS, 0, true, 3, 0));
+    assert_eq!(state.deregister_end("web"), Some(t0 + 1800 * MS));
+    assert!(state.start_drain("web", t0 + 1800 * MS));
+    // Traffic after the phase is no deregister lag.
+    sample(&mut state, t0 + 1900 * MS, 1, true, 2, 0);
+    assert_eq!(state.release("web", false), Some(Outcome::NoApp));
+    state.mark_released("web", t0 + 1900 * MS);
+    assert!(state.kernel_wanted(), "the listener is still open");
+    sample(&mut state, t0 + 2500 * MS, 0, true, 1, 4);
+    // The listener closes: resets from the sample before on are the window's.
+    assert!(sample(&mut state, t0 + 2600 * MS, 0, false, 0, 5));
+    assert!(!state.kernel_wanted());
+    let report = state.report_with(Some(TcpCounters {
+        out_rsts: 12,
+        app_aborts: Some(2),
+        ..TcpCounters::default()
+    }));
+    assert_eq!(report.last_accept_ms, Some(800));
+    assert_eq!(report.phases_ms.deregister, Some(1800));
+    assert_eq!(report.refused, Some(6), "12 − 4 sent, less 2 aborts");
+    assert_eq!(
+        report.connections,
+        vec![PortConnections {
+            container: Some("web".into()),
+            port: 8080,
+            // The first table after the drain started.
+            at_drain: 2,
+            at_release: 1,
+        }]
+    );
+    assert_eq!(state.report().refused, None, "no counters, no figure");
+}
+
+#[test]
+fn an_sdk_and_the_kernel_both_keep_the_phase_open() {
+    let mut state = kernel_state();
+    let web = state.register("web", 7);
+    let t0 = begin(&mut state, "web");
+    state.activity(web, 10, t0);
+    state.activity(web, 11, t0 + 500 * MS);
+    assert_eq!(state.deregister_end("web"), Some(t0 + 1500 * MS));
+    // The SDK saw nothing more, the kernel saw a connection (a probe-less client that the
+    // middleware does not count, say): the phase stays open.
+    sample(&mut state, t0 + 1200 * MS, 1, true, 0, 0);
+    assert!(state.deregister_end("web") >= Some(t0 + 2200 * MS));
+}
+
+#[test]
+fn without_the_kernel_view_a_container_without_an_sdk_keeps_the_fixed_delay() {
+    let mut settings = test_settings();
+    settings.ports = vec![lameduck_proto::ContainerPorts {
+        container: "web".into(),
+        ports: vec![8080],
+    }];
+    let mut state = State::new(settings);
+    state.set_kernel_available(false);
+    let t0 = begin(&mut state, "web");
+    assert_eq!(state.deregister_end("web"), Some(t0 + 5 * S));
+    assert!(!state.kernel_wanted());
+    assert_eq!(state.report_with(None).refused, None);
+    assert!(state.report_with(None).connections.is_empty());
+}
+
+#[test]
+fn a_blind_kernel_view_holds_the_phase_to_its_planned_end() {
+    let mut state = kernel_state();
+    let t0 = begin(&mut state, "web");
+    for i in 1..=140 {
+        state.kernel_blind(t0 + i * 100 * MS);
+    }
+    assert_eq!(state.deregister_end("web"), Some(t0 + 14 * S));
+}
+
+#[test]
+fn a_container_never_seen_listening_lets_go_at_its_release() {
+    let mut state = kernel_state();
+    let t0 = begin(&mut state, "web");
+    sample(&mut state, t0 + 100 * MS, 0, false, 0, 3);
+    assert!(state.start_drain("web", t0 + S));
+    state.mark_released("web", t0 + S);
+    assert!(!state.kernel_wanted());
+    let report = state.report_with(Some(TcpCounters {
+        out_rsts: 4,
+        app_aborts: Some(0),
+        ..TcpCounters::default()
+    }));
+    assert_eq!(report.refused, Some(1));
+}
+
+#[test]
+fn a_listener_never_seen_closing_stops_the_sampling_after_the_grace_period() {
+    let mut state = kernel_state();
+    let t0 = begin(&mut state, "web");
+    sample(&mut state, t0 + 100 * MS, 0, true, 0, 0);
+    assert!(state.start_drain("web", t0 + S));
+    state.mark_released("web", t0 + S);
+    // The container restarted between two samples: its port never looked closed.
+    sample(&mut state, t0 + 10 * S, 0, true, 0, 0);
+    assert!(state.kernel_wanted());
+    // Deadline T0 + 28 s, and the 2 s reserve: the kubelet killed the old process by then.
+    sample(&mut state, t0 + 30 * S, 0, true, 0, 0);
+    assert!(!state.kernel_wanted(), "sampling forever at idle");
+}

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use lameduck_proto::TerminationReport;
 
+pub mod netns;
+
 /// The sidecar binary cargo built for these tests.
 pub fn sidecar_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lameduck-sidecar"))
@@ -65,15 +67,32 @@ pub struct Sidecar {
     args: Vec<String>,
     /// How many times the container was started (log files are kept per run).
     runs: usize,
+    /// Where and how it runs: a command it is started under (`ip netns exec …`) and the
+    /// environment the webhook would give it.
+    launch: Launch,
+}
+
+/// A command prefix and environment for the sidecar's process.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// The command the sidecar runs under, e.g. `ip netns exec <ns>`.
+    pub wrap: Vec<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Sidecar {
     /// Starts `serve` with `args` added and waits for `probe` to succeed.
     pub fn start(grace_seconds: u64, args: &[&str]) -> Sidecar {
+        Sidecar::start_with(grace_seconds, args, Launch::default())
+    }
+
+    /// [`Sidecar::start`] under `launch`.
+    pub fn start_with(grace_seconds: u64, args: &[&str], launch: Launch) -> Sidecar {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut all = vec!["--grace-seconds".to_owned(), grace_seconds.to_string()];
         all.extend(args.iter().map(|a| (*a).to_owned()));
-        let child = spawn_sidecar(dir.path(), &all, 1);
+        let child = spawn_sidecar(dir.path(), &all, 1, &launch);
         let mut sidecar = Sidecar {
             dir,
             child,
@@ -81,6 +100,7 @@ impl Sidecar {
             started_to_ready: Duration::ZERO,
             args: all,
             runs: 1,
+            launch,
         };
         sidecar.wait_ready();
         sidecar
@@ -96,7 +116,7 @@ impl Sidecar {
     /// the container again, same volume, and wait for its startup probe.
     pub fn restart(&mut self) {
         self.runs += 1;
-        self.child = spawn_sidecar(self.dir.path(), &self.args, self.runs);
+        self.child = spawn_sidecar(self.dir.path(), &self.args, self.runs, &self.launch);
         self.wait_ready();
     }
 
@@ -185,8 +205,17 @@ fn sidecar_log(run: usize) -> String {
     }
 }
 
-fn spawn_sidecar(dir: &Path, args: &[String], run: usize) -> Child {
-    Command::new(sidecar_bin())
+fn spawn_sidecar(dir: &Path, args: &[String], run: usize, launch: &Launch) -> Child {
+    let mut command = match launch.wrap.split_first() {
+        Some((program, wrap)) => {
+            let mut command = Command::new(program);
+            command.args(wrap).arg(sidecar_bin());
+            command
+        }
+        None => Command::new(sidecar_bin()),
+    };
+    command
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--dir")
         .arg(dir)
@@ -248,10 +277,31 @@ pub fn exec_prestop_with(
     fallback_millis: u64,
     extra: &[&str],
 ) -> Hook {
+    exec_prestop_in(&Launch::default(), dir, container, fallback_millis, extra)
+}
+
+/// [`exec_prestop_with`] under `launch` (in the app container's namespaces, with its
+/// environment).
+pub fn exec_prestop_in(
+    launch: &Launch,
+    dir: &Path,
+    container: &str,
+    fallback_millis: u64,
+    extra: &[&str],
+) -> Hook {
     static HOOKS: AtomicU64 = AtomicU64::new(0);
     let n = HOOKS.fetch_add(1, Ordering::Relaxed);
     let log = dir.join(format!("prestop-{container}-{n}.log"));
-    let child = Command::new(sidecar_bin())
+    let mut command = match launch.wrap.split_first() {
+        Some((program, wrap)) => {
+            let mut command = Command::new(program);
+            command.args(wrap).arg(sidecar_bin());
+            command
+        }
+        None => Command::new(sidecar_bin()),
+    };
+    let child = command
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .args(["prestop", "--container", container, "--dir"])
         .arg(dir)
         .arg("--fallback-delay-millis")
