@@ -743,10 +743,12 @@ impl State {
     /// progress, or has not yet let go of its connections.
     pub fn kernel_wanted(&self) -> bool {
         self.kernel.available
-            && self
-                .shutdowns
-                .values()
-                .any(|s| s.released.is_none() || s.kernel.let_go.is_none())
+            && self.shutdowns.values().any(|s| {
+                s.released.is_none()
+                    || s.kernel
+                        .let_go
+                        .is_none_or(|(_, counters)| counters.is_none())
+            })
     }
 
     /// Whether the next sample must read the socket table whatever the counters say: a
@@ -771,6 +773,16 @@ impl State {
     ) -> bool {
         self.kernel.before_last = self.kernel.last.or(counters);
         self.kernel.last = counters;
+        // A container that let go before any sample (a hook released at once: a 0 s phase)
+        // counts its refusals from the first counters read after it; a little late, so the
+        // figure can only be low, never high.
+        if let Some(c) = counters {
+            for s in self.shutdowns.values_mut() {
+                if let Some((_, from @ None)) = &mut s.kernel.let_go {
+                    *from = Some(c);
+                }
+            }
+        }
         let mut changed = false;
         for (container, traffic) in &observation.containers {
             if observation.table {

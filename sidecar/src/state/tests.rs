@@ -635,6 +635,37 @@ fn a_container_never_seen_listening_lets_go_at_its_release() {
     assert_eq!(report.refused, Some(1));
 }
 
+/// A 0 s phase: the hook is released before the poller took any sample. The refusals
+/// count from the first counters read after the release, and the sampling goes on until
+/// it has them.
+#[test]
+fn a_container_released_before_any_sample_counts_from_the_first_sample() {
+    let mut settings = test_settings();
+    settings.ports = vec![lameduck_proto::ContainerPorts {
+        container: "web".into(),
+        ports: vec![8080],
+    }];
+    settings.drain_mode = DrainMode::Delay;
+    settings.delay = Duration::ZERO;
+    let mut state = State::new(settings);
+    state.set_kernel_available(true);
+    let t0 = begin(&mut state, "web");
+    assert!(state.start_drain("web", t0));
+    state.mark_released("web", t0);
+    assert!(
+        state.kernel_wanted(),
+        "no counters yet for the refusal window"
+    );
+    sample(&mut state, t0 + 90 * MS, 0, false, 0, 7);
+    assert!(!state.kernel_wanted());
+    let report = state.report_with(Some(TcpCounters {
+        out_rsts: 10,
+        app_aborts: Some(0),
+        ..TcpCounters::default()
+    }));
+    assert_eq!(report.refused, Some(3), "10 − 7 since the first sample");
+}
+
 #[test]
 fn a_listener_never_seen_closing_stops_the_sampling_after_the_grace_period() {
     let mut state = kernel_state();
