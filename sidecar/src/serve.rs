@@ -190,7 +190,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         }
     }
     let counters = crate::kernel::read_counters(&proc_net);
-    let report = shared.read(|s| s.report_with(counters));
+    let report = shared.read(|s| s.report_with(counters, std::time::Instant::now()));
     let json = report.to_bounded_json(report_max_bytes);
     info!(report = %json, "stopping; writing the termination report");
     if let Err(e) = std::fs::write(&termination_log, &json) {

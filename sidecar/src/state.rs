@@ -852,11 +852,16 @@ impl State {
     /// shutdown not followed by a restart), and the restart records.
     #[cfg(test)]
     pub fn report(&self) -> TerminationReport {
-        self.report_with(None)
+        self.report_with(None, Instant::now())
     }
 
-    /// [`State::report`] with the TCP counters read now, from which `refused` is measured.
-    pub fn report_with(&self, counters_now: Option<TcpCounters>) -> TerminationReport {
+    /// [`State::report`] with the TCP counters read at `now`, from which `refused` is
+    /// measured.
+    pub fn report_with(
+        &self,
+        counters_now: Option<TcpCounters>,
+        now: Instant,
+    ) -> TerminationReport {
         let grace_seconds = self.settings.grace.as_secs();
         let restarts: Vec<RestartReport> = self.restarts.iter().cloned().collect();
         let shutdowns: Vec<&Shutdown> = self.shutdowns.values().collect();
@@ -911,21 +916,42 @@ impl State {
             apps_omitted: 0,
             restarts,
             restarts_omitted: self.restarts_omitted,
-            refused: self.refused(&shutdowns, counters_now),
+            refused: self.refused(&shutdowns, counters_now, now),
             connections: self.connections(),
         }
     }
 
-    /// Resets the pod sent after its first container let go, until now, less those its
-    /// applications caused by aborting their own connections (docs/protocol.md §7).
-    fn refused(&self, shutdowns: &[&Shutdown], now: Option<TcpCounters>) -> Option<u64> {
-        let now = now?;
-        let (_, from) = shutdowns
+    /// Resets the pod sent after its first container let go, until `now`, less those its
+    /// applications caused by aborting their own connections, and less the kubelet's
+    /// probes that may have met a closed port in that window (docs/protocol.md §7): a
+    /// lower bound, never a figure a probe alone can raise.
+    fn refused(
+        &self,
+        shutdowns: &[&Shutdown],
+        counters_now: Option<TcpCounters>,
+        now: Instant,
+    ) -> Option<u64> {
+        let counters_now = counters_now?;
+        let (at, from) = shutdowns
             .iter()
-            .filter_map(|s| s.kernel.let_go)
-            .filter(|(_, counters)| counters.is_some())
+            .filter_map(|s| match s.kernel.let_go {
+                Some((at, Some(counters))) => Some((at, counters)),
+                // Released, its listener's close not sampled yet: the app exits right after
+                // its hook and the sidecar is stopped right after the app, often within one
+                // sampling interval. The window starts at the last sample, when it still
+                // listened.
+                None => s.released.zip(self.kernel.last),
+                Some((_, None)) => None,
+            })
             .min_by_key(|(at, _)| *at)?;
-        Some(now.resets_since(&from?))
+        let window = now.saturating_duration_since(at);
+        let probes: u64 = self
+            .settings
+            .probes
+            .iter()
+            .map(|p| window.as_millis() as u64 / p.period_millis.max(1) + 1)
+            .sum();
+        Some(counters_now.resets_since(&from).saturating_sub(probes))
     }
 
     /// Per declared port of each container that shut down, its connections at drain and

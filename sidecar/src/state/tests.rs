@@ -558,11 +558,14 @@ fn a_container_without_an_sdk_ends_its_phase_when_the_kernel_sees_no_new_connect
     // The listener closes: resets from the sample before on are the window's.
     assert!(sample(&mut state, t0 + 2600 * MS, 0, false, 0, 5));
     assert!(!state.kernel_wanted());
-    let report = state.report_with(Some(TcpCounters {
-        out_rsts: 12,
-        app_aborts: Some(2),
-        ..TcpCounters::default()
-    }));
+    let report = state.report_with(
+        Some(TcpCounters {
+            out_rsts: 12,
+            app_aborts: Some(2),
+            ..TcpCounters::default()
+        }),
+        t0 + 3 * S,
+    );
     assert_eq!(report.last_accept_ms, Some(800));
     assert_eq!(report.phases_ms.deregister, Some(1800));
     assert_eq!(report.refused, Some(6), "12 − 4 sent, less 2 aborts");
@@ -605,8 +608,13 @@ fn without_the_kernel_view_a_container_without_an_sdk_keeps_the_fixed_delay() {
     let t0 = begin(&mut state, "web");
     assert_eq!(state.deregister_end("web"), Some(t0 + 5 * S));
     assert!(!state.kernel_wanted());
-    assert_eq!(state.report_with(None).refused, None);
-    assert!(state.report_with(None).connections.is_empty());
+    assert_eq!(state.report_with(None, Instant::now()).refused, None);
+    assert!(
+        state
+            .report_with(None, Instant::now())
+            .connections
+            .is_empty()
+    );
 }
 
 #[test]
@@ -627,11 +635,14 @@ fn a_container_never_seen_listening_lets_go_at_its_release() {
     assert!(state.start_drain("web", t0 + S));
     state.mark_released("web", t0 + S);
     assert!(!state.kernel_wanted());
-    let report = state.report_with(Some(TcpCounters {
-        out_rsts: 4,
-        app_aborts: Some(0),
-        ..TcpCounters::default()
-    }));
+    let report = state.report_with(
+        Some(TcpCounters {
+            out_rsts: 4,
+            app_aborts: Some(0),
+            ..TcpCounters::default()
+        }),
+        t0 + 3 * S,
+    );
     assert_eq!(report.refused, Some(1));
 }
 
@@ -658,11 +669,14 @@ fn a_container_released_before_any_sample_counts_from_the_first_sample() {
     );
     sample(&mut state, t0 + 90 * MS, 0, false, 0, 7);
     assert!(!state.kernel_wanted());
-    let report = state.report_with(Some(TcpCounters {
-        out_rsts: 10,
-        app_aborts: Some(0),
-        ..TcpCounters::default()
-    }));
+    let report = state.report_with(
+        Some(TcpCounters {
+            out_rsts: 10,
+            app_aborts: Some(0),
+            ..TcpCounters::default()
+        }),
+        t0 + 3 * S,
+    );
     assert_eq!(report.refused, Some(3), "10 − 7 since the first sample");
 }
 
@@ -679,4 +693,60 @@ fn a_listener_never_seen_closing_stops_the_sampling_after_the_grace_period() {
     // Deadline T0 + 28 s, and the 2 s reserve: the kubelet killed the old process by then.
     sample(&mut state, t0 + 30 * S, 0, true, 0, 0);
     assert!(!state.kernel_wanted(), "sampling forever at idle");
+}
+
+/// The kubelet keeps probing a terminating pod: a probe that meets the closed listener is
+/// answered with a reset too. Every probe that may have fired in the window is taken off,
+/// so probes alone never make a refusal.
+#[test]
+fn probes_that_meet_the_closed_listener_are_not_refusals() {
+    let mut settings = test_settings();
+    settings.ports = vec![lameduck_proto::ContainerPorts {
+        container: "web".into(),
+        ports: vec![8080],
+    }];
+    settings.probes = vec![lameduck_proto::ProbePort {
+        port: 8080,
+        period_millis: 1000,
+    }];
+    let mut state = State::new(settings);
+    state.set_kernel_available(true);
+    let t0 = begin(&mut state, "web");
+    sample(&mut state, t0 + 100 * MS, 0, true, 0, 0);
+    assert!(state.start_drain("web", t0 + S));
+    state.mark_released("web", t0 + S);
+    // The listener closes at 1.2 s (the window starts at the sample before, 1.1 s).
+    sample(&mut state, t0 + 1100 * MS, 0, true, 0, 10);
+    sample(&mut state, t0 + 1200 * MS, 0, false, 0, 10);
+    let counters = |out_rsts| {
+        Some(TcpCounters {
+            out_rsts,
+            app_aborts: Some(0),
+            ..TcpCounters::default()
+        })
+    };
+    // 2.5 s of window, one probe a second: up to 3 probes.
+    let at = t0 + 3600 * MS;
+    assert_eq!(state.report_with(counters(13), at).refused, Some(0), "three probes");
+    assert_eq!(state.report_with(counters(15), at).refused, Some(2));
+}
+
+/// The app exits right after its hook and the sidecar is stopped right after it, before a
+/// sample saw the listener close: the window starts at the last sample, when it listened.
+#[test]
+fn a_close_not_sampled_before_the_report_counts_from_the_last_sample() {
+    let mut state = kernel_state();
+    let t0 = begin(&mut state, "web");
+    sample(&mut state, t0 + 900 * MS, 0, true, 0, 4);
+    assert!(state.start_drain("web", t0 + S));
+    state.mark_released("web", t0 + S);
+    let report = state.report_with(
+        Some(TcpCounters {
+            out_rsts: 9,
+            app_aborts: Some(0),
+            ..TcpCounters::default()
+        }),
+        t0 + 1050 * MS,
+    );
+    assert_eq!(report.refused, Some(5));
 }
