@@ -727,7 +727,11 @@ fn probes_that_meet_the_closed_listener_are_not_refusals() {
     };
     // 2.5 s of window, one probe a second: up to 3 probes.
     let at = t0 + 3600 * MS;
-    assert_eq!(state.report_with(counters(13), at).refused, Some(0), "three probes");
+    assert_eq!(
+        state.report_with(counters(13), at).refused,
+        Some(0),
+        "three probes"
+    );
     assert_eq!(state.report_with(counters(15), at).refused, Some(2));
 }
 
