@@ -34,8 +34,8 @@ help: ## list the targets by area
 
 # The build and test toolchain only; the cluster's packages and binaries are cluster-deps.
 .PHONY: deps
-deps: ## check the Rust and Go toolchains, add clippy and rustfmt (idempotent)
-	@$(ROOT)/hack/toolchain-deps.sh
+deps: ## check the Rust and Go toolchains, add clippy and rustfmt; iproute2 for the network-namespace tests (idempotent)
+	@$(ROOT)/hack/toolchain-deps.sh iproute2 util-linux python3
 
 ##@ Build
 
