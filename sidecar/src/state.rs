@@ -923,8 +923,8 @@ impl State {
 
     /// Resets the pod sent after its first container let go, until `now`, less those its
     /// applications caused by aborting their own connections, and less the kubelet's
-    /// probes that may have met a closed port in that window (docs/protocol.md §7): a
-    /// lower bound, never a figure a probe alone can raise.
+    /// probes that may have met a closed port in a window of a probe period or more
+    /// (docs/protocol.md §7).
     fn refused(
         &self,
         shutdowns: &[&Shutdown],
@@ -944,12 +944,24 @@ impl State {
                 Some((_, None)) => None,
             })
             .min_by_key(|(at, _)| *at)?;
-        let window = now.saturating_duration_since(at);
+        let window = now.saturating_duration_since(at).as_millis() as u64;
+        // A window of at least one period may hold up to window/period + 1 of a probe's
+        // firings: all of them are taken off (an SDK app cleaning up for seconds while the
+        // readiness probe meets its closed listener counts 0). A shorter window (the usual
+        // one without an SDK: the server exits right after closing) takes off nothing, so
+        // that every refused client counts; it may hold one probe.
         let probes: u64 = self
             .settings
             .probes
             .iter()
-            .map(|p| window.as_millis() as u64 / p.period_millis.max(1) + 1)
+            .map(|p| {
+                let period = p.period_millis.max(1);
+                if window >= period {
+                    window / period + 1
+                } else {
+                    0
+                }
+            })
             .sum();
         Some(counters_now.resets_since(&from).saturating_sub(probes))
     }

@@ -725,7 +725,8 @@ fn probes_that_meet_the_closed_listener_are_not_refusals() {
             ..TcpCounters::default()
         })
     };
-    // 2.5 s of window, one probe a second: up to 3 probes.
+    // 2.5 s of window, one probe a second: up to 3 probes. A window shorter than a period
+    // takes off nothing.
     let at = t0 + 3600 * MS;
     assert_eq!(
         state.report_with(counters(13), at).refused,
@@ -733,6 +734,10 @@ fn probes_that_meet_the_closed_listener_are_not_refusals() {
         "three probes"
     );
     assert_eq!(state.report_with(counters(15), at).refused, Some(2));
+    assert_eq!(
+        state.report_with(counters(15), t0 + 1900 * MS).refused,
+        Some(5)
+    );
 }
 
 /// The app exits right after its hook and the sidecar is stopped right after it, before a
