@@ -1200,9 +1200,10 @@ async fn t9_helm_uninstall_keeps_crds_and_injected_pods() {
 /// An unmodified third-party server (Caddy, built from its Go module, no SDK) with the
 /// annotation only: the sidecar reads the pod's connections from the kernel, waits until
 /// they stop arriving, and only then lets SIGTERM through; the load comes from pods, a new
-/// connection per request. Next to it, the same server without lameduck, and with lameduck
-/// but a deregister phase forced to 0 s: the refused connections that one causes must show
-/// in lameduck's own count (the measurement can see harm), and be 0 with the real phase.
+/// connection per request. Next to it, the same server without lameduck; and, to show the
+/// measurement can see harm, an SDK service with its deregister phase forced to 0 s: it
+/// closes its listener at once while kube-proxy still sends it clients, and lameduck's own
+/// count must show those refusals.
 #[tokio::test]
 async fn t14_unmodified_server_annotation_only() {
     installed().await;
@@ -1239,8 +1240,23 @@ async fn t14_unmodified_server_annotation_only() {
         };
         let variants = [("plain", false), ("lameduck", true), ("short", true)];
         let mut ips = BTreeMap::new();
+        // The forced-short variant must still be there when the refused clients come: the
+        // sidecar counts until the pod's last app container exits, and Caddy exits at
+        // once. The Rust example closes its listener at `drain` and cleans up for 3 s.
+        let short = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "short", "annotations": {"lameduck.dev/inject": "true"}},
+               "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": "short"}},
+                        "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                        "template": {"metadata": {"labels": {"app": "short"}},
+                                     "spec": {"terminationGracePeriodSeconds": 30,
+                                              "containers": [{"name": "web", "image": rust_web(),
+                                                              "env": [{"name": "CLEANUP_MILLIS", "value": "3000"}],
+                                                              "ports": [{"containerPort": 8080}],
+                                                              "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                                                                                 "periodSeconds": 1}}]}}}});
         for (name, inject) in variants {
-            apply(&ns, &caddy(name, inject))?;
+            let manifest = if name == "short" { short.clone() } else { caddy(name, inject) };
+            apply(&ns, &manifest)?;
             apply(
                 &ns,
                 &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
@@ -1281,7 +1297,7 @@ async fn t14_unmodified_server_annotation_only() {
         summary(
             "unmodified server",
             &format!(
-                "Caddy, {REPLICAS} replicas each, 40 req/s from pods, a connection per request; plain: {} of {} failed {}; lameduck (annotation only): {} of {} failed {}, lameduck's refused count {:?}, deregister p50 {:?}; forced 0 s phase: {} of {} failed {}, lameduck's refused count {:?}",
+                "Caddy, {REPLICAS} replicas each, 40 req/s from pods, a connection per request; plain: {} of {} failed {}; lameduck (annotation only): {} of {} failed {}, lameduck's refused count {:?}, deregister p50 {:?}; the Rust example with a forced 0 s phase and a 3 s cleanup: {} of {} failed {}, lameduck's refused count {:?}",
                 g("plain", "failed"), g("plain", "requests"), g("plain", "failures_by_kind"),
                 g("lameduck", "failed"), g("lameduck", "requests"), g("lameduck", "failures_by_kind"),
                 refused(&lameduck), lameduck["status"]["phases"]["deregister"]["p50"],
