@@ -235,21 +235,12 @@ sleep 2 # let the watch write the last events
 kubectl get sdp -n "$NS" -o json >"$OUT/sdp.json"
 # The records are on the nodes that ran the service: a pod on each counts them there.
 nodes=$(python3 - "$OUT/pods.watch.json" <<'EOF'
-import json, sys
-text, dec, i, nodes = open(sys.argv[1]).read(), json.JSONDecoder(), 0, set()
-while True:
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    try:
-        ev, i = dec.raw_decode(text, i)
-    except json.JSONDecodeError:
-        break
-    obj = ev.get("object", ev)
-    if "app" in obj.get("metadata", {}).get("labels", {}) and obj.get("spec", {}).get("nodeName"):
-        nodes.add(obj["spec"]["nodeName"])
-print(" ".join(sorted(nodes)))
+import sys
+sys.path.insert(0, "hack/demo")
+from report import read_watch
+pods = read_watch(sys.argv[1]).values()
+print(" ".join(sorted({p["spec"]["nodeName"] for p in pods
+                       if "app" in p["metadata"].get("labels", {}) and p.get("spec", {}).get("nodeName")})))
 EOF
 )
 [[ -n $nodes ]] || die "no node ran the variants' pods (pod watch in $OUT/pods.watch.json)"
