@@ -305,7 +305,8 @@ pub struct DrainSpec {
     pub delay_seconds: u32,
     /// The adaptive deregister phase lasts at least this long, in seconds. The operator
     /// raises it to the deregister lag it learned for the workload
-    /// (`status.recommendation.deregisterDelayMillis`), never lowers it.
+    /// (`status.recommendation.deregisterDelayMillis`), never lowers it. Until it has
+    /// learned one, the phase lasts at least delaySeconds.
     #[x_kube(validation = Rule::new("self <= 600").message("drain.minDelaySeconds must be at most 600 seconds"))]
     #[serde(default = "drain_defaults::min_delay_seconds")]
     pub min_delay_seconds: u32,

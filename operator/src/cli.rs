@@ -95,7 +95,8 @@ pub struct InjectionArgs {
     /// Default fixed deregister delay (no SDK).
     #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_DELAY", default_value_t = DRAIN_DEFAULTS.delay.into())]
     pub default_drain_delay: humantime::Duration,
-    /// Default minimum adaptive deregister delay.
+    /// Default minimum adaptive deregister delay. A workload without a ShutdownPolicy has
+    /// learned nothing, so its pods wait at least the fixed delay.
     #[arg(long, env = "LAMEDUCK_DEFAULT_DRAIN_MIN_DELAY", default_value_t = DRAIN_DEFAULTS.min_delay.into())]
     pub default_drain_min_delay: humantime::Duration,
     /// Default quiet period that ends the adaptive deregister phase.
@@ -152,7 +153,9 @@ impl InjectionArgs {
                 max_delay_millis: millis(default_drain_max_delay),
                 http,
                 budget_millis: None,
-            },
+            }
+            // Only workloads without a ShutdownPolicy use these: nothing is learned.
+            .unlearned(),
         })
     }
 }
@@ -317,13 +320,14 @@ mod tests {
     }
 
     #[test]
-    fn without_flags_the_drain_settings_are_the_shared_defaults() {
+    fn without_flags_the_drain_settings_are_the_shared_defaults_unlearned() {
         let cli = Cli::try_parse_from(["lameduck-operator", "inject"]).expect("parses");
         let Command::Inject(args) = cli.command else {
             panic!("inject")
         };
         let config = args.injection.config().expect("config");
-        assert_eq!(config.default_drain, DrainSettings::default());
+        assert_eq!(config.default_drain, DrainSettings::default().unlearned());
+        assert_eq!(config.default_drain.min_delay_millis, 5_000);
     }
 
     #[test]

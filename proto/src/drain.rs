@@ -149,6 +149,26 @@ impl Default for DrainSettings {
     }
 }
 
+impl DrainSettings {
+    /// The settings for pods of a workload whose deregister lag is not learned yet: the
+    /// adaptive phase waits at least the fixed `delay` (capped by `max_delay`), as the
+    /// fixed mode would.
+    ///
+    /// Why: what ends the adaptive phase is arrivals, and a client on kept-alive
+    /// connections makes none on most pods. Without a learned lag the phase would then
+    /// end at `min_delay` (1 s), before kube-proxy and the load balancers have dropped
+    /// the pod (their propagation is often longer on a busy node), and a client that
+    /// re-dials is refused. Once the policy has learned the workload's lag
+    /// (`recommendation.deregisterDelayMillis`), that replaces this floor.
+    pub fn unlearned(mut self) -> Self {
+        self.min_delay_millis = self
+            .min_delay_millis
+            .max(self.delay_millis)
+            .min(self.max_delay_millis);
+        self
+    }
+}
+
 /// A duration in whole milliseconds, saturating (the environment carries milliseconds).
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -185,5 +205,20 @@ mod tests {
             ),
             (5_000, 1_000, 1_000, 15_000)
         );
+    }
+
+    #[test]
+    fn an_unlearned_workload_waits_at_least_the_fixed_delay_within_the_maximum() {
+        assert_eq!(DrainSettings::default().unlearned().min_delay_millis, 5_000);
+        let short_cap = DrainSettings {
+            max_delay_millis: 3_000,
+            ..DrainSettings::default()
+        };
+        assert_eq!(short_cap.unlearned().min_delay_millis, 3_000);
+        let long_min = DrainSettings {
+            min_delay_millis: 8_000,
+            ..DrainSettings::default()
+        };
+        assert_eq!(long_min.unlearned().min_delay_millis, 8_000);
     }
 }

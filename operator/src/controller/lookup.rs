@@ -93,28 +93,35 @@ pub fn policy_settings(policy: &ShutdownPolicy, workload_uid: Option<&str>) -> P
         )
         .and_then(|status| status.recommendation);
     let learned = recommendation.and_then(|r| r.deregister_delay_millis);
-    let min_delay_millis =
-        (u64::from(spec.drain.min_delay_seconds) * 1000).max(learned.unwrap_or(0));
+    let max_delay_millis = u64::from(spec.drain.max_delay_seconds) * 1000;
+    let min_delay_millis = (u64::from(spec.drain.min_delay_seconds) * 1000)
+        .max(learned.unwrap_or(0))
+        .min(max_delay_millis);
     // An unreadable action is ignored (no action), as a bad annotation is: the pod is
     // never blocked; the status condition and the admission warning say why.
     let drain_actions = spec.drain.drain_actions();
+    let drain = DrainSettings {
+        mode: spec.drain.mode,
+        delay_millis: u64::from(spec.drain.delay_seconds) * 1000,
+        min_delay_millis,
+        quiet_period_millis: u64::from(spec.drain.quiet_period_millis),
+        max_delay_millis,
+        http: spec.drain.http.as_ref().map(|http| HttpDrain {
+            port: u16::try_from(http.port).unwrap_or(u16::MAX),
+            path: http.path.clone(),
+        }),
+        budget_millis: recommendation.and_then(|r| r.drain_budget_millis),
+    };
     PolicySettings {
         policy_name: policy.metadata.name.clone().unwrap_or_default(),
         update_mode: spec.update_mode,
         recommended_grace_seconds: recommendation
             .and_then(|r| r.grace_period_seconds)
             .map(i64::from),
-        drain: Some(DrainSettings {
-            mode: spec.drain.mode,
-            delay_millis: u64::from(spec.drain.delay_seconds) * 1000,
-            min_delay_millis: min_delay_millis.min(u64::from(spec.drain.max_delay_seconds) * 1000),
-            quiet_period_millis: u64::from(spec.drain.quiet_period_millis),
-            max_delay_millis: u64::from(spec.drain.max_delay_seconds) * 1000,
-            http: spec.drain.http.as_ref().map(|http| HttpDrain {
-                port: u16::try_from(http.port).unwrap_or(u16::MAX),
-                path: http.path.clone(),
-            }),
-            budget_millis: recommendation.and_then(|r| r.drain_budget_millis),
+        drain: Some(if learned.is_some() {
+            drain
+        } else {
+            drain.unlearned()
         }),
         drain_actions: drain_actions.as_ref().ok().cloned().flatten(),
         drain_action_error: drain_actions.err().map(|e| e.to_string()),
@@ -194,7 +201,10 @@ mod tests {
         assert_eq!(settings.policy_name, "deployment-web");
         assert_eq!(settings.grace_override(), None);
         let drain = settings.drain.unwrap();
-        assert_eq!(drain.min_delay_millis, 2_000, "the spec's minDelaySeconds");
+        assert_eq!(
+            drain.min_delay_millis, 5_000,
+            "nothing learned: the spec's delaySeconds"
+        );
         assert_eq!(drain.budget_millis, None);
         let db = WorkloadRef {
             kind: "StatefulSet".into(),

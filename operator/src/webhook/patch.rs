@@ -44,7 +44,8 @@ impl Default for InjectionConfig {
         Self {
             sidecar_image: "lameduck-sidecar:dev".to_owned(),
             image_pull_policy: "IfNotPresent".to_owned(),
-            default_drain: DrainSettings::default(),
+            // As the command line's defaults: a workload without a policy learns nothing.
+            default_drain: DrainSettings::default().unlearned(),
         }
     }
 }
