@@ -922,8 +922,8 @@ impl State {
     }
 
     /// Resets the pod sent after its first container let go, until `now`, less those its
-    /// applications caused by aborting their own connections, and less the kubelet's
-    /// probes that may have met a closed port in a window of a probe period or more
+    /// applications caused by aborting their own connections, and less every firing of
+    /// the kubelet's probes that may have met a closed port in the window
     /// (docs/protocol.md §7).
     fn refused(
         &self,
@@ -945,23 +945,16 @@ impl State {
             })
             .min_by_key(|(at, _)| *at)?;
         let window = now.saturating_duration_since(at).as_millis() as u64;
-        // A window of at least one period may hold up to window/period + 1 of a probe's
-        // firings: all of them are taken off (an SDK app cleaning up for seconds while the
-        // readiness probe meets its closed listener counts 0). A shorter window (the usual
-        // one without an SDK: the server exits right after closing) takes off nothing, so
-        // that every refused client counts; it may hold one probe.
+        // A window may hold up to window/period + 1 of a probe's firings, one in a window
+        // shorter than a period: all of them are taken off, so that probes alone never
+        // make a refusal. A refusal raises the workload's deregister delay and warns; one
+        // probe counted per shutdown did that on every rollout. The price: in a short
+        // window, the first refused client per probe of the port is not counted.
         let probes: u64 = self
             .settings
             .probes
             .iter()
-            .map(|p| {
-                let period = p.period_millis.max(1);
-                if window >= period {
-                    window / period + 1
-                } else {
-                    0
-                }
-            })
+            .map(|p| window / p.period_millis.max(1) + 1)
             .sum();
         Some(counters_now.resets_since(&from).saturating_sub(probes))
     }
