@@ -27,7 +27,9 @@
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
-use lameduck_proto::names::SIDECAR_CONTAINER_NAME;
+use lameduck_proto::DRAIN_DEFAULTS;
+use lameduck_proto::drain::millis;
+use lameduck_proto::names::{self, SIDECAR_CONTAINER_NAME};
 use lameduck_proto::{Outcome, TerminationReport};
 
 use crate::recommend::{PhaseDurations, Sample};
@@ -396,7 +398,11 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         phases.exit = sequence_ms
             .and_then(|released| i64::try_from(released).ok())
             .map(|released| u64::try_from(finished_unix_ms - (t0_unix_ms + released)).unwrap_or(0));
-        deregister_lag_ms = report.last_accept_ms;
+        deregister_lag_ms = measured_lag(
+            report.last_accept_ms,
+            report.phases_ms.deregister,
+            quiet_period_ms(pod),
+        );
         outcome = Some(report.outcome);
         container_restarts = report
             .restarts
@@ -433,9 +439,56 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     })
 }
 
+/// The deregister lag a report measured, if it measured one: the phase ended on a silence
+/// of at least the sidecar's quiet period after the last arrival. A phase cut while
+/// arrivals went on (at its minimum, its planned end or the latest drain start) only says
+/// that the lag was longer than the phase. Taken as the lag, with the margin on top, it
+/// would raise the next pods' minimum by the margin on every rollout up to maxDelay:
+/// requests on kept-alive connections go on arriving until the pod closes them, whatever
+/// the endpoints say, so the phase's own length came back as the lag.
+fn measured_lag(
+    last_accept_ms: Option<u64>,
+    deregister_ms: Option<u64>,
+    quiet_ms: u64,
+) -> Option<u64> {
+    match (last_accept_ms, deregister_ms) {
+        (Some(lag), Some(phase)) if phase.saturating_sub(lag) < quiet_ms => None,
+        (lag, _) => lag,
+    }
+}
+
+/// The quiet period the pod's sidecar ran with (`LAMEDUCK_QUIET_PERIOD_MILLIS`), else the
+/// default.
+fn quiet_period_ms(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == names::ENV_QUIET_PERIOD_MILLIS)
+        .and_then(|e| e.value.as_deref()?.trim().parse().ok())
+        .unwrap_or(millis(DRAIN_DEFAULTS.quiet_period))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_cut_while_traffic_arrived_measures_no_lag() {
+        // Ended on 1 s of silence after the last arrival: the lag.
+        assert_eq!(measured_lag(Some(1640), Some(2641), 1000), Some(1640));
+        // Cut at 5 s with an arrival 20 ms before: only "longer than 5 s".
+        assert_eq!(measured_lag(Some(4980), Some(5000), 1000), None);
+        // No arrival after T0, or a report without the phase: as reported.
+        assert_eq!(measured_lag(None, Some(5000), 1000), None);
+        assert_eq!(measured_lag(Some(800), None, 1000), Some(800));
+        // The fixture's sidecar ran with the default quiet period.
+        assert_eq!(quiet_period_ms(&fixture("acked")), 1000);
+        assert_eq!(quiet_period_ms(&Pod::default()), 1000);
+    }
 
     fn fixture(name: &str) -> Pod {
         let path = format!(
