@@ -277,9 +277,18 @@ rotateCertificates: false
 serverTLSBootstrap: false
 maxPods: 110
 EOF_KUBELET
-start_daemon kubelet "$K8S_BIN/kubelet" \
-  --config "$CONF/kubelet.yaml" --kubeconfig "$CONF/kubelet.kubeconfig" \
-  --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+# containerd's CRI plugin answers "server is not initialized yet" until it has recovered its
+# state (longer with the containers of an earlier run on disk), and the kubelet exits on
+# that at once. It is started again until it stays up.
+for attempt in 1 2 3 4 5; do
+  start_daemon kubelet "$K8S_BIN/kubelet" \
+    --config "$CONF/kubelet.yaml" --kubeconfig "$CONF/kubelet.kubeconfig" \
+    --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+  sleep 2
+  pid_alive kubelet && break
+  log "kubelet exited during start-up (attempt $attempt of 5): $(grep -o 'err="[^"]*' "$LOGS/kubelet.log" | tail -n 1 | cut -c1-160)"
+done
+check_alive kubelet
 
 cat >"$CONF/kube-proxy.yaml" <<EOF_PROXY
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
