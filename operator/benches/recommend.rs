@@ -36,6 +36,7 @@ fn samples() -> Vec<Sample> {
                     exit: Some(100),
                 },
                 refused: None,
+                open_at_release: 0,
             }
         })
         .collect()

@@ -174,6 +174,8 @@ pub struct Observation {
     pub container_restarts_omitted: u64,
     /// Connections refused after the listeners closed, when the report measured them.
     pub refused: Option<u64>,
+    /// Connections still open when the hooks were released (the report's `connections`).
+    pub open_at_release: u64,
     /// Why parts of the observation are missing (no report, unreadable report, …).
     pub warnings: Vec<String>,
 }
@@ -234,6 +236,7 @@ impl Observation {
             deregister_lag_ms: self.deregister_lag_ms,
             phases: self.phases,
             refused: self.refused,
+            open_at_release: self.open_at_release,
         })
     }
 }
@@ -387,8 +390,14 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
     let mut container_restarts = Vec::new();
     let mut container_restarts_omitted = 0;
     let mut refused = None;
+    let mut open_at_release = 0;
     if let Some(report) = &report {
         refused = report.refused;
+        open_at_release = report
+            .connections
+            .iter()
+            .map(|c| u64::from(c.at_release))
+            .sum();
         phases.deregister = report.phases_ms.deregister;
         phases.drain = report.phases_ms.drain;
         phases.cleanup = report.phases_ms.cleanup;
@@ -435,6 +444,7 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         container_restarts,
         container_restarts_omitted,
         refused,
+        open_at_release,
         warnings,
     })
 }

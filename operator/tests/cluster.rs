@@ -174,6 +174,7 @@ async fn crd_validates_defaults_prints_and_keeps_the_status() {
                 },
                 // The refusal histogram and a recent refusal go through the schema too.
                 refused: Some(if i == 37 { 5 } else { 0 }),
+                open_at_release: 0,
             },
             &settings,
         );
@@ -289,6 +290,7 @@ fn observation(created_ms: i64, i: i64) -> lameduck_operator::observe::Observati
         container_restarts: vec![],
         container_restarts_omitted: 0,
         refused: Some(0),
+        open_at_release: 0,
         warnings: vec![],
     }
 }

@@ -626,6 +626,7 @@ mod tests {
             container_restarts: vec![],
             container_restarts_omitted: 0,
             refused: None,
+            open_at_release: 0,
             warnings: vec![],
         }
     }

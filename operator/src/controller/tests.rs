@@ -299,6 +299,7 @@ fn observation(i: i64) -> Observation {
         container_restarts: vec![],
         container_restarts_omitted: 0,
         refused: None,
+        open_at_release: 0,
         warnings: vec![],
     }
 }

@@ -162,6 +162,10 @@ pub struct Sample {
     pub phases: PhaseDurations,
     /// Connections refused after the listeners closed, when the report measured them.
     pub refused: Option<u64>,
+    /// Connections the pod's containers still had open when their hooks were released
+    /// (the report's `connections`): after the process exits, data a client sends on
+    /// one of them is answered with a reset that a longer deregister phase cannot avoid.
+    pub open_at_release: u64,
 }
 
 impl Sample {
@@ -423,7 +427,11 @@ impl History {
         if let Some(refused) = sample.refused {
             self.refused
                 .add(refused::count_to_ms(refused), at, half_life);
-            if refused > 0 {
+            // Resets for data on connections the application cut at its exit are not
+            // evidence that the deregister phase was short: at most one per connection
+            // it left open is taken off (a client drops a connection that was reset).
+            let evidence = refused.saturating_sub(sample.open_at_release);
+            if evidence > 0 {
                 remember(
                     &mut self.recent_refusals,
                     RecentRefusal {
@@ -433,7 +441,7 @@ impl History {
                             .deregister
                             .or(sample.deregister_lag_ms)
                             .unwrap_or(0),
-                        refused,
+                        refused: evidence,
                     },
                     |refusal| refusal.at_unix_ms,
                     |refusal| refusal.deregister_millis,

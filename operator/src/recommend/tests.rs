@@ -21,6 +21,7 @@ fn reported(at_unix_ms: i64, sequence_ms: u64) -> Sample {
             ..PhaseDurations::default()
         },
         refused: None,
+        open_at_release: 0,
     }
 }
 
@@ -484,6 +485,7 @@ fn sample_strategy() -> impl Strategy<Value = Sample> {
                 // Measured by some, with refusals now and then (no new random input: the
                 // lag's digits are as good).
                 refused: lag.map(|lag| lag % 3),
+                open_at_release: exit.map_or(0, |exit| exit % 2),
             },
         )
 }
@@ -857,6 +859,33 @@ fn refused_connections_raise_the_deregister_delay_at_once() {
     // Per-shutdown counts: the shutdowns that measured them (9 of 10), recent weigh more.
     assert_eq!(h.refused_quantile(0.5), Some(0));
     assert!(h.refused_quantile(1.0) >= Some(6));
+}
+
+/// Resets for data on connections the application still had open when its hook was
+/// released (cut at its exit) are not evidence of a short phase: one per open connection
+/// is taken off before the refusal rule.
+#[test]
+fn resets_of_connections_left_open_at_release_raise_nothing() {
+    let settings = GracePeriodSettings::default();
+    let limits = DeregisterSettings {
+        min_delay_ms: SECOND as u64,
+        max_delay_ms: 15 * SECOND as u64,
+    };
+    let shutdown = |refused: u64, open: u64| Sample {
+        phases: PhaseDurations {
+            deregister: Some(2_000),
+            ..PhaseDurations::default()
+        },
+        refused: Some(refused),
+        open_at_release: open,
+        ..reported(0, 4_000)
+    };
+    let h = history(&[shutdown(3, 3)], &settings);
+    assert_eq!(h.refused_floor_ms(&settings, SECOND), None);
+    assert_eq!(h.deregister_delay_ms(&settings, &limits, SECOND), None);
+    // More resets than connections left open: some clients were refused.
+    let h = history(&[shutdown(5, 3)], &settings);
+    assert_eq!(h.refused_floor_ms(&settings, SECOND), Some(3_000));
 }
 
 /// Refusals survive the status round trip, and a refusal never lowers the delay.
