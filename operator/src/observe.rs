@@ -25,7 +25,7 @@
 //! failed liveness or startup probe), not of the pod: they are counted apart and never
 //! mixed into the pod's own shutdown.
 
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use lameduck_proto::DRAIN_DEFAULTS;
 use lameduck_proto::drain::millis;
@@ -279,12 +279,13 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         .filter_map(|(_, t)| t.finished_at.as_ref().map(|time| time.0.as_millisecond()))
         .max()?;
 
-    let has_sidecar = spec
+    let sidecar = spec
         .init_containers
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .any(|c| c.name == SIDECAR_CONTAINER_NAME);
+        .find(|c| c.name == SIDECAR_CONTAINER_NAME);
+    let has_sidecar = sidecar.is_some();
     let sidecar_terminated = status
         .init_container_statuses
         .as_deref()
@@ -410,7 +411,7 @@ fn observe_pod(pod: &Pod, deleted: bool) -> Option<Observation> {
         deregister_lag_ms = measured_lag(
             report.last_accept_ms,
             report.phases_ms.deregister,
-            quiet_period_ms(pod),
+            quiet_period_ms(sidecar),
         );
         outcome = Some(report.outcome);
         container_restarts = report
@@ -469,14 +470,11 @@ fn measured_lag(
 
 /// The quiet period the pod's sidecar ran with (`LAMEDUCK_QUIET_PERIOD_MILLIS`), else the
 /// default.
-fn quiet_period_ms(pod: &Pod) -> u64 {
-    pod.spec
-        .as_ref()
-        .and_then(|spec| spec.init_containers.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
-        .flat_map(|c| c.env.iter().flatten())
+fn quiet_period_ms(sidecar: Option<&Container>) -> u64 {
+    sidecar
+        .and_then(|c| c.env.as_deref())
+        .unwrap_or_default()
+        .iter()
         .find(|e| e.name == names::ENV_QUIET_PERIOD_MILLIS)
         .and_then(|e| e.value.as_deref()?.trim().parse().ok())
         .unwrap_or(millis(DRAIN_DEFAULTS.quiet_period))
@@ -496,8 +494,26 @@ mod tests {
         assert_eq!(measured_lag(None, Some(5000), 1000), None);
         assert_eq!(measured_lag(Some(800), None, 1000), Some(800));
         // The fixture's sidecar ran with the default quiet period.
-        assert_eq!(quiet_period_ms(&fixture("acked")), 1000);
-        assert_eq!(quiet_period_ms(&Pod::default()), 1000);
+        let acked = fixture("acked");
+        let sidecar = acked
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.init_containers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER_NAME);
+        assert!(sidecar.is_some());
+        assert_eq!(quiet_period_ms(sidecar), 1000);
+        assert_eq!(quiet_period_ms(None), 1000);
+        let tuned = Container {
+            env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: names::ENV_QUIET_PERIOD_MILLIS.into(),
+                value: Some("2500".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(quiet_period_ms(Some(&tuned)), 2500);
     }
 
     fn fixture(name: &str) -> Pod {
